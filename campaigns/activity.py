@@ -1,0 +1,175 @@
+"""Activity bookkeeping: last activity, activity count, cadence, cancellation.
+
+Everything here is incremental: a batch of new events touches only the
+customers it names, and a customer's cadence is recomputed from their most
+recent active days, never from their whole history.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from campaigns.models import Customer, CustomerStatus, Event
+
+log = logging.getLogger(__name__)
+
+# A cadence describes recent habits: the gaps between the last CADENCE_DAYS + 1 active days.
+CADENCE_DAYS = 20
+# Fewer distinct active days than this leaves the cadence unknown (null).
+MIN_CADENCE_DAYS = 3
+_PAGE = 256
+
+_customer = Customer.__table__  # type: ignore[attr-defined]
+_event = Event.__table__  # type: ignore[attr-defined]
+
+
+def median_gap_days(days: Iterable[date]) -> float | None:
+    """Median gap in days between distinct dates; None with fewer than three of them."""
+    distinct = sorted(set(days))
+    if len(distinct) < MIN_CADENCE_DAYS:
+        return None
+    gaps = [(later - earlier).days for earlier, later in zip(distinct, distinct[1:], strict=False)]
+    return float(statistics.median(gaps))
+
+
+def later_of(column: ColumnElement[datetime], value: ColumnElement[datetime]) -> sa.Case[datetime]:
+    """SQL for max(column, value) that treats null as "earlier than anything".
+
+    Written as CASE rather than GREATEST/MAX so it means the same on SQLite and PostgreSQL
+    (PostgreSQL's GREATEST ignores nulls, SQLite's scalar MAX returns null).
+    """
+    return sa.case(
+        (column.is_(None), value),
+        (value.is_(None), column),
+        (value > column, value),
+        else_=column,
+    )
+
+
+def apply_activity(
+    session: Session,
+    times_by_customer: Mapping[int, Sequence[datetime]],
+    *,
+    non_activity_events: frozenset[str] = frozenset(),
+    now: datetime | None = None,
+) -> None:
+    """Record newly stored activity events for several customers at once.
+
+    ``times_by_customer`` maps Customer.id to the occurred_at of activity events that were
+    just inserted (events already counted must not be passed again).  last_active_at only
+    moves forward, so an out-of-order old event cannot make a customer look less active.
+    The events must already be in the session's transaction: cadence is read back from them.
+    """
+    params: list[dict[str, Any]] = [
+        {"b_id": customer_id, "b_latest": max(times), "b_count": len(times)}
+        for customer_id, times in times_by_customer.items()
+        if times
+    ]
+    if not params:
+        return
+    stamp = now or datetime.now(UTC)
+    latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
+    session.execute(
+        sa.update(_customer)
+        .where(_customer.c.id == sa.bindparam("b_id"))
+        .values(
+            last_active_at=later_of(_customer.c.last_active_at, latest),
+            activity_count=_customer.c.activity_count + sa.bindparam("b_count"),
+            updated_at=stamp,
+        ),
+        params
+    )
+    refresh_cadence(
+        session,
+        [customer_id for customer_id, times in times_by_customer.items() if times],
+        non_activity_events=non_activity_events,
+    )
+
+
+def refresh_cadence(
+    session: Session, customer_ids: Iterable[int], *, non_activity_events: frozenset[str]
+) -> None:
+    """Recompute cadence_days for these customers from their recent active days."""
+    updates = [
+        {"b_id": customer_id, "b_cadence": median_gap_days(
+            recent_active_days(session, customer_id, non_activity_events=non_activity_events)
+        )}
+        for customer_id in customer_ids
+    ]
+    if updates:
+        session.execute(
+            sa.update(_customer)
+            .where(_customer.c.id == sa.bindparam("b_id"))
+            .values(cadence_days=sa.bindparam("b_cadence")),
+            updates
+        )
+
+
+def recent_active_days(
+    session: Session,
+    customer_id: int,
+    *,
+    non_activity_events: frozenset[str],
+    limit: int = CADENCE_DAYS + 1,
+) -> list[date]:
+    """The customer's most recent distinct active days (UTC dates), newest first.
+
+    Reads events newest first a page at a time; a page that ends inside one very busy day
+    continues before that day, so a heavy user costs a few index range scans, not a full scan.
+    """
+    days: list[date] = []
+    before: datetime | None = None
+    while len(days) < limit:
+        query = (
+            sa.select(_event.c.occurred_at)
+            .where(_event.c.customer_id == customer_id)
+            .order_by(_event.c.occurred_at.desc())
+            .limit(_PAGE)
+        )
+        if non_activity_events:
+            query = query.where(_event.c.name.not_in(sorted(non_activity_events)))
+        if before is not None:
+            query = query.where(_event.c.occurred_at < before)
+        page: list[datetime] = list(session.execute(query).scalars())
+        for occurred_at in page:
+            day = occurred_at.astimezone(UTC).date()
+            if not days or days[-1] != day:
+                days.append(day)
+                if len(days) == limit:
+                    break
+        if len(page) < _PAGE or len(days) >= limit:
+            break
+        # Restart before the oldest day seen: it may be incomplete, but it is already counted.
+        before = datetime.combine(days[-1], time(), tzinfo=UTC)
+    return days
+
+
+def cancel_customers(session: Session, cancelled_at: Mapping[int, datetime]) -> None:
+    """Mark customers cancelled at the given times (the later one wins if already cancelled)."""
+    if not cancelled_at:
+        return
+    at = sa.bindparam("b_at", type_=_customer.c.cancelled_at.type)
+    session.execute(
+        sa.update(_customer)
+        .where(_customer.c.id == sa.bindparam("b_id"))
+        .values(
+            status=CustomerStatus.cancelled.value,
+            cancelled_at=later_of(_customer.c.cancelled_at, at),
+            updated_at=datetime.now(UTC),
+        ),
+        [{"b_id": customer_id, "b_at": when} for customer_id, when in cancelled_at.items()]
+    )
+
+
+def cancel(session: Session, customer_id: int, at: datetime) -> None:
+    """Mark one customer cancelled at ``at``."""
+    cancel_customers(session, {customer_id: at})
+

@@ -1,0 +1,666 @@
+"""Customers and events in: record validation, batched upserts and CSV import.
+
+The CSV importer, the HTTP API and the ``track`` actor share ``CustomerIn`` /
+``EventIn`` and ``upsert_customers`` / ``record_events``, so a record means the
+same thing whichever way it arrives.
+
+Times without an offset are read in the customer's time zone when it is known
+(the record's own ``timezone``, else the stored one), else as UTC.  That is why
+the models may hold naive datetimes: the zone is only known once the customer
+has been looked up, inside the upsert.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from campaigns.activity import apply_activity, cancel_customers, later_of
+from campaigns.errors import ConfigurationError, RetentionError
+from campaigns.models import Customer, CustomerStatus, Event
+
+log = logging.getLogger(__name__)
+
+CANCEL_EVENT = "cancelled"
+MAX_REPORTED_REJECTS = 1000
+_IN_CHUNK = 900  # keys per IN (...) list: below SQLite's old 999-variable limit
+
+_customer = Customer.__table__  # type: ignore[attr-defined]
+_event = Event.__table__  # type: ignore[attr-defined]
+
+# Deliberately simple: one @, no spaces, a dot in the domain.  The mail server is the real judge.
+_EMAIL = re.compile(r"^[^@\s\"<>,;]+@[^@\s\"<>,;.][^@\s\"<>,;]*\.[^@\s\"<>,;.]{2,}$")
+
+
+class CsvFormatError(RetentionError):
+    """The CSV file as a whole cannot be imported (missing column, not UTF-8, broken quoting)."""
+
+
+# ---------------------------------------------------------------- values
+
+
+def parse_datetime(value: object) -> datetime:
+    """ISO 8601 text (or a date/datetime) to a datetime; naive when the text has no offset."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, time())
+    if not isinstance(value, str):
+        raise ValueError(f"not a date/time: {value!r}")
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"not an ISO 8601 date/time: {value!r} "
+            "(write e.g. 2024-03-01, 2024-03-01T14:30 or 2024-03-01T14:30:00+01:00)"
+        ) from None
+
+
+def to_utc(value: datetime, zone: str | None) -> datetime:
+    """Aware UTC; a naive value is read as wall-clock time in ``zone`` (UTC when None)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(zone) if zone else UTC)
+    return value.astimezone(UTC)
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name such as 'Europe/Berlin')"
+        ) from None
+    return value
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line a marketer can act on: ``email: not an email address ('bob@')``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "record"
+        if error["type"] == "missing":
+            message = "is required"
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- records
+
+_DATETIME_FIELDS = ("signed_up_at", "cancelled_at", "last_active_at")
+
+
+class CustomerIn(BaseModel):
+    """One customer as the company sends it.  Fields not sent are left alone on update."""
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, str_strip_whitespace=True, extra="forbid"
+    )
+
+    external_id: str = Field(alias="id", min_length=1, max_length=255)
+    email: str = Field(max_length=320)
+    first_name: str | None = Field(default=None, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    plan: str | None = Field(default=None, max_length=100)
+    status: CustomerStatus | None = None
+    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
+    signed_up_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    last_active_at: datetime | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_fields_are_attributes(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        known = {"id", *cls.model_fields}
+        extra = {k: v for k, v in data.items() if k not in known}
+        if not extra:
+            return data
+        cleaned = {k: v for k, v in data.items() if k in known}
+        attributes = cleaned.get("attributes")
+        cleaned["attributes"] = {**attributes, **extra} if isinstance(attributes, Mapping) else extra
+        return cleaned
+
+    @field_validator("external_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError(f"not an email address ({value!r})")
+        return value
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            normalized = value.strip().lower()
+            if normalized not in CustomerStatus.__members__:
+                raise ValueError(f"must be 'active' or 'cancelled', not {value!r}")
+            return normalized
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+    @field_validator(*_DATETIME_FIELDS, mode="before")
+    @classmethod
+    def _datetime(cls, value: Any) -> Any:
+        return None if value is None else parse_datetime(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # null means "nothing to say": merging it would differ between SQLite and PostgreSQL.
+        return {str(k): v for k, v in value.items() if v is not None}
+
+    @model_validator(mode="after")
+    def _settle(self) -> CustomerIn:
+        if self.timezone:
+            for name in _DATETIME_FIELDS:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, to_utc(value, self.timezone))
+        # A cancellation date without a status column means the customer cancelled.
+        if self.cancelled_at is not None and "status" not in self.model_fields_set:
+            self.status = CustomerStatus.cancelled
+        return self
+
+    def present_values(self) -> dict[str, Any]:
+        """Column values for the fields this record actually carries."""
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        values.pop("status", None)  # an explicit null status means "unchanged"
+        if self.status is not None:  # may have been inferred after validation
+            values["status"] = self.status.value
+        return values
+
+
+class EventIn(BaseModel):
+    """One event.  ``customer_id`` is the company's id (Customer.external_id)."""
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, str_strip_whitespace=True, extra="forbid"
+    )
+
+    customer_id: str = Field(min_length=1, max_length=255)
+    event: str = Field(min_length=1, max_length=100)
+    occurred_at: datetime
+    client_id: str | None = Field(default=None, alias="id", min_length=1, max_length=255)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extra_fields_are_properties(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        known = {"id", *cls.model_fields}
+        extra = {k: v for k, v in data.items() if k not in known}
+        if not extra:
+            return data
+        cleaned = {k: v for k, v in data.items() if k in known}
+        properties = cleaned.get("properties")
+        if isinstance(properties, str):
+            properties = _json_object(properties)
+        cleaned["properties"] = {**properties, **extra} if isinstance(properties, Mapping) else extra
+        return cleaned
+
+    @field_validator("customer_id", "client_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _datetime(cls, value: Any) -> Any:
+        return parse_datetime(value)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _properties(cls, value: Any) -> Any:
+        return _json_object(value) if isinstance(value, str) else value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos + 1})") from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a JSON object, e.g. {"plan": "pro"}')
+    return value
+
+
+Record = TypeVar("Record", CustomerIn, EventIn)
+
+
+def parse_records(
+    model: type[Record], items: Iterable[Mapping[str, Any]]
+) -> tuple[list[Record], list[tuple[int, str]]]:
+    """Validate raw items (e.g. an API body): the good records and (index, message) for the rest."""
+    good: list[Record] = []
+    bad: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
+        try:
+            good.append(model.model_validate(item))
+        except ValidationError as exc:
+            bad.append((index, validation_message(exc)))
+    return good, bad
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class UpsertResult:
+    inserted: int = 0
+    updated: int = 0
+
+
+@dataclass
+class EventResult:
+    inserted: int = 0
+    duplicates: int = 0  # already stored (same client id), or repeated within the batch
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (index in records, message)
+
+
+def _dialect_insert(session: Session, table: sa.Table) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    raise ConfigurationError(
+        f"ingest supports SQLite and PostgreSQL, not {name!r}: set RETENTION_DATABASE_URL to one"
+    )
+
+
+def _merged_attributes(session: Session, existing: Any, incoming: Any) -> Any:
+    # Key by key; SQLite's merge-patch also merges nested objects, PostgreSQL's || does not.
+    empty: Any = sa.literal_column("'{}'")
+    if session.get_bind().dialect.name == "sqlite":
+        return sa.func.json_patch(sa.func.coalesce(existing, empty), incoming)
+    jsonb = postgresql.JSONB
+    merged = sa.func.coalesce(sa.cast(existing, jsonb), sa.cast(empty, jsonb)).op("||")(
+        sa.cast(incoming, jsonb)
+    )
+    return sa.cast(merged, sa.JSON)
+
+
+def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _known_customers(session: Session, external_ids: Iterable[str]) -> dict[str, Any]:
+    """external_id -> row(id, external_id, timezone) for those that exist, in few queries."""
+    found: dict[str, Any] = {}
+    keys = sorted(set(external_ids))
+    for chunk in _chunks(keys):
+        query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
+            _customer.c.external_id.in_(chunk)
+        )
+        for row in session.execute(query):
+            found[row.external_id] = row
+    return found
+
+
+def upsert_customers(
+    session: Session, records: Sequence[CustomerIn], *, now: datetime | None = None
+) -> UpsertResult:
+    """Insert new customers and update known ones, touching only the fields each record has.
+
+    Idempotent, and safe against a concurrent insert of the same customer (ON CONFLICT).
+    Attributes are merged key by key; last_active_at only moves forward.  Does not commit.
+    """
+    stamp = now or datetime.now(UTC)
+    pending: dict[str, dict[str, Any]] = {}
+    for record in records:
+        values = record.present_values()
+        previous = pending.get(record.external_id)
+        if previous is not None:  # the same customer twice in one batch: later fields win
+            attributes = {**previous.get("attributes", {}), **values.get("attributes", {})}
+            values = {**previous, **values}
+            if attributes:
+                values["attributes"] = attributes
+        pending[record.external_id] = values
+    if not pending:
+        return UpsertResult()
+    known = _known_customers(session, pending)
+
+    groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for external_id, values in pending.items():
+        stored = known.get(external_id)
+        zone = values.get("timezone") or (stored.timezone if stored is not None else None)
+        for name in _DATETIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = to_utc(values[name], zone)
+        row = {
+            "first_name": None, "last_name": None, "plan": None,
+            "status": CustomerStatus.active.value, "timezone": None, "locale": None,
+            "signed_up_at": None, "cancelled_at": None, "last_active_at": None,
+            "activity_count": 0, "cadence_days": None, "attributes": {},
+            "unsubscribed_at": None, "created_at": stamp, "updated_at": stamp,
+            **values,
+        }
+        groups[frozenset(values)].append(row)
+
+    for present, rows in groups.items():
+        insert = _dialect_insert(session, _customer)
+        excluded = insert.excluded
+        updates: dict[str, Any] = {"updated_at": excluded.updated_at}
+        for name in present - {"external_id"}:
+            if name == "attributes":
+                updates[name] = _merged_attributes(session, _customer.c.attributes, excluded[name])
+            elif name == "last_active_at":
+                updates[name] = later_of(_customer.c.last_active_at, excluded.last_active_at)
+            else:
+                updates[name] = excluded[name]
+        session.execute(
+            insert.on_conflict_do_update(index_elements=["external_id"], set_=updates), rows
+        )
+    updated = sum(1 for external_id in pending if external_id in known)
+    return UpsertResult(inserted=len(pending) - updated, updated=updated)
+
+
+def derived_client_id(customer_id: str, name: str, occurred_at: datetime, properties: Any) -> str:
+    """A stable id for an event sent without one, so importing a file twice stores it once."""
+    key = json.dumps(
+        [customer_id, name, occurred_at.astimezone(UTC).isoformat(), properties],
+        sort_keys=True, default=str, ensure_ascii=False,
+    )
+    return "auto:" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def record_events(
+    session: Session,
+    records: Sequence[EventIn],
+    *,
+    non_activity_events: frozenset[str],
+    now: datetime | None = None,
+) -> EventResult:
+    """Store events once each and update the customers' activity and cancellations.
+
+    An event without an id gets one derived from its content (customer, name, time,
+    properties), so resending it is harmless.  Only events stored by this call count as
+    activity.  Unknown customers are reported per record.  Does not commit.
+    """
+    stamp = now or datetime.now(UTC)
+    result = EventResult()
+    known = _known_customers(session, (r.customer_id for r in records))
+    rows: dict[str, dict[str, Any]] = {}
+    for index, record in enumerate(records):
+        customer = known.get(record.customer_id)
+        if customer is None:
+            result.errors.append((
+                index,
+                f"customer_id: no customer with id {record.customer_id!r} "
+                "(import the customer before their events)",
+            ))
+            continue
+        occurred_at = to_utc(record.occurred_at, customer.timezone)
+        client_id = record.client_id or derived_client_id(
+            record.customer_id, record.event, occurred_at, record.properties
+        )
+        if client_id in rows:
+            result.duplicates += 1
+            continue
+        rows[client_id] = {
+            "customer_id": customer.id, "name": record.event, "occurred_at": occurred_at,
+            "client_id": client_id, "properties": record.properties, "created_at": stamp,
+        }
+    if not rows:
+        return result
+
+    insert = _dialect_insert(session, _event)
+    statement = insert.on_conflict_do_nothing(index_elements=["client_id"]).returning(
+        _event.c.client_id
+    )
+    stored = set(session.execute(statement, list(rows.values())).scalars())
+    result.inserted = len(stored)
+    result.duplicates += len(rows) - len(stored)
+
+    activity: dict[int, list[datetime]] = defaultdict(list)
+    cancellations: dict[int, datetime] = {}
+    for client_id in stored:
+        row = rows[client_id]
+        if row["name"] not in non_activity_events:
+            activity[row["customer_id"]].append(row["occurred_at"])
+        if row["name"] == CANCEL_EVENT:
+            previous = cancellations.get(row["customer_id"])
+            if previous is None or row["occurred_at"] > previous:
+                cancellations[row["customer_id"]] = row["occurred_at"]
+    apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp)
+    cancel_customers(session, cancellations)
+    return result
+
+
+# ---------------------------------------------------------------- CSV
+
+ImportKind = Literal["customers", "events"]
+
+_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # kind: (required columns, optional known columns)
+    "customers": (
+        ("id", "email"),
+        ("first_name", "last_name", "plan", "status", "timezone", "locale", *_DATETIME_FIELDS),
+    ),
+    "events": (("customer_id", "event", "occurred_at"), ("id", "properties")),
+}
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    rows: int = 0  # data records read (good and rejected)
+    inserted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    rejected_count: int = 0
+    # (line, message) for the first MAX_REPORTED_REJECTS bad records; line is where the
+    # record starts in the file (header = line 1), which matters for multi-line quoted cells.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def reject(self, line: int, message: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REPORTED_REJECTS:
+            self.rejected.append((line, message))
+
+
+class _Rejects:
+    """The rejects CSV: the original columns plus ``error``, written as rows are rejected."""
+
+    def __init__(self, writer: Any | None, width: int) -> None:
+        self._writer = writer
+        self._width = width
+
+    def write(self, cells: list[str], message: str) -> None:
+        if self._writer is not None:
+            padded = cells + [""] * (self._width - len(cells))
+            self._writer.writerow([*padded, message])
+
+
+@contextmanager
+def _rejects_file(path: Path | None, header: list[str]) -> Iterator[_Rejects]:
+    if path is None:
+        yield _Rejects(None, len(header))
+        return
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*header, "error"])
+        yield _Rejects(writer, len(header))
+
+
+def _column_names(header: list[str], kind: ImportKind, path: Path, line: int) -> list[str]:
+    required, optional = _COLUMNS[kind]
+    known = {name: name for name in (*required, *optional)}
+    names: list[str] = []
+    for position, raw in enumerate(header, start=1):
+        name = raw.strip()
+        name = known.get(name.lower(), name)  # "Email" is email; other names keep their case
+        if name and name in names:
+            raise CsvFormatError(
+                f"{path}:{line}: column {name!r} appears twice (columns {names.index(name) + 1} "
+                f"and {position}): rename or remove one"
+            )
+        names.append(name)
+    missing = [name for name in required if name not in names]
+    if missing:
+        found = ", ".join(n for n in names if n) or "none"
+        what = "column" if len(missing) == 1 else "columns"
+        listed = ", ".join(repr(n) for n in missing)
+        raise CsvFormatError(f"{path}:{line}: missing required {what} {listed} (columns found: {found})")
+    return names
+
+
+def import_csv(
+    session: Session,
+    path: Path | str,
+    kind: ImportKind,
+    *,
+    batch_size: int = 1000,
+    non_activity_events: frozenset[str] = frozenset(),
+    on_progress: Callable[[int], None] | None = None,
+    rejects_path: Path | None = None,
+) -> ImportReport:
+    """Import a customers or events CSV: good rows are kept, bad rows reported by line.
+
+    Streams the file and commits every ``batch_size`` rows, so memory stays flat and an
+    interrupted import keeps what it committed (re-running it is harmless).  Empty cells are
+    absent values.  ``on_progress`` receives the number of rows read so far after each batch.
+    Raises CsvFormatError when the file as a whole is unusable.
+    """
+    if kind not in _COLUMNS:
+        raise ValueError(f"kind must be 'customers' or 'events', not {kind!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    path = Path(path)
+    report = ImportReport(kind=kind)
+    model: type[CustomerIn] | type[EventIn] = CustomerIn if kind == "customers" else EventIn
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header, header_line = _read_header(reader, path)
+        columns = _column_names(header, kind, path, header_line)
+        with _rejects_file(rejects_path, header) as rejects:
+            batch: list[tuple[int, list[str], Any]] = []
+            read_since_flush = 0
+
+            def flush() -> None:
+                nonlocal batch, read_since_flush
+                if batch:
+                    _write_batch(session, kind, batch, report, rejects, non_activity_events)
+                    session.commit()
+                batch, read_since_flush = [], 0
+                if on_progress is not None:
+                    on_progress(report.rows)
+
+            while True:
+                line = reader.line_num + 1  # where the next record starts
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    break
+                except (csv.Error, UnicodeDecodeError) as exc:
+                    flush()
+                    raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
+                if not any(cell.strip() for cell in cells):
+                    continue  # blank line
+                report.rows += 1
+                read_since_flush += 1
+                outcome = _parse_row(model, columns, cells)
+                if isinstance(outcome, str):
+                    report.reject(line, outcome)
+                    rejects.write(cells, f"line {line}: {outcome}")
+                else:
+                    batch.append((line, cells, outcome))
+                if read_since_flush >= batch_size:
+                    flush()
+            flush()
+    report.rejected.sort()
+    log.info(
+        "imported %s from %s: %d rows, %d inserted, %d updated, %d duplicates, %d rejected",
+        kind, path, report.rows, report.inserted, report.updated, report.duplicates,
+        report.rejected_count,
+    )
+    return report
+
+
+def _read_header(reader: Any, path: Path) -> tuple[list[str], int]:
+    try:
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                return cells, reader.line_num
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CsvFormatError(f"{path}:1: {_describe_read_error(exc)}") from exc
+    raise CsvFormatError(f"{path}:1: the file is empty: the first line must name the columns")
+
+
+def _describe_read_error(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text: save the file as 'CSV UTF-8' and import it again"
+    return f"unreadable CSV ({exc}): check the quoting around this line"
+
+
+def _parse_row(
+    model: type[CustomerIn] | type[EventIn], columns: list[str], cells: list[str]
+) -> CustomerIn | EventIn | str:
+    if len(cells) > len(columns):
+        return (
+            f"has {len(cells)} cells but the header names {len(columns)} columns "
+            "(a comma in a value that is not in quotes?)"
+        )
+    # Missing trailing cells (some spreadsheets trim them) are simply empty.
+    data = {name: cell.strip() for name, cell in zip(columns, cells, strict=False)
+            if name and cell.strip()}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return validation_message(exc)
+
+
+def _write_batch(
+    session: Session,
+    kind: ImportKind,
+    batch: list[tuple[int, list[str], Any]],
+    report: ImportReport,
+    rejects: _Rejects,
+    non_activity_events: frozenset[str],
+) -> None:
+    records = [record for _, _, record in batch]
+    if kind == "customers":
+        upserted = upsert_customers(session, records)
+        report.inserted += upserted.inserted
+        report.updated += upserted.updated
+        return
+    recorded = record_events(session, records, non_activity_events=non_activity_events)
+    report.inserted += recorded.inserted
+    report.duplicates += recorded.duplicates
+    for index, message in recorded.errors:
+        line, cells, _ = batch[index]
+        report.reject(line, message)
+        rejects.write(cells, f"line {line}: {message}")

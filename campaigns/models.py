@@ -1,0 +1,171 @@
+"""Tables.  Every datetime is timezone-aware in Python and UTC in the database."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike.
+
+    SQLite has no time zone type, so values are stored there as naive UTC; the
+    same conversion applies to bound literals, so comparisons stay correct.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: attach a time zone before storing it")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _dt(**kwargs: Any) -> Any:
+    return Field(sa_type=UTCDateTime(), **kwargs)  # type: ignore[call-overload]
+
+
+class CustomerStatus(StrEnum):
+    active = "active"
+    cancelled = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    queued = "queued"  # planned; a message is (or will be) on the broker
+    sending = "sending"  # claimed by a worker; the SMTP conversation may be under way
+    sent = "sent"
+    failed = "failed"  # permanent failure, or retries exhausted
+    bounced = "bounced"  # recipient does not exist: the address is suppressed
+    suppressed = "suppressed"  # unsubscribed or suppressed between planning and sending
+    held_out = "held_out"  # control group: recorded, never sent
+    held = "held"  # blast guard: waits for `retention approve`
+
+
+FINAL_STATUSES = frozenset(
+    {DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.bounced,
+     DeliveryStatus.suppressed, DeliveryStatus.held_out}
+)
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(index=True, unique=True, max_length=255)
+    email: str = Field(max_length=320, index=True)
+    first_name: str | None = Field(default=None, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    plan: str | None = Field(default=None, max_length=100, index=True)
+    status: str = Field(default=CustomerStatus.active, max_length=20, index=True)
+    timezone: str | None = Field(default=None, max_length=64)
+    locale: str | None = Field(default=None, max_length=35)
+    signed_up_at: datetime | None = _dt(default=None)
+    cancelled_at: datetime | None = _dt(default=None)
+    last_active_at: datetime | None = _dt(default=None, index=True)
+    activity_count: int = Field(default=0)
+    # Median gap in days between distinct active days; null with too little history.
+    cadence_days: float | None = Field(default=None)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    unsubscribed_at: datetime | None = _dt(default=None)
+    created_at: datetime = _dt(default_factory=utcnow)
+    updated_at: datetime = _dt(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", ondelete="CASCADE")
+    name: str = Field(max_length=100, index=True)
+    occurred_at: datetime = _dt()
+    # The sender's own id for the event: the same id twice is stored once.
+    client_id: str | None = Field(default=None, max_length=255, unique=True)
+    properties: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    created_at: datetime = _dt(default_factory=utcnow)
+
+
+class Delivery(SQLModel, table=True):
+    """One planned message.  The database is the outbox and the source of truth."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("campaign_id", "customer_id", "episode", name="uq_delivery_natural_key"),
+        sa.Index("ix_delivery_customer_created", "customer_id", "created_at"),
+        sa.Index("ix_delivery_status_updated", "status", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(max_length=100, index=True)
+    customer_id: int = Field(foreign_key="customer.id", ondelete="CASCADE")
+    # What this one send answers: last activity (condition campaigns), the
+    # triggering event id, or "once".  Part of the natural key.
+    episode: str = Field(max_length=100)
+    status: str = Field(default=DeliveryStatus.queued, max_length=20)
+    template: str = Field(max_length=100)
+    variant: str | None = Field(default=None, max_length=100)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None)
+    # Derived from the natural key when the message is built, so a resend keeps it.
+    message_id: str | None = Field(default=None, max_length=255)
+    due_at: datetime = _dt(default_factory=utcnow)
+    # When a message for it last went to the broker; the sweeper re-enqueues stale ones.
+    enqueued_at: datetime | None = _dt(default=None)
+    sent_at: datetime | None = _dt(default=None)
+    converted_at: datetime | None = _dt(default=None)
+    created_at: datetime = _dt(default_factory=utcnow)
+    updated_at: datetime = _dt(default_factory=utcnow)
+
+
+class Suppression(SQLModel, table=True):
+    """Addresses never to be mailed again (hard bounces, complaints, manual)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    reason: str = Field(max_length=255)
+    created_at: datetime = _dt(default_factory=utcnow)
+
+
+class CampaignState(SQLModel, table=True):
+    """What the planner remembers about a campaign between passes."""
+
+    __tablename__ = "campaign_state"
+
+    campaign_id: str = Field(primary_key=True, max_length=100)
+    last_pass_at: datetime | None = _dt(default=None)
+    last_audience: int | None = Field(default=None)
+    # Blast guard: the audience size someone approved with `retention approve`.
+    approved_audience: int | None = Field(default=None)
+    held_since: datetime | None = _dt(default=None)
+
+
+class AppSetting(SQLModel, table=True):
+    """Small shared values every machine must agree on (e.g. the generated secret key)."""
+
+    __tablename__ = "app_setting"
+
+    key: str = Field(primary_key=True, max_length=100)
+    value: str
+
+
+def message_id_for(delivery: Delivery, domain: str) -> str:
+    """Deterministic Message-ID from the natural key: a resend is recognisably the same mail."""
+    key = f"{delivery.campaign_id}\0{delivery.customer_id}\0{delivery.episode}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return f"<{delivery.campaign_id}.{digest}@{domain}>"

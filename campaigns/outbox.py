@@ -1,0 +1,121 @@
+"""The delivery state machine.  The database is the outbox and the source of truth.
+
+Every transition is a conditional UPDATE, so a duplicate broker message, a
+racing sweeper or a retried worker can never move a delivery twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression
+
+
+def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | None:
+    """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
+    claimed = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.queued,
+               Delivery.due_at <= now)
+        .values(status=DeliveryStatus.sending, attempts=Delivery.attempts + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if not claimed:
+        return None
+    return session.get(Delivery, delivery_id, populate_existing=True)
+
+
+def finish(
+    session: Session, delivery: Delivery, status: DeliveryStatus, *, now: datetime,
+    error: str | None = None, message_id: str | None = None,
+) -> None:
+    values: dict[str, object] = {"status": status, "updated_at": now, "last_error": error}
+    if status == DeliveryStatus.sent:
+        values["sent_at"] = now
+    if message_id:
+        values["message_id"] = message_id
+    session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.sending)
+        .values(**values).execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def release(
+    session: Session, delivery: Delivery, *, now: datetime, error: str | None,
+    due_at: datetime | None = None, enqueued: bool = True,
+) -> None:
+    """``sending → queued``: to be retried (``enqueued``: a broker retry is on its way) or deferred."""
+    values: dict[str, object] = {
+        "status": DeliveryStatus.queued, "updated_at": now, "last_error": error,
+        "enqueued_at": now if enqueued else None,
+    }
+    if due_at is not None:
+        values["due_at"] = due_at
+    if not enqueued:
+        # A deferral is not an attempt: give it back.
+        values["attempts"] = Delivery.attempts - 1
+    session.execute(
+        sa.update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.sending)
+        .values(**values).execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def suppression_reason(session: Session, customer: Customer) -> str | None:
+    if customer.unsubscribed_at is not None:
+        return "unsubscribed"
+    found = session.scalar(
+        sa.select(Suppression.reason).where(Suppression.email == customer.email.lower())
+    )
+    return f"suppressed: {found}" if found else None
+
+
+def suppress(session: Session, email: str, reason: str, *, now: datetime) -> None:
+    """Add an address to the suppression list (idempotent) and stop what is queued for it."""
+    address = email.strip().lower()
+    if session.scalar(sa.select(Suppression.id).where(Suppression.email == address)) is None:
+        session.add(Suppression(email=address, reason=reason[:255], created_at=now))
+        try:
+            session.flush()
+        except sa.exc.IntegrityError:
+            session.rollback()
+    customer_ids = sa.select(Customer.id).where(sa.func.lower(Customer.email) == address)
+    session.execute(
+        sa.update(Delivery)
+        .where(Delivery.customer_id.in_(customer_ids),  # type: ignore[attr-defined]
+               Delivery.status.in_((DeliveryStatus.queued, DeliveryStatus.held)))  # type: ignore[attr-defined]
+        .values(status=DeliveryStatus.suppressed, last_error=reason[:255], updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def stale_queued(
+    session: Session, *, now: datetime, stale_after: timedelta, limit: int = 10_000
+) -> list[int]:
+    """Queued and due deliveries whose broker message may be lost; marks them re-enqueued.
+
+    A duplicate message is harmless (the claim is conditional), a lost one is
+    not: this is what makes the database, not the broker, the source of truth.
+    """
+    ids = list(session.scalars(
+        sa.select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.queued, Delivery.due_at <= now,
+               sa.or_(Delivery.enqueued_at.is_(None),  # type: ignore[union-attr]
+                      Delivery.enqueued_at < now - stale_after))  # type: ignore[operator]
+        .order_by(Delivery.id).limit(limit)
+    ))
+    for start in range(0, len(ids), 1000):
+        session.execute(
+            sa.update(Delivery).where(Delivery.id.in_(ids[start:start + 1000]))  # type: ignore[union-attr]
+            .values(enqueued_at=now).execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return [i for i in ids if i is not None]

@@ -1,0 +1,315 @@
+"""One planning pass: which customers get which campaign now.
+
+Per campaign, one SELECT computes every customer's *verdict* as a CASE
+expression (already sent, cooldown, suppressed, capped, held out, send) and
+one INSERT … SELECT turns the sendable ones into ``Delivery`` rows.  The
+natural key ``(campaign_id, customer_id, episode)`` is UNIQUE and the insert
+does nothing on conflict, so racing planners cannot create a duplicate.
+`retention plan` runs the very same pass in a transaction it rolls back, so
+what it shows is exactly what a real pass would do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from croniter import croniter
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+from campaigns.conditions import SqlContext, compile_condition, reference_column
+from campaigns.models import (
+    CampaignState,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    Suppression,
+    UTCDateTime,
+)
+from campaigns.rules import Campaign, FrequencyCap, Rules
+
+log = logging.getLogger(__name__)
+
+# Deliveries that are, or will be, real messages: they count against frequency caps.
+IN_FLIGHT = (DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.held)
+VERDICTS = ("no_match", "already_sent", "cooldown", "suppressed", "other_campaign", "capped",
+            "held_out", "send")
+_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
+_HASH_SALT_RANGE = 1_000_003  # keeps (id + salt) * multiplier inside a signed 64-bit integer
+
+
+class epoch_seconds(FunctionElement[int]):  # noqa: N801 - reads like the SQL function it is
+    type = sa.BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
+    return f"CAST(strftime('%s', {compiler.process(list(element.clauses)[0], **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds)
+def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(list(element.clauses)[0], **kw)}) AS BIGINT)"
+
+
+@dataclass
+class CampaignPlan:
+    """What one pass did (or would do) for one campaign."""
+
+    campaign_id: str
+    due: bool = True
+    not_due_reason: str | None = None
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS[1:], 0))
+    over_max_per_pass: int = 0
+    blast_guard: str | None = None  # why the new deliveries are held, if they are
+    inserted: int = 0
+    queued_ids: list[int] = field(default_factory=list)
+    sample: list[tuple[str, str]] = field(default_factory=list)  # (external id, email)
+
+    @property
+    def audience(self) -> int:
+        """Customers matching the conditions, whether already sent or not."""
+        return sum(self.counts.values())
+
+    @property
+    def to_send(self) -> int:
+        return self.counts["send"] - self.over_max_per_pass
+
+
+@dataclass
+class PassResult:
+    now: datetime
+    plans: list[CampaignPlan]
+    queued_ids: list[int]  # new deliveries to put on the broker
+
+    def plan(self, campaign_id: str) -> CampaignPlan:
+        return next(p for p in self.plans if p.campaign_id == campaign_id)
+
+
+class Planner:
+    def __init__(self, rules: Rules, *, now: datetime) -> None:
+        if now.tzinfo is None:
+            raise ValueError("the planning moment must be timezone-aware")
+        self.rules = rules
+        self.now = now
+        self.sql = SqlContext(now=now, passive_churn_after=rules.defaults.passive_churn_after)
+
+    # ------------------------------------------------------------ expressions
+
+    def _now(self) -> ColumnElement[datetime]:
+        return sa.literal(self.now, UTCDateTime())
+
+    def scheduled_fire(self, campaign: Campaign, state: CampaignState | None) -> datetime | None:
+        """The cron fire time this pass answers, or None when the schedule is not due."""
+        if campaign.schedule is None:
+            return None
+        zone = ZoneInfo(self.rules.defaults.timezone)
+        previous: datetime = croniter(campaign.schedule, self.now.astimezone(zone)).get_prev(datetime)
+        since = state.last_pass_at if state and state.last_pass_at else (
+            self.now - 2 * self.rules.defaults.check_every)
+        return previous if previous > since else None
+
+    def episode(self, campaign: Campaign, fire: datetime | None) -> ColumnElement[str]:
+        if campaign.once:
+            return sa.literal("once")
+        if campaign.trigger is not None:
+            return sa.literal("event:") + sa.cast(Event.id, sa.String)
+        if fire is not None:
+            return sa.literal("cron:" + fire.isoformat())
+        # One send per absence: coming back starts a new episode.
+        return sa.literal("active:") + sa.cast(
+            epoch_seconds(reference_column("days_inactive")), sa.String)
+
+    def _recent(self, per: timedelta) -> ColumnElement[bool]:
+        return sa.func.coalesce(Delivery.sent_at, Delivery.created_at) > self.now - per
+
+    def _capped(self, cap: FrequencyCap, campaign_id: str | None) -> ColumnElement[bool]:
+        count = (
+            sa.select(sa.func.count())
+            .where(Delivery.customer_id == Customer.id, Delivery.status.in_(IN_FLIGHT),
+                   self._recent(cap.per))
+        )
+        if campaign_id is not None:
+            count = count.where(Delivery.campaign_id == campaign_id)
+        return count.scalar_subquery() >= cap.max
+
+    def verdict(self, campaign: Campaign, episode: ColumnElement[str]) -> ColumnElement[str]:
+        """Why a customer matching the conditions would or would not get this campaign."""
+        mine = sa.and_(Delivery.customer_id == Customer.id, Delivery.campaign_id == campaign.id)
+        cases: list[tuple[ColumnElement[bool], str]] = [
+            (sa.select(Delivery.id).where(mine, Delivery.episode == episode).exists(), "already_sent"),
+        ]
+        if campaign.cooldown is not None:
+            cases.append((sa.select(Delivery.id).where(mine, self._recent(campaign.cooldown)).exists(),
+                          "cooldown"))
+        suppressed = sa.or_(
+            Customer.unsubscribed_at.is_not(None),  # type: ignore[union-attr]
+            sa.select(Suppression.id).where(Suppression.email == sa.func.lower(Customer.email)).exists(),
+        )
+        cases.append((suppressed, "suppressed"))
+        # At most one campaign per customer per pass: the higher priority ran first.
+        taken = sa.select(Delivery.id).where(
+            Delivery.customer_id == Customer.id, Delivery.created_at >= self._now(),
+            Delivery.status != DeliveryStatus.held_out,
+        ).exists()
+        cases.append((taken, "other_campaign"))
+        for cap, scope in ((self.rules.defaults.frequency_cap, None),
+                           (campaign.frequency_cap, campaign.id)):
+            if cap is not None:
+                cases.append((self._capped(cap, scope), "capped"))
+        if campaign.holdout > 0:
+            salt = campaign.holdout_salt % _HASH_SALT_RANGE
+            big = sa.BigInteger()
+            mixed = (sa.cast(Customer.id, big) + sa.literal(salt, big)) * sa.literal(_HASH_MULTIPLIER, big)
+            bucket = mixed % sa.literal(4294967296, big) % 10000
+            cases.append((bucket < int(round(campaign.holdout * 100)), "held_out"))
+        return sa.case(*cases, else_="send")
+
+    def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
+        """Every customer matching the campaign's conditions, with episode and verdict."""
+        episode = self.episode(campaign, fire)
+        query = sa.select(
+            Customer.id.label("customer_id"),  # type: ignore[union-attr]
+            episode.label("episode"),
+            self.verdict(campaign, episode).label("verdict"),
+        )
+        if campaign.trigger is not None:
+            trigger = campaign.trigger
+            query = query.join(Event, sa.and_(
+                Event.customer_id == Customer.id,
+                Event.name == trigger.event,
+                Event.occurred_at <= self.now - trigger.after,
+                Event.occurred_at > self.now - trigger.after - trigger.within,
+            ))
+        condition = campaign.condition
+        query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
+        return query.subquery("selection")
+
+    # ------------------------------------------------------------ the pass
+
+    def run(self, session: Session, *, campaign_ids: Sequence[str] | None = None,
+            sample: int = 0) -> PassResult:
+        """Plan every enabled campaign, highest priority first; the caller commits or rolls back."""
+        result = PassResult(now=self.now, plans=[], queued_ids=[])
+        for campaign in self.rules.by_priority():
+            if campaign_ids and campaign.id not in campaign_ids:
+                continue
+            plan = self._plan_campaign(session, campaign, sample)
+            result.plans.append(plan)
+            result.queued_ids.extend(plan.queued_ids)
+        return result
+
+    def _plan_campaign(self, session: Session, campaign: Campaign, sample: int) -> CampaignPlan:
+        plan = CampaignPlan(campaign.id)
+        state = session.get(CampaignState, campaign.id)
+        fire = self.scheduled_fire(campaign, state)
+        if campaign.schedule is not None and fire is None:
+            plan.due = False
+            plan.not_due_reason = f"schedule {campaign.schedule!r} not due"
+            return plan
+
+        selection = self.selection(campaign, fire)
+        for verdict, count in session.execute(
+            sa.select(selection.c.verdict, sa.func.count()).group_by(selection.c.verdict)
+        ):
+            plan.counts[verdict] = count
+        if campaign.max_per_pass is not None:
+            plan.over_max_per_pass = max(0, plan.counts["send"] - campaign.max_per_pass)
+        if sample:
+            plan.sample = [
+                (row.external_id, row.email) for row in session.execute(
+                    sa.select(Customer.external_id, Customer.email)
+                    .join(selection, selection.c.customer_id == Customer.id)
+                    .where(selection.c.verdict == "send").order_by(Customer.id).limit(sample))
+            ]
+
+        plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
+        if state is None:
+            state = CampaignState(campaign_id=campaign.id)
+            session.add(state)
+        state.last_pass_at = self.now
+        if plan.blast_guard:
+            log.warning("campaign %s held by the blast guard: %s; release it with "
+                        "`retention approve %s`", campaign.id, plan.blast_guard, campaign.id)
+            state.held_since = state.held_since or self.now
+            state.approved_audience = None
+            held_audience = plan.audience
+        else:
+            state.last_audience = plan.audience
+            held_audience = None
+        inserted = self._insert(session, campaign, selection, held=bool(plan.blast_guard))
+        plan.inserted = len(inserted)
+        plan.queued_ids = [i for i, status in inserted if status == DeliveryStatus.queued]
+        if held_audience is not None:
+            state.approved_audience = held_audience  # what `approve` accepts as the new baseline
+        session.flush()
+        return plan
+
+    def _blast_guard(self, campaign: Campaign, audience: int, state: CampaignState | None) -> str | None:
+        guard = self.rules.defaults.blast_guard
+        previous = state.last_audience if state else None
+        if previous is None:
+            if audience > guard.first_pass:
+                return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"
+            return None
+        if audience > guard.min and audience > guard.factor * previous:
+            return (f"audience jumped from {previous} to {audience} customers "
+                    f"(over {guard.factor:g}x and over min {guard.min})")
+        return None
+
+    def _insert(
+        self, session: Session, campaign: Campaign, selection: sa.Subquery, *, held: bool
+    ) -> list[tuple[int, str]]:
+        """Insert the sendable and held-out rows; return (id, status) of those actually new."""
+        template = campaign.template
+        new_status = DeliveryStatus.held if held else DeliveryStatus.queued
+        status = sa.case((selection.c.verdict == "held_out", sa.literal(DeliveryStatus.held_out.value)),
+                         else_=sa.literal(new_status.value))
+        now = self._now()
+        rows = (
+            sa.select(
+                sa.literal(campaign.id), selection.c.customer_id, selection.c.episode, status,
+                sa.literal(template), sa.literal(0), now, now, now,
+                now if not held else sa.null(),
+            )
+            .where(selection.c.verdict.in_(("send", "held_out")))
+            .order_by(selection.c.customer_id)
+        )
+        if campaign.max_per_pass is not None:
+            rows = rows.limit(campaign.max_per_pass)
+        columns = ["campaign_id", "customer_id", "episode", "status", "template", "attempts",
+                   "due_at", "created_at", "updated_at", "enqueued_at"]
+        dialect = session.get_bind().dialect.name
+        insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Delivery)
+        statement = insert.from_select(columns, rows).on_conflict_do_nothing(
+            index_elements=["campaign_id", "customer_id", "episode"]
+        ).returning(Delivery.id, Delivery.status)
+        return [(row.id, row.status) for row in session.execute(statement)]
+
+
+def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
+    """Release deliveries the blast guard held; their audience becomes the new baseline."""
+    state = session.get(CampaignState, campaign_id)
+    released = session.execute(
+        sa.update(Delivery)
+        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.held)
+        .values(status=DeliveryStatus.queued, enqueued_at=None, due_at=now, updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if state is not None:
+        if state.approved_audience is not None:
+            state.last_audience = state.approved_audience
+        state.approved_audience = None
+        state.held_since = None
+    return int(released or 0)

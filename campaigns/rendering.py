@@ -1,0 +1,405 @@
+"""Sandboxed Jinja2 rendering of the templates marketing edits.
+
+Layout: ``templates/NAME/subject.j2`` and ``templates/NAME/body.txt.j2`` are
+required, ``templates/NAME/body.html.j2`` is optional and may extend a layout
+at the templates root.  Templates see plain data only (dicts, strings, numbers,
+datetimes) plus ``track(url)``; the immutable sandbox keeps them from reaching
+Python internals or mutating that data.
+
+Every failure, at ``retention check`` time or while sending, surfaces as a
+``TemplateError`` located at ``file:line`` so marketing can fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.runtime import StrictUndefined, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import missing
+
+from campaigns.errors import TemplateError
+from campaigns.models import Customer
+
+logger = logging.getLogger(__name__)
+
+SUBJECT = "subject.j2"
+TEXT_BODY = "body.txt.j2"
+HTML_BODY = "body.html.j2"
+REQUIRED_FILES = (SUBJECT, TEXT_BODY)
+
+# The keys of the ``customer`` dict; sample_customer and customer_context both
+# produce exactly these, so `retention check` catches a misspelling that a
+# real send would hit.
+CUSTOMER_FIELDS = (
+    "id", "email", "first_name", "last_name", "plan", "status", "locale", "timezone",
+    "signed_up_at", "cancelled_at", "last_active_at", "days_inactive", "activity_count",
+    "cadence_days", "attributes",
+)
+
+_PART_NAMES = {TEXT_BODY: "text", HTML_BODY: "HTML"}
+_REQUIREMENT_REASONS = {
+    "unsubscribe_url": "every email must carry a visible unsubscribe link",
+    "survey_url": "a survey campaign must link to its survey",
+}
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    text: str
+    html: str | None
+
+
+class _Record(dict[str, Any]):
+    """A dict that knows its path in the context ("customer.attributes").
+
+    Only the error message uses the label; templates see an ordinary dict and
+    the sandbox hides underscore attributes from them.
+    """
+
+    __slots__ = ("_label",)
+
+    def __init__(self, data: Mapping[str, Any], label: str) -> None:
+        super().__init__(
+            (key, _Record(value, f"{label}.{key}") if isinstance(value, dict) else value)
+            for key, value in data.items()
+        )
+        self._label = label
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined whose message names the variable and what was available."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, hint: str | None = None, obj: Any = missing, name: str | None = None,
+        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
+    ) -> None:
+        if isinstance(obj, Undefined):
+            # Something looked up on an undefined (``(x|attr('__class__')).__mro__``):
+            # report the first failure, e.g. the sandbox refusal, not a
+            # confusing "'Undefined object' has no attribute".
+            hint, name, exc = obj._undefined_hint, obj._undefined_name, obj._undefined_exception
+            obj = obj._undefined_obj
+        super().__init__(hint, obj, name, exc)
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint:
+            return self._undefined_hint
+        obj, name = self._undefined_obj, self._undefined_name
+        if obj is missing:
+            return f"undefined name {name!r}"
+        if isinstance(obj, _Record):
+            available = ", ".join(sorted(map(str, obj))) or "nothing (it is empty)"
+            message = f"{obj._label!r} has no attribute {name!r} — available: {available}"
+            if obj._label.endswith("attributes"):
+                message += (
+                    f"; for a value only some customers have, write "
+                    f"`{{% if {obj._label}.{name} is defined %}}`"
+                )
+            return message
+        return str(super()._undefined_message)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        owner = obj._label if isinstance(obj, _Record) else f"a {type(obj).__name__} value"
+        return self.undefined(
+            f"{attribute!r} of {owner} is off limits: templates may read data, "
+            "not change it or reach Python internals",
+            name=attribute, obj=obj, exc=SecurityError,
+        )
+
+
+def _autoescape(template_name: str | None) -> bool:
+    # By the name, not jinja's extension defaults: "body.html.j2" and the
+    # layouts escape, subject and text must not (they are not HTML).
+    return template_name is not None and template_name.endswith((".html.j2", ".html", ".htm"))
+
+
+def _finalize(value: Any) -> Any:
+    # A missing first name should print as nothing, not as "None".
+    return "" if value is None else value
+
+
+def _one_line(text: str) -> str:
+    # Collapsing all whitespace also removes CR/LF: no header injection.
+    return " ".join(text.split())
+
+
+class TemplateStore:
+    """The templates directory: list, check and render templates by name."""
+
+    def __init__(self, path: Path) -> None:
+        self.root = Path(path)
+        self._root_abs = Path(os.path.normpath(self.root.absolute()))
+        self._display_root = _display_path(self._root_abs)
+        self._env = _Sandbox(
+            loader=jinja2.FileSystemLoader(str(self._root_abs)),
+            undefined=_Undefined,
+            autoescape=_autoescape,
+            finalize=_finalize,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,  # marketing edits reach a running daemon
+        )
+
+    def names(self) -> list[str]:
+        """Template directories that have every required file."""
+        return [name for name in self._directories() if self.exists(name)]
+
+    def exists(self, name: str) -> bool:
+        if not _valid_name(name):
+            return False
+        folder = self._root_abs / name
+        return all((folder / file).is_file() for file in REQUIRED_FILES)
+
+    def render(self, name: str, context: Mapping[str, Any]) -> RenderedMessage:
+        """Render one message; any failure is a TemplateError located in the file."""
+        if not self.exists(name):
+            raise TemplateError(
+                f"no template {name!r}: expected {name}/{SUBJECT} and {name}/{TEXT_BODY}"
+                f" (templates here: {', '.join(self.names()) or 'none'})",
+                file=self._display(name),
+            )
+        prepared = _prepare(context)
+        subject = _one_line(self._render_file(name, SUBJECT, prepared))
+        if not subject:
+            raise TemplateError("the subject renders empty", file=self._display(name, SUBJECT))
+        text = self._render_file(name, TEXT_BODY, prepared).strip("\n") + "\n"
+        html = None
+        if (self._root_abs / name / HTML_BODY).is_file():
+            html = self._render_file(name, HTML_BODY, prepared)
+        return RenderedMessage(subject=subject, text=text, html=html)
+
+    def check(
+        self, name: str, sample_context: Mapping[str, Any], *,
+        required_names: tuple[str, ...] = ("unsubscribe_url",),
+    ) -> list[TemplateError]:
+        """Every problem of one template: missing files, syntax, undefined names, no
+        unsubscribe link.  Returns them all rather than stopping at the first."""
+        if not _valid_name(name) or not (self._root_abs / name).is_dir():
+            return [TemplateError(
+                f"no template directory {name!r}: create {name}/{SUBJECT} and {name}/{TEXT_BODY}",
+                file=self._display(name),
+            )]
+        errors: list[TemplateError] = []
+        for file in REQUIRED_FILES:
+            if not (self._root_abs / name / file).is_file():
+                errors.append(TemplateError(
+                    f"missing {file}: every template needs {SUBJECT} and {TEXT_BODY}",
+                    file=self._display(name, file),
+                ))
+        present = [f for f in (SUBJECT, TEXT_BODY, HTML_BODY)
+                   if (self._root_abs / name / f).is_file()]
+        parsed = []
+        for file in present:
+            try:
+                self._env.get_template(f"{name}/{file}")
+            except Exception as exc:  # reported to the user, not swallowed
+                errors.append(self._error(exc, name, file))
+            else:
+                parsed.append(file)
+
+        # Sentinels in place of the required links: if one never reaches the
+        # output, that part of the email lacks the link.
+        sentinels = {key: f"https://sentinel.invalid/{key}/f3a9c1" for key in required_names}
+        prepared = _prepare({**sample_context, **sentinels})
+        outputs: dict[str, str] = {}
+        for file in parsed:
+            try:
+                outputs[file] = self._render_file(name, file, prepared)
+            except TemplateError as exc:
+                errors.append(exc)
+        if SUBJECT in outputs and not _one_line(outputs[SUBJECT]):
+            errors.append(TemplateError(
+                "the subject renders empty", file=self._display(name, SUBJECT)))
+        for file in (TEXT_BODY, HTML_BODY):
+            for key, sentinel in sentinels.items():
+                if file in outputs and sentinel not in outputs[file]:
+                    reason = _REQUIREMENT_REASONS.get(key, "this campaign needs it")
+                    errors.append(TemplateError(
+                        f"the {_PART_NAMES[file]} part never shows {{{{ {key} }}}}: {reason}",
+                        file=self._display(name, file),
+                    ))
+        return errors
+
+    def check_all(
+        self, sample_context: Callable[[str], Mapping[str, Any]] | None = None,
+    ) -> list[TemplateError]:
+        """Check every template directory and every shared file at the root."""
+        make_context = sample_context or (lambda name: build_sample_context(template=name))
+        errors: list[TemplateError] = []
+        for path in sorted(self._root_abs.glob("*.j2")):
+            try:
+                self._env.get_template(path.name)
+            except Exception as exc:  # reported to the user, not swallowed
+                errors.append(self._error(exc, None, path.name))
+        for name in self._directories():
+            errors.extend(self.check(name, make_context(name)))
+        # A broken layout shows up once per template that extends it.
+        unique = {error.format(): error for error in errors}
+        return list(unique.values())
+
+    def _directories(self) -> list[str]:
+        if not self._root_abs.is_dir():
+            return []
+        return sorted(p.name for p in self._root_abs.iterdir() if p.is_dir() and _valid_name(p.name))
+
+    def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
+        try:
+            return self._env.get_template(f"{name}/{file}").render(context)
+        except Exception as exc:
+            error = self._error(exc, name, file)
+            if isinstance(exc, jinja2.UndefinedError) and error.message.startswith("undefined name"):
+                error = TemplateError(
+                    f"{error.message} — available: {', '.join(sorted(context))}",
+                    file=error.file, line=error.line,
+                )
+            raise error from exc
+
+    def _error(self, exc: Exception, name: str | None, file: str) -> TemplateError:
+        """Locate a jinja (or template-triggered Python) exception in its source file."""
+        default = self._display(name, file) if name else self._display(file)
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = self._display_template_file(exc.filename) if exc.filename else None
+            return TemplateError(exc.message or str(exc), file=where or default, line=exc.lineno)
+        where, line = None, None
+        traceback = exc.__traceback__
+        # Jinja rewrites the traceback so template frames carry the template's
+        # file name and line; the innermost one is where it went wrong.
+        while traceback is not None:
+            shown = self._display_template_file(traceback.tb_frame.f_code.co_filename)
+            if shown is not None:
+                where, line = shown, traceback.tb_lineno
+            traceback = traceback.tb_next
+        return TemplateError(_describe(exc, self._display_root), file=where or default, line=line)
+
+    def _display_template_file(self, filename: str) -> str | None:
+        path = Path(os.path.normpath(filename))
+        if path.suffix != ".j2" or not path.is_relative_to(self._root_abs):
+            return None
+        return self._display(*path.relative_to(self._root_abs).parts)
+
+    def _display(self, *parts: str) -> str:
+        return "/".join((self._display_root, *parts))
+
+
+def _describe(exc: Exception, display_root: str) -> str:
+    if isinstance(exc, SecurityError):
+        return f"unsafe template construct: {exc.message}"
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return f"no template file {exc.name!r} in {display_root}/"
+    if isinstance(exc, jinja2.TemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _display_path(path: Path) -> str:
+    # Relative to the working directory when inside it, so the CLI prints
+    # "templates/we_miss_you/body.txt.j2" the user can open directly.
+    try:
+        return path.relative_to(Path.cwd()).as_posix() or "."
+    except ValueError:
+        return path.as_posix()
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name[0] not in "._" and "/" not in name and "\\" not in name
+
+
+def _prepare(context: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _Record(value, key) if isinstance(value, dict) else value
+        for key, value in context.items()
+    }
+
+
+def build_context(
+    *, customer: dict[str, Any], campaign: dict[str, Any], unsubscribe_url: str,
+    survey_url: str | None, track: Callable[[str], str],
+) -> dict[str, Any]:
+    """The variables a template sees.  ``survey_url`` only exists for survey
+    campaigns, so a survey template attached to another campaign fails loudly."""
+    context: dict[str, Any] = {
+        "customer": customer, "campaign": campaign,
+        "unsubscribe_url": unsubscribe_url, "track": track,
+    }
+    if survey_url is not None:
+        context["survey_url"] = survey_url
+    return context
+
+
+def customer_context(customer: Customer, *, now: datetime) -> dict[str, Any]:
+    """A customer row as template data (the external id is ``id``)."""
+    last_active = customer.last_active_at
+    return {
+        "id": customer.external_id,
+        "email": customer.email,
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+        "plan": customer.plan,
+        "status": customer.status,
+        "locale": customer.locale,
+        "timezone": customer.timezone,
+        "signed_up_at": customer.signed_up_at,
+        "cancelled_at": customer.cancelled_at,
+        "last_active_at": last_active,
+        "days_inactive": (now - last_active).days if last_active is not None else None,
+        "activity_count": customer.activity_count,
+        "cadence_days": customer.cadence_days,
+        "attributes": dict(customer.attributes or {}),
+    }
+
+
+def sample_customer(**overrides: Any) -> dict[str, Any]:
+    """A plausible customer for `retention check` and previews."""
+    customer: dict[str, Any] = {
+        "id": "cus_1042",
+        "email": "ada@example.com",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "plan": "pro",
+        "status": "active",
+        "locale": "en",
+        "timezone": "Europe/Berlin",
+        "signed_up_at": datetime(2023, 3, 14, 9, 30, tzinfo=UTC),
+        "cancelled_at": None,
+        "last_active_at": datetime(2024, 5, 2, 16, 5, tzinfo=UTC),
+        "days_inactive": 34,
+        "activity_count": 57,
+        "cadence_days": 6.5,
+        "attributes": {},
+    }
+    unknown = set(overrides) - set(CUSTOMER_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown customer field(s) {', '.join(sorted(unknown))}: "
+            f"use one of {', '.join(CUSTOMER_FIELDS)} (extra columns go in attributes)"
+        )
+    customer.update(overrides)
+    return customer
+
+
+def build_sample_context(
+    *, template: str, customer: dict[str, Any] | None = None,
+    campaign: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The context `check` and `preview` render with; ``survey_url`` is always present."""
+    return build_context(
+        customer=customer if customer is not None else sample_customer(),
+        campaign=campaign if campaign is not None else {"id": "preview", "template": template},
+        unsubscribe_url="https://retention.invalid/u/sample-token",
+        survey_url="https://retention.invalid/s/sample-token",
+        track=lambda url: url,
+    )

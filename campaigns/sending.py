@@ -1,0 +1,166 @@
+"""Sending one delivery: claim, re-check, render, send, record.
+
+The transport is passed in (anything with ``send(EmailMessage) -> str``), so
+this whole path runs in tests against a real SMTP server without a broker,
+and the Dramatiq actor that calls it stays a few lines long.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from enum import StrEnum
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from campaigns import outbox
+from campaigns.errors import PermanentDeliveryError, RetentionError, TransientDeliveryError
+from campaigns.messages import build_email, sender_domain
+from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
+from campaigns.rendering import TemplateStore, build_context, customer_context
+from campaigns.rules import Campaign, Rules
+from campaigns.sendwindow import customer_zone, next_send_time
+from campaigns.tokens import Signer, links
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+
+
+class Transport(Protocol):
+    def send(self, message: EmailMessage) -> str: ...
+
+
+class Outcome(StrEnum):
+    sent = "sent"
+    skipped = "skipped"  # not ours: already claimed, not due, or already final
+    suppressed = "suppressed"
+    deferred = "deferred"  # quiet hours / send days: waits for the sweeper
+    retry = "retry"  # transient failure: the broker should retry with backoff
+    failed = "failed"
+    bounced = "bounced"
+
+
+@dataclass(frozen=True)
+class Composed:
+    delivery: Delivery
+    customer: Customer
+    campaign: Campaign
+    message: EmailMessage
+
+
+class Sender:
+    def __init__(
+        self, *, rules: Rules, templates: TemplateStore, signer: Signer, public_url: str,
+        transport: Transport, clock: Callable[[], datetime] = utcnow,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.rules = rules
+        self.templates = templates
+        self.signer = signer
+        self.public_url = public_url
+        self.transport = transport
+        self.clock = clock
+        self.max_attempts = max_attempts
+
+    def deliver(self, session: Session, delivery_id: int) -> Outcome:
+        """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry."""
+        now = self.clock()
+        delivery = outbox.claim(session, delivery_id, now=now)
+        if delivery is None:
+            return Outcome.skipped
+        try:
+            composed_or_outcome = self._prepare(session, delivery, now)
+        except RetentionError as exc:
+            # A template or rules problem: retrying will not fix it, a human must.
+            log.error("delivery %s (%s) cannot be composed: %s", delivery.id, delivery.campaign_id, exc)
+            outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
+            return Outcome.failed
+        except Exception:
+            outbox.release(session, delivery, now=now, error="crashed while composing")
+            raise
+        if isinstance(composed_or_outcome, Outcome):
+            return composed_or_outcome
+        return self._send(session, composed_or_outcome)
+
+    def _prepare(self, session: Session, delivery: Delivery, now: datetime) -> Composed | Outcome:
+        customer = session.get(Customer, delivery.customer_id)
+        if customer is None:
+            outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error="customer deleted")
+            return Outcome.failed
+        reason = outbox.suppression_reason(session, customer)
+        if reason:
+            outbox.finish(session, delivery, DeliveryStatus.suppressed, now=now, error=reason)
+            return Outcome.suppressed
+        try:
+            campaign = self.rules.campaign(delivery.campaign_id)
+        except LookupError:
+            outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
+                          error="campaign no longer in rules.yaml")
+            return Outcome.failed
+        wait_until = next_send_time(
+            now, customer_zone(customer.timezone, self.rules.defaults.timezone),
+            self.rules.defaults.quiet_hours, campaign.send_days,
+        )
+        if wait_until is not None:
+            outbox.release(session, delivery, now=now, due_at=wait_until, enqueued=False,
+                           error=f"waiting for the send window until {wait_until.isoformat()}")
+            return Outcome.deferred
+        return Composed(delivery, customer, campaign, self.compose(delivery, customer, campaign, now))
+
+    def compose(self, delivery: Delivery, customer: Customer, campaign: Campaign,
+                now: datetime) -> EmailMessage:
+        """Render the message of one delivery (also used by `preview`)."""
+        if delivery.id is None:
+            raise ValueError("the delivery must be stored before it can be composed")
+        link = links(self.public_url, self.signer, delivery.id)
+        context = build_context(
+            customer=customer_context(customer, now=now),
+            campaign={"id": campaign.id, "template": delivery.template, "survey": campaign.survey},
+            unsubscribe_url=link.unsubscribe_url,
+            survey_url=link.survey_url if campaign.survey else None,
+            track=link.track,
+        )
+        rendered = self.templates.render(delivery.template, context)
+        sender = campaign.sender or self.rules.defaults.sender
+        return build_email(
+            rendered=rendered, sender=sender, to=customer.email,
+            message_id=message_id_for(delivery, sender_domain(sender)),
+            unsubscribe_url=link.unsubscribe_url,
+            headers={"X-Retention-Campaign": campaign.id},
+            date=now,
+        )
+
+    def _send(self, session: Session, composed: Composed) -> Outcome:
+        delivery = composed.delivery
+        try:
+            reply = self.transport.send(composed.message)
+        except TransientDeliveryError as exc:
+            now = self.clock()
+            if delivery.attempts >= self.max_attempts:
+                outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
+                              error=f"gave up after {delivery.attempts} attempts: {exc}")
+                return Outcome.failed
+            outbox.release(session, delivery, now=now, error=str(exc)[:2000])
+            raise
+        except PermanentDeliveryError as exc:
+            now = self.clock()
+            if exc.is_recipient_failure:
+                outbox.finish(session, delivery, DeliveryStatus.bounced, now=now, error=str(exc)[:2000])
+                outbox.suppress(session, composed.customer.email, f"bounce: {exc}", now=now)
+                return Outcome.bounced
+            outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
+            return Outcome.failed
+        except Exception:
+            # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
+            outbox.release(session, delivery, now=self.clock(), error="crashed while sending")
+            raise
+        outbox.finish(session, delivery, DeliveryStatus.sent, now=self.clock(), error=None,
+                      message_id=str(composed.message["Message-ID"]))
+        log.info("sent %s to customer %s (%s): %s", delivery.campaign_id,
+                 composed.customer.external_id, delivery.id, reply)
+        return Outcome.sent

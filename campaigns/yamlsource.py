@@ -1,0 +1,91 @@
+"""YAML loading that remembers where every value came from.
+
+ruamel.yaml's round-trip loader keeps line/column for each key and item; we
+flatten them into a map from a path (("campaigns", 0, "when")) to a position,
+so any validation error can point at ``rules.yaml:LINE:COL``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+Path = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    data: Any
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def position(self, path: Path) -> tuple[int, int] | None:
+        """1-based (line, column) of the deepest known node on the path."""
+        for end in range(len(path), -1, -1):
+            found = self.positions.get(tuple(path[:end]))
+            if found:
+                return found
+        return None
+
+
+class YAMLSyntaxError(ValueError):
+    def __init__(self, message: str, line: int | None, column: int | None) -> None:
+        self.line = line
+        self.column = column
+        super().__init__(message)
+
+
+def load_located(text: str) -> Located:
+    yaml = YAML(typ="rt")
+    try:
+        node = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        return _raise_syntax(problem, mark)
+    except Exception as exc:  # ruamel raises several unrelated types for duplicate keys etc.
+        mark = getattr(exc, "problem_mark", None)
+        return _raise_syntax(str(exc).splitlines()[0] if str(exc) else "invalid YAML", mark)
+    located = Located(data=None)
+    located.data = _plain(node, (), located.positions)
+    located.positions.setdefault((), (1, 1))
+    return located
+
+
+def _raise_syntax(problem: str, mark: Any) -> Located:
+    line = mark.line + 1 if mark is not None else None
+    column = mark.column + 1 if mark is not None else None
+    raise YAMLSyntaxError(f"YAML syntax: {problem}", line, column)
+
+
+def _plain(node: Any, path: Path, positions: dict[Path, tuple[int, int]]) -> Any:
+    if isinstance(node, CommentedMap):
+        result: dict[str, Any] = {}
+        for key, value in node.items():
+            key_line, key_col = node.lc.key(key)
+            child = (*path, str(key))
+            # Point at the key: that is where the user reads "this entry".
+            positions[child] = (key_line + 1, key_col + 1)
+            result[str(key)] = _plain(value, child, positions)
+        return result
+    if isinstance(node, CommentedSeq):
+        items = []
+        for index, value in enumerate(node):
+            line, col = node.lc.item(index)
+            positions[(*path, index)] = (line + 1, col + 1)
+            items.append(_plain(value, (*path, index), positions))
+        return items
+    return _scalar(node)
+
+
+def _scalar(node: Any) -> Any:
+    # ruamel wraps scalars in subclasses that keep formatting; pydantic wants plain types.
+    if type(node).__name__ == "ScalarBoolean":
+        return bool(node)
+    for plain in (bool, int, float, str):
+        if isinstance(node, plain):
+            return plain(node)
+    return node

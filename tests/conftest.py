@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.support.redis", "tests.support.database", "tests.support.smtp"]

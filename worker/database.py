@@ -1,0 +1,89 @@
+"""Engines, sessions and migrations."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from campaigns.errors import ConfigurationError
+from campaigns.models import AppSetting
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigurationError(f"RETENTION_DATABASE_URL {url!r} is not a database URL") from exc
+    if parsed.get_backend_name() == "sqlite":
+        # Workers, planner and web write concurrently: wait for the lock instead of failing.
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = sa.create_engine(url, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.drivername == "postgresql":
+        # Plain postgresql:// would pick psycopg2, which is not a dependency.
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("migrations")))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (safe to call on every start)."""
+    with engine.begin() as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def ensure_secret_key(engine: Engine, configured: list[str]) -> list[str]:
+    """The configured keys, or one generated on first run and stored in the database.
+
+    Stored in the database rather than a file so that every machine of a
+    several-machine deployment signs and verifies with the same key.
+    """
+    if configured:
+        return configured
+    with Session(engine) as session:
+        stored = session.get(AppSetting, "secret_key")
+        if stored is None:
+            session.add(AppSetting(key="secret_key", value=secrets.token_urlsafe(32)))
+            try:
+                session.commit()
+                log.warning(
+                    "RETENTION_SECRET_KEY is not set: generated one and stored it in the database. "
+                    "Set RETENTION_SECRET_KEY to manage it yourself."
+                )
+            except sa.exc.IntegrityError:
+                session.rollback()  # another process generated it first
+            stored = session.get(AppSetting, "secret_key")
+        if stored is None:  # pragma: no cover - only if the row vanished in between
+            raise ConfigurationError("could not store a generated secret key")
+        return [stored.value]

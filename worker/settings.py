@@ -1,0 +1,61 @@
+"""Configuration from the environment (``RETENTION_*``) and an optional ``.env`` file.
+
+Only the entry points (CLI, actors' module set-up) build a Settings object;
+everything below them gets plain values through arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from campaigns.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RETENTION_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = "sqlite:///retention.db"
+    broker_url: str = ""  # empty: in-process queue inside `retention run`
+    mail_url: str = "maildir://./outbox"
+    public_url: str = "http://127.0.0.1:8000"
+    # Comma-separated; the first one signs, all of them verify (key rotation).
+    secret_key: str = ""
+    api_key: str = ""
+    rules: Path = Path("rules.yaml")
+    templates: Path = Path("templates")
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (it is the base of links in emails)")
+        return value.rstrip("/")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (in-process queue) or a redis:// URL")
+        return value
+
+    @property
+    def secret_keys(self) -> list[str]:
+        return [k.strip() for k in self.secret_key.split(",") if k.strip()]
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError
+        first = exc.errors()[0] if hasattr(exc, "errors") else None  # type: ignore[attr-defined]
+        if first:
+            name = "RETENTION_" + str(first["loc"][0]).upper()
+            raise ConfigurationError(f"{name}: {first['msg']}") from exc
+        raise ConfigurationError(str(exc)) from exc
