@@ -56,7 +56,7 @@ ACTIVITY_EVENTS = (  # besides the login that opens every active day: (name, pro
     ("report_viewed", 0.45), ("export", 0.15), ("dashboard_viewed", 0.2), ("invite_sent", 0.05),
 )
 SIGNUP_SPAN_DAYS = 540  # ~18 months
-HISTORY_DAYS = 90  # events kept before each customer's last activity
+HISTORY_DAYS = 80  # events kept before each customer's last activity
 CANCEL_SHARE = 0.08
 DRIFT_SHARE = 0.22
 RECENT_CANCELS = 12  # cancellations 2-48 hours ago, for the exit survey

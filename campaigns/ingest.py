@@ -132,11 +132,10 @@ class CustomerIn(BaseModel):
     def _extra_fields_are_attributes(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        known = {"id", *cls.model_fields}
-        extra = {k: v for k, v in data.items() if k not in known}
+        extra = {k: v for k, v in data.items() if k not in _CUSTOMER_KEYS}
         if not extra:
             return data
-        cleaned = {k: v for k, v in data.items() if k in known}
+        cleaned = {k: v for k, v in data.items() if k in _CUSTOMER_KEYS}
         attributes = cleaned.get("attributes")
         cleaned["attributes"] = {**attributes, **extra} if isinstance(attributes, Mapping) else extra
         return cleaned
@@ -218,11 +217,10 @@ class EventIn(BaseModel):
     def _extra_fields_are_properties(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        known = {"id", *cls.model_fields}
-        extra = {k: v for k, v in data.items() if k not in known}
+        extra = {k: v for k, v in data.items() if k not in _EVENT_KEYS}
         if not extra:
             return data
-        cleaned = {k: v for k, v in data.items() if k in known}
+        cleaned = {k: v for k, v in data.items() if k in _EVENT_KEYS}
         properties = cleaned.get("properties")
         if isinstance(properties, str):
             properties = _json_object(properties)
@@ -243,6 +241,11 @@ class EventIn(BaseModel):
     @classmethod
     def _properties(cls, value: Any) -> Any:
         return _json_object(value) if isinstance(value, str) else value
+
+
+# Keys a record may carry by name or alias; anything else is an attribute / a property.
+_CUSTOMER_KEYS = frozenset({"id", *CustomerIn.model_fields})
+_EVENT_KEYS = frozenset({"id", *EventIn.model_fields})
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -573,11 +576,15 @@ def import_csv(
             def flush() -> None:
                 nonlocal batch, read_since_flush
                 if batch:
-                    _write_batch(session, kind, batch, report, rejects, non_activity_events)
-                    session.commit()
-                batch, read_since_flush = [], 0
-                if on_progress is not None:
+                    try:
+                        _write_batch(session, kind, batch, report, rejects, non_activity_events)
+                        session.commit()
+                    except Exception:
+                        session.rollback()  # earlier batches stay committed
+                        raise
+                if read_since_flush and on_progress is not None:
                     on_progress(report.rows)
+                batch, read_since_flush = [], 0
 
             while True:
                 line = reader.line_num + 1  # where the next record starts

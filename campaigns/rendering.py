@@ -121,12 +121,6 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         )
 
 
-def _autoescape(template_name: str | None) -> bool:
-    # By the name, not jinja's extension defaults: "body.html.j2" and the
-    # layouts escape, subject and text must not (they are not HTML).
-    return template_name is not None and template_name.endswith((".html.j2", ".html", ".htm"))
-
-
 def _finalize(value: Any) -> Any:
     # A missing first name should print as nothing, not as "None".
     return "" if value is None else value
@@ -144,10 +138,17 @@ class TemplateStore:
         self.root = Path(path)
         self._root_abs = Path(os.path.normpath(self.root.absolute()))
         self._display_root = _display_path(self._root_abs)
-        self._env = _Sandbox(
+        # Two environments so escaping follows the part being rendered, not file
+        # names: everything the HTML body extends or includes is escaped, nothing
+        # in the subject or text part ever is.
+        self._html_env = self._environment(autoescape=True)
+        self._text_env = self._environment(autoescape=False)
+
+    def _environment(self, *, autoescape: bool) -> _Sandbox:
+        return _Sandbox(
             loader=jinja2.FileSystemLoader(str(self._root_abs)),
             undefined=_Undefined,
-            autoescape=_autoescape,
+            autoescape=autoescape,
             finalize=_finalize,
             trim_blocks=True,
             lstrip_blocks=True,
@@ -205,7 +206,7 @@ class TemplateStore:
         parsed = []
         for file in present:
             try:
-                self._env.get_template(f"{name}/{file}")
+                self._env_for(file).get_template(f"{name}/{file}")
             except Exception as exc:  # reported to the user, not swallowed
                 errors.append(self._error(exc, name, file))
             else:
@@ -242,7 +243,7 @@ class TemplateStore:
         errors: list[TemplateError] = []
         for path in sorted(self._root_abs.glob("*.j2")):
             try:
-                self._env.get_template(path.name)
+                self._env_for(path.name).get_template(path.name)
             except Exception as exc:  # reported to the user, not swallowed
                 errors.append(self._error(exc, None, path.name))
         for name in self._directories():
@@ -258,7 +259,7 @@ class TemplateStore:
 
     def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
         try:
-            return self._env.get_template(f"{name}/{file}").render(context)
+            return self._env_for(file).get_template(f"{name}/{file}").render(context)
         except Exception as exc:
             error = self._error(exc, name, file)
             if isinstance(exc, jinja2.UndefinedError) and error.message.startswith("undefined name"):
@@ -267,6 +268,12 @@ class TemplateStore:
                     file=error.file, line=error.line,
                 )
             raise error from exc
+
+    def _env_for(self, file: str) -> _Sandbox:
+        # Shared files at the root (layouts, partials) count as HTML unless named .txt.j2.
+        if file == SUBJECT or file.endswith(".txt.j2"):
+            return self._text_env
+        return self._html_env
 
     def _error(self, exc: Exception, name: str | None, file: str) -> TemplateError:
         """Locate a jinja (or template-triggered Python) exception in its source file."""

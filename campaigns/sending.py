@@ -161,6 +161,6 @@ class Sender:
             raise
         outbox.finish(session, delivery, DeliveryStatus.sent, now=self.clock(), error=None,
                       message_id=str(composed.message["Message-ID"]))
-        log.info("sent %s to customer %s (%s): %s", delivery.campaign_id,
+        log.debug("sent %s to customer %s (%s): %s", delivery.campaign_id,
                  composed.customer.external_id, delivery.id, reply)
         return Outcome.sent

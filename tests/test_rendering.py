@@ -108,6 +108,20 @@ def test_layout_extended_by_html_body_is_escaped_too(root: Path) -> None:
     assert rendered.html == "<title>A&amp;B</title>x"
 
 
+def test_partials_are_escaped_by_the_part_that_includes_them_whatever_their_name(
+    root: Path,
+) -> None:
+    store = make_store(root, {
+        "greeting.j2": "Hi {{ customer.first_name }}",
+        "t/subject.j2": "s",
+        "t/body.txt.j2": '{% include "greeting.j2" %} {{ unsubscribe_url }}',
+        "t/body.html.j2": '<p>{% include "greeting.j2" %}</p>',
+    })
+    rendered = store.render("t", context(first_name="<b>Ada</b>"))
+    assert rendered.text.startswith("Hi <b>Ada</b> ")
+    assert rendered.html == "<p>Hi &lt;b&gt;Ada&lt;/b&gt;</p>"
+
+
 def test_subject_is_collapsed_to_one_line_so_no_header_can_be_injected(root: Path) -> None:
     store = make_store(root, {
         "t/subject.j2": "Hello\n  {{ customer.first_name }}\r\nBcc: victim@example.com\n",
@@ -197,6 +211,18 @@ def test_error_in_the_layout_points_at_the_layout(root: Path) -> None:
         store.render("t", context())
     assert caught.value.file.endswith("templates/layout.html.j2")
     assert caught.value.line == 3
+
+
+def test_broken_layout_is_reported_once_by_check_all(root: Path) -> None:
+    body = '{% extends "layout.html.j2" %}{% block content %}{{ unsubscribe_url }}{% endblock %}'
+    store = make_store(root, {
+        "layout.html.j2": "<html>\n{% block content %}\n</html>",
+        "a/subject.j2": "s", "a/body.txt.j2": GOOD_TEXT, "a/body.html.j2": body,
+        "b/subject.j2": "s", "b/body.txt.j2": GOOD_TEXT, "b/body.html.j2": body,
+    })
+    errors = store.check_all()
+    assert [(e.file.rsplit("/", 1)[-1], e.line) for e in errors] == [("layout.html.j2", 3)]
+    assert "Unexpected end of template" in errors[0].message
 
 
 def test_syntax_error_names_file_and_line(root: Path) -> None:

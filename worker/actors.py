@@ -1,18 +1,15 @@
 """Dramatiq actors.  Messages carry delivery ids only; the database holds the rest.
 
-Run them on their own with the plain Dramatiq CLI (Redis broker)::
-
-    RETENTION_BROKER_URL=redis://localhost:6379/0 dramatiq worker.actors
-
-Importing this module binds the actors to the global broker, building it
-from ``RETENTION_BROKER_URL`` if the caller has not installed one: that is
-what Dramatiq's CLI needs from the module it is given.
+Actors are declared on a broker by ``declare(broker)`` rather than at import,
+so one process (or test session) can hold an in-process broker and a Redis
+one without actors leaking between them.  ``worker.consumer`` is the module
+to hand to Dramatiq's own CLI.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from dataclasses import dataclass
 
 import dramatiq
 from sqlmodel import Session
@@ -20,43 +17,16 @@ from sqlmodel import Session
 from campaigns.errors import TransientDeliveryError
 from campaigns.sending import MAX_ATTEMPTS
 from worker import runtime
-from worker.broker import QUEUE, install_broker
+from worker.broker import QUEUE
 
 log = logging.getLogger(__name__)
 
-
-def _broker() -> dramatiq.Broker:
-    try:
-        from dramatiq.broker import global_broker
-    except ImportError:  # pragma: no cover
-        global_broker = None
-    if global_broker is not None:
-        return global_broker
-    return install_broker(os.environ.get("RETENTION_BROKER_URL", ""))
+DEFAULT_MIN_BACKOFF_MS = 15_000
+DEFAULT_MAX_BACKOFF_MS = 3_600_000
 
 
-def _retry_transient(retries: int, exc: BaseException) -> bool:
-    # Permanent failures are recorded by the Sender and never raised; anything
-    # else (a bug, the database away) is retried a few times too, then dead-lettered
-    # while the sweeper keeps the delivery itself safe in the outbox.
-    return retries < MAX_ATTEMPTS and not isinstance(exc, dramatiq.errors.RateLimitExceeded)
-
-
-def _backoff_ms(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-broker = _broker()
-
-
-@dramatiq.actor(
-    broker=broker, queue_name=QUEUE, actor_name="deliver",
-    retry_when=_retry_transient,
-    min_backoff=_backoff_ms("RETENTION_RETRY_MIN_BACKOFF_MS", 15_000),
-    max_backoff=_backoff_ms("RETENTION_RETRY_MAX_BACKOFF_MS", 3_600_000),
-    time_limit=5 * 60_000,
-)
 def deliver(delivery_id: int) -> None:
+    """Send one delivery if it is still queued (a duplicate message does nothing)."""
     rt = runtime.current()
     with Session(rt.engine) as session:
         try:
@@ -65,3 +35,31 @@ def deliver(delivery_id: int) -> None:
             log.warning("delivery %s: temporary failure, will retry: %s", delivery_id, exc)
             raise
     log.debug("delivery %s: %s", delivery_id, outcome)
+
+
+def _retry(retries: int, exc: BaseException) -> bool:
+    # Permanent failures never get here (the Sender records them).  Anything
+    # else — SMTP 4xx, a bug, the database away — is retried a few times; the
+    # outbox sweeper keeps the delivery itself safe beyond that.
+    return retries < MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class Actors:
+    deliver: dramatiq.Actor  # type: ignore[type-arg]
+
+
+def declare(
+    broker: dramatiq.Broker, *, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+    max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
+) -> Actors:
+    existing = broker.actors.get("deliver") if hasattr(broker, "actors") else None
+    if existing is not None:
+        return Actors(deliver=existing)
+    return Actors(
+        deliver=dramatiq.actor(
+            deliver, broker=broker, queue_name=QUEUE, actor_name="deliver",
+            retry_when=_retry, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
+            time_limit=5 * 60_000,
+        ),
+    )

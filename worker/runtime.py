@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -33,6 +34,7 @@ class RulesState:
     rules: Rules
     loaded_at: datetime
     fingerprint: str
+    source: str = ""  # the text they were loaded from, to notice edits
     error: str | None = None
 
 
@@ -41,21 +43,28 @@ class Runtime:
     settings: Settings
     engine: Engine
     templates: TemplateStore
-    transport: Transport
-    signer: Signer
     state: RulesState
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def rules(self) -> Rules:
         return self.state.rules
+
+    @cached_property
+    def transport(self) -> Transport:
+        return transport_from_url(self.settings.mail_url)
+
+    @cached_property
+    def signer(self) -> Signer:
+        # Lazy: a dry run (`plan`, `check`) must not write a generated key.
+        return Signer(ensure_secret_key(self.engine, self.settings.secret_keys))
 
     def sender(self) -> Sender:
         return Sender(rules=self.rules, templates=self.templates, signer=self.signer,
                       public_url=self.settings.public_url, transport=self.transport)
 
     def close(self) -> None:
-        self.transport.close()
+        if "transport" in self.__dict__:
+            self.transport.close()
         self.engine.dispose()
 
 
@@ -80,7 +89,8 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
             survey_url="https://retention.invalid/s/sample" if campaign.survey else None,
             track=lambda url: url,
         )
-        errors.extend(templates.check(campaign.template, context))
+        required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
+        errors.extend(templates.check(campaign.template, context, required_names=required))
     errors.extend(templates.check_all())
     lines = []
     for error in errors:
@@ -90,22 +100,26 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
     return rules, lines
 
 
-def build(settings: Settings | None = None, *, migrate: bool = True) -> Runtime:
-    from datetime import UTC
-
+def build(
+    settings: Settings | None = None, *, migrate: bool = True,
+    rules_path: Path | None = None, templates_path: Path | None = None,
+) -> Runtime:
     settings = settings or load_settings()
     engine = make_engine(settings.database_url)
     if migrate:
         upgrade(engine)
-    templates = TemplateStore(settings.templates)
-    rules = load_rules(settings.rules)
+    rules_file = rules_path or settings.rules
+    rules = load_rules(rules_file)
+    if rules_path is not None:
+        settings = settings.model_copy(update={"rules": rules_path})
+    if templates_path is not None:
+        settings = settings.model_copy(update={"templates": templates_path})
     return Runtime(
         settings=settings,
         engine=engine,
-        templates=templates,
-        transport=transport_from_url(settings.mail_url),
-        signer=Signer(ensure_secret_key(engine, settings.secret_keys)),
-        state=RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint),
+        templates=TemplateStore(templates_path or settings.templates),
+        state=RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint,
+                         source=rules_file.read_text(encoding="utf-8")),
     )
 
 
@@ -125,3 +139,29 @@ def current() -> Runtime:
         if _current is None:
             _current = build()
         return _current
+
+
+def reload_rules(rt: Runtime, *, force: bool = False) -> bool:
+    """Load rules.yaml again if it changed; a bad edit keeps the last good rules running.
+
+    Returns True when new rules took effect.
+    """
+    path = rt.settings.rules
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        rt.state.error = f"{path}: cannot read: {exc}"
+        log.error("%s; keeping the rules loaded at %s", rt.state.error, rt.state.loaded_at)
+        return False
+    if not force and text == rt.state.source:
+        return False
+    rules, lines = check_files(path, rt.templates)
+    if rules is None or lines:
+        rt.state.source = text  # report once per edit, not on every tick
+        rt.state.error = "; ".join(lines)
+        log.error("rules not reloaded, keeping the last good ones: %s", rt.state.error)
+        return False
+    rt.state = RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint,
+                          source=text)
+    log.info("rules reloaded from %s (%d campaigns)", path, len(rules.campaigns))
+    return True

@@ -1,0 +1,225 @@
+"""`retention run`: scheduler, workers and web in one process; and `--once`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlmodel import Session
+
+from campaigns.models import AppSetting, Delivery, DeliveryStatus, utcnow
+from worker import runtime as runtime_module
+from worker.actors import Actors, declare
+from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
+from worker.passes import DEFAULT_STALE_AFTER, run_pass
+from worker.runtime import Runtime, reload_rules
+
+log = logging.getLogger(__name__)
+
+ONCE_TIMEOUT = timedelta(minutes=10)
+SHUTDOWN_GRACE_SECONDS = 30  # well under systemd's default 90 s
+
+
+@dataclass
+class CampaignSummary:
+    campaign_id: str
+    planned: int = 0
+    held_out: int = 0
+    sent: int = 0
+    other: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class OnceSummary:
+    rows: list[CampaignSummary]
+    pending: int
+    where: str
+
+
+@dataclass
+class Roles:
+    broker: dramatiq.Broker
+    actors: Actors
+    worker: dramatiq.Worker | None
+
+    def enqueue(self, ids: list[int]) -> int:
+        return enqueue_many(self.actors.deliver, ids)
+
+    def stop(self, timeout_s: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=int(timeout_s * 1000))
+        self.broker.close()
+
+
+def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
+    broker = install_broker(rt.settings.broker_url)
+    actors = declare(broker)
+    worker = None
+    if consume:
+        worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)
+        worker.start()
+    return Roles(broker, actors, worker)
+
+
+def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT) -> OnceSummary:
+    """One pass, then deliver what it queued (and what earlier runs left due) before returning."""
+    runtime_module.install(rt)
+    roles = start_roles(rt, workers=workers)
+    try:
+        # Nothing survives in an in-process queue: everything queued and due is ours to send.
+        stale_after = timedelta(0) if is_in_process(roles.broker) else DEFAULT_STALE_AFTER
+        report = run_pass(rt, roles.enqueue, stale_after=stale_after)
+        ids = report.result.queued_ids + report.swept_ids
+        pending = _wait_until_settled(rt, ids, timeout)
+    finally:
+        roles.stop()
+        rt.transport.close()
+    return OnceSummary(rows=_summarize(rt, report.result, ids), pending=pending, where=where_mail_went(rt))
+
+
+def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
+    """Wait while a delivery is being sent or still awaits its first attempt.
+
+    Retries after a temporary failure are left to the next pass, so a mail
+    server that is down cannot hold `--once` for the whole backoff schedule.
+    """
+    deadline = time.monotonic() + timeout.total_seconds()
+    pending = 0
+    while ids:
+        with Session(rt.engine) as session:
+            pending = 0
+            for start in range(0, len(ids), 1000):
+                pending += session.scalar(
+                    sa.select(sa.func.count()).select_from(Delivery).where(
+                        Delivery.id.in_(ids[start:start + 1000]),  # type: ignore[union-attr]
+                        sa.or_(Delivery.status == DeliveryStatus.sending,
+                               sa.and_(Delivery.status == DeliveryStatus.queued,
+                                       Delivery.attempts == 0,
+                                       Delivery.due_at <= utcnow())))) or 0
+        if pending == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    with Session(rt.engine) as session:
+        return sum(
+            session.scalar(sa.select(sa.func.count()).select_from(Delivery).where(
+                Delivery.id.in_(ids[start:start + 1000]),  # type: ignore[union-attr]
+                Delivery.status.in_((DeliveryStatus.queued, DeliveryStatus.sending)))) or 0  # type: ignore[attr-defined]
+            for start in range(0, len(ids), 1000)
+        )
+
+
+def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary]:
+    rows = {p.campaign_id: CampaignSummary(p.campaign_id, planned=p.inserted) for p in result.plans}
+    statuses: dict[str, Counter[str]] = defaultdict(Counter)
+    with Session(rt.engine) as session:
+        for start in range(0, len(ids), 1000):
+            for campaign_id, status, count in session.execute(
+                sa.select(Delivery.campaign_id, Delivery.status, sa.func.count())
+                .where(Delivery.id.in_(ids[start:start + 1000]))  # type: ignore[union-attr]
+                .group_by(Delivery.campaign_id, Delivery.status)
+            ):
+                statuses[campaign_id][status] += count
+        for plan in result.plans:
+            held_out = plan.inserted - len(plan.queued_ids)
+            rows[plan.campaign_id].held_out = held_out if not plan.blast_guard else 0
+    for campaign_id, counter in statuses.items():
+        row = rows.setdefault(campaign_id, CampaignSummary(campaign_id))
+        row.sent = counter.pop(DeliveryStatus.sent, 0)
+        row.other = dict(counter)
+    return list(rows.values())
+
+
+def where_mail_went(rt: Runtime) -> str:
+    url = rt.settings.mail_url
+    if url.startswith("maildir://"):
+        path = Path(url.removeprefix("maildir://"))
+        count = len(list((path / "new").glob("*"))) if (path / "new").is_dir() else 0
+        return (f"emails are in {path}/ (a Maildir, {count} messages in {path}/new): open it with any "
+                f"mail client, e.g. `mutt -f {path}`")
+    if url.startswith("console://"):
+        return "emails were printed above (console://)"
+    from worker.mail import mask_url
+
+    return f"emails went to {mask_url(url)}"
+
+
+def demo_anchor(session: Session) -> Any:
+    """The moment the demo data is built around, fixed at first run so a re-run changes nothing."""
+    from datetime import datetime
+
+    stored = session.get(AppSetting, "demo_anchor")
+    if stored is None:
+        stored = AppSetting(key="demo_anchor", value=utcnow().isoformat())
+        session.add(stored)
+        session.commit()
+    return datetime.fromisoformat(stored.value)
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def serve(rt: Runtime, *, workers: int, web: tuple[str, int] | None,
+          plan: bool = True, consume: bool = True) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads rules.yaml and templates."""
+    runtime_module.install(rt)
+    roles = start_roles(rt, workers=workers, consume=consume)
+    stop = threading.Event()
+    scheduler = BackgroundScheduler(timezone="UTC")
+
+    def tick() -> None:
+        reload_rules(rt)
+        try:
+            run_pass(rt, roles.enqueue)
+        except Exception:  # the daemon outlives a bad pass; the next tick tries again
+            log.exception("planning pass failed")
+
+    if plan:
+        scheduler.add_job(tick, IntervalTrigger(seconds=rt.rules.defaults.check_every.total_seconds()),
+                          id="plan", max_instances=1, coalesce=True, next_run_time=utcnow())
+        scheduler.start()
+    server = _start_web(rt, web) if web else None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            reload_rules(rt, force=True)
+            return
+        log.info("received %s: finishing in-flight sends, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    log.info("retention daemon running: broker %s, %d worker threads, a pass every %s%s",
+             "in-process" if is_in_process(roles.broker) else "redis", workers,
+             rt.rules.defaults.check_every, f", web on http://{web[0]}:{web[1]}" if web else "")
+    stop.wait()
+    if plan:
+        scheduler.shutdown(wait=True)
+    if server is not None:
+        server.should_exit = True
+    roles.stop()
+    rt.close()
+    log.info("stopped")
+
+
+def _start_web(rt: Runtime, web: tuple[str, int]) -> Any:
+    import uvicorn
+
+    from worker.web import create_app
+
+    config = uvicorn.Config(create_app(rt), host=web[0], port=web[1], log_level="warning")
+    server = uvicorn.Server(config)
+    # Signals are the daemon's to handle, not uvicorn's.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    threading.Thread(target=server.run, name="web", daemon=True).start()
+    return server

@@ -1,0 +1,58 @@
+"""One planning pass as the runtime runs it: plan, commit, enqueue, sweep."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from campaigns import outbox
+from campaigns.models import utcnow
+from campaigns.planner import PassResult, Planner
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# A queued delivery whose message has not been consumed after this long is
+# presumed lost (broker flushed, in-process queue of a dead process) and re-enqueued.
+DEFAULT_STALE_AFTER = timedelta(minutes=10)
+
+Enqueue = Callable[[list[int]], int]
+
+
+@dataclass
+class PassReport:
+    result: PassResult
+    enqueued: int
+    swept_ids: list[int]
+    seconds: float
+
+
+def run_pass(
+    rt: Runtime, enqueue: Enqueue, *, now: datetime | None = None,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+) -> PassReport:
+    started = time.monotonic()
+    now = now or utcnow()
+    with Session(rt.engine) as session:
+        result = Planner(rt.rules, now=now).run(session)
+        session.commit()
+    # Committed first, enqueued second: a crash in between leaves rows the sweeper finds.
+    enqueued = enqueue(result.queued_ids) if result.queued_ids else 0
+    with Session(rt.engine) as session:
+        stale = outbox.stale_queued(session, now=now, stale_after=stale_after)
+    if stale:
+        enqueue(stale)
+    report = PassReport(result, enqueued, stale, time.monotonic() - started)
+    for plan in result.plans:
+        if plan.inserted or plan.blast_guard:
+            log.info("campaign %s: %d new deliveries, %d queued%s", plan.campaign_id,
+                     plan.inserted, len(plan.queued_ids),
+                     f"; HELD by blast guard: {plan.blast_guard}" if plan.blast_guard else "")
+    log.info("pass done in %.2fs: %d enqueued, %d re-enqueued by the sweeper",
+             report.seconds, enqueued, len(stale))
+    return report
