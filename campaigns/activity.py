@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 CADENCE_DAYS = 20
 # Fewer distinct active days than this leaves the cadence unknown (null).
 MIN_CADENCE_DAYS = 3
-_PAGE = 256
+_PAGE = 256  # newest events read per customer and round trip
+_UNION_WIDTH = 50  # customers per UNION ALL statement
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
@@ -98,19 +99,75 @@ def refresh_cadence(
     session: Session, customer_ids: Iterable[int], *, non_activity_events: frozenset[str]
 ) -> None:
     """Recompute cadence_days for these customers from their recent active days."""
-    updates = [
-        {"b_id": customer_id, "b_cadence": median_gap_days(
-            recent_active_days(session, customer_id, non_activity_events=non_activity_events)
-        )}
-        for customer_id in customer_ids
-    ]
+    days = recent_active_days_of(session, customer_ids, non_activity_events=non_activity_events)
+    updates = [{"b_id": customer_id, "b_cadence": median_gap_days(found)}
+               for customer_id, found in days.items()]
     if updates:
         session.execute(
             sa.update(_customer)
             .where(_customer.c.id == sa.bindparam("b_id"))
             .values(cadence_days=sa.bindparam("b_cadence")),
-            updates
+            updates,
         )
+
+
+def _newest_activity(
+    customer_id: int, non_activity_events: frozenset[str], before: datetime | None = None
+) -> sa.Select[tuple[int, datetime]]:
+    query = (
+        sa.select(_event.c.customer_id, _event.c.occurred_at)
+        .where(_event.c.customer_id == customer_id)
+        .order_by(_event.c.occurred_at.desc())
+        .limit(_PAGE)
+    )
+    if non_activity_events:
+        query = query.where(_event.c.name.not_in(sorted(non_activity_events)))
+    if before is not None:
+        query = query.where(_event.c.occurred_at < before)
+    return query
+
+
+def _add_days(days: list[date], newest_first: Iterable[datetime], limit: int) -> None:
+    for occurred_at in newest_first:
+        day = occurred_at.astimezone(UTC).date()
+        if not days or days[-1] != day:
+            if len(days) == limit:
+                return
+            days.append(day)
+
+
+def recent_active_days_of(
+    session: Session,
+    customer_ids: Iterable[int],
+    *,
+    non_activity_events: frozenset[str],
+    limit: int = CADENCE_DAYS + 1,
+) -> dict[int, list[date]]:
+    """Each customer's most recent distinct active days (UTC dates), newest first.
+
+    The first page of every customer's newest events comes from one UNION ALL of small
+    per-customer index range scans (one round trip for many customers); only a customer
+    whose page ends inside their busiest days needs more, read by ``recent_active_days``.
+    """
+    found: dict[int, list[date]] = {}
+    ids = list(dict.fromkeys(customer_ids))
+    for start in range(0, len(ids), _UNION_WIDTH):
+        chunk = ids[start : start + _UNION_WIDTH]
+        branches = [_newest_activity(cid, non_activity_events).subquery().select() for cid in chunk]
+        statement = branches[0] if len(branches) == 1 else sa.union_all(*branches)
+        times: dict[int, list[datetime]] = {cid: [] for cid in chunk}
+        for customer_id, occurred_at in session.execute(statement):
+            times[customer_id].append(occurred_at)
+        for cid in chunk:
+            newest_first = sorted(times[cid], reverse=True)
+            days: list[date] = []
+            _add_days(days, newest_first, limit)
+            if len(newest_first) == _PAGE and len(days) < limit:
+                days = recent_active_days(
+                    session, cid, non_activity_events=non_activity_events, limit=limit
+                )
+            found[cid] = days
+    return found
 
 
 def recent_active_days(
@@ -120,36 +177,21 @@ def recent_active_days(
     non_activity_events: frozenset[str],
     limit: int = CADENCE_DAYS + 1,
 ) -> list[date]:
-    """The customer's most recent distinct active days (UTC dates), newest first.
+    """One customer's most recent distinct active days (UTC dates), newest first.
 
     Reads events newest first a page at a time; a page that ends inside one very busy day
     continues before that day, so a heavy user costs a few index range scans, not a full scan.
     """
     days: list[date] = []
     before: datetime | None = None
-    while len(days) < limit:
-        query = (
-            sa.select(_event.c.occurred_at)
-            .where(_event.c.customer_id == customer_id)
-            .order_by(_event.c.occurred_at.desc())
-            .limit(_PAGE)
-        )
-        if non_activity_events:
-            query = query.where(_event.c.name.not_in(sorted(non_activity_events)))
-        if before is not None:
-            query = query.where(_event.c.occurred_at < before)
-        page: list[datetime] = list(session.execute(query).scalars())
-        for occurred_at in page:
-            day = occurred_at.astimezone(UTC).date()
-            if not days or days[-1] != day:
-                days.append(day)
-                if len(days) == limit:
-                    break
+    while True:
+        query = _newest_activity(customer_id, non_activity_events, before)
+        page = [occurred_at for _, occurred_at in session.execute(query)]
+        _add_days(days, page, limit)
         if len(page) < _PAGE or len(days) >= limit:
-            break
+            return days
         # Restart before the oldest day seen: it may be incomplete, but it is already counted.
         before = datetime.combine(days[-1], time(), tzinfo=UTC)
-    return days
 
 
 def cancel_customers(session: Session, cancelled_at: Mapping[int, datetime]) -> None:

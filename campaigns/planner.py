@@ -213,7 +213,7 @@ class Planner:
 
     def _plan_campaign(self, session: Session, campaign: Campaign, sample: int) -> CampaignPlan:
         plan = CampaignPlan(campaign.id)
-        state = session.get(CampaignState, campaign.id)
+        state = self._state(session, campaign.id)
         fire = self.scheduled_fire(campaign, state)
         if campaign.schedule is not None and fire is None:
             plan.due = False
@@ -236,9 +236,6 @@ class Planner:
             ]
 
         plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
-        if state is None:
-            state = CampaignState(campaign_id=campaign.id)
-            session.add(state)
         state.last_pass_at = self.now
         if plan.blast_guard:
             log.warning("campaign %s held by the blast guard: %s; release it with "
@@ -257,9 +254,19 @@ class Planner:
         session.flush()
         return plan
 
-    def _blast_guard(self, campaign: Campaign, audience: int, state: CampaignState | None) -> str | None:
+    def _state(self, session: Session, campaign_id: str) -> CampaignState:
+        """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
+        dialect = session.get_bind().dialect.name
+        insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CampaignState)
+        session.execute(insert.values(campaign_id=campaign_id).on_conflict_do_nothing())
+        state = session.get(CampaignState, campaign_id, with_for_update=True, populate_existing=True)
+        if state is None:  # pragma: no cover - inserted just above
+            raise LookupError(f"campaign state {campaign_id!r} vanished")
+        return state
+
+    def _blast_guard(self, campaign: Campaign, audience: int, state: CampaignState) -> str | None:
         guard = self.rules.defaults.blast_guard
-        previous = state.last_audience if state else None
+        previous = state.last_audience
         if previous is None:
             if audience > guard.first_pass:
                 return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"

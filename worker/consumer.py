@@ -19,4 +19,5 @@ if not _settings.broker_url:
                      "queue lives inside `retention run`)")
 configure_logging(_settings.log_level, _settings.log_format)
 broker = install_broker(_settings.broker_url)
-actors = declare(broker)
+actors = declare(broker, min_backoff_ms=_settings.retry_min_backoff_ms,
+                 max_backoff_ms=_settings.retry_max_backoff_ms)

@@ -64,7 +64,8 @@ class Roles:
 
 def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
     broker = install_broker(rt.settings.broker_url)
-    actors = declare(broker)
+    actors = declare(broker, min_backoff_ms=rt.settings.retry_min_backoff_ms,
+                     max_backoff_ms=rt.settings.retry_max_backoff_ms)
     worker = None
     if consume:
         worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     api_key: str = ""
     rules: Path = Path("rules.yaml")
     templates: Path = Path("templates")
+    # Backoff between retries of a temporary SMTP failure (Dramatiq doubles it each time).
+    retry_min_backoff_ms: int = Field(default=15_000, ge=0)
+    retry_max_backoff_ms: int = Field(default=3_600_000, ge=0)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 

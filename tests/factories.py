@@ -1,0 +1,51 @@
+"""Small builders shared by tests: a migrated database, customers, rules from text."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from campaigns.models import Customer, Event
+from campaigns.rules import Rules, parse_rules
+from worker.database import make_engine, upgrade
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday, 13:00 in Berlin
+_ids = itertools.count(1)
+
+
+def migrated_engine(url: str) -> Engine:
+    """A database brought up by the real migrations, as `retention db upgrade` does."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine
+
+
+def add_customer(session: Session, *, inactive_days: float | None = None, **fields: Any) -> Customer:
+    number = next(_ids)
+    fields.setdefault("external_id", f"cus-{number}")
+    fields.setdefault("email", f"customer{number}@example.com")
+    fields.setdefault("signed_up_at", NOW - timedelta(days=400))
+    fields.setdefault("timezone", "Europe/Berlin")
+    if inactive_days is not None:
+        fields["last_active_at"] = NOW - timedelta(days=inactive_days)
+    customer = Customer(**fields)
+    session.add(customer)
+    session.flush()
+    return customer
+
+
+def add_event(session: Session, customer: Customer, name: str, at: datetime) -> Event:
+    event = Event(customer_id=customer.id, name=name, occurred_at=at)  # type: ignore[arg-type]
+    session.add(event)
+    session.flush()
+    return event
+
+
+def rules(text: str, **defaults: Any) -> Rules:
+    """Rules from an indented YAML snippet; quiet hours off unless a test asks for them."""
+    return parse_rules(textwrap.dedent(text))
