@@ -34,3 +34,4 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     # Dramatiq logs every worker thread start at INFO; keep the daemon's log readable.
     logging.getLogger("dramatiq").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

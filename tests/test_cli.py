@@ -1,0 +1,116 @@
+"""The command line as a user runs it: a real process, the shipped files, a fresh directory."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+RETENTION = Path(sys.executable).parent / "retention"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copy(ROOT / "rules.yaml", tmp_path / "rules.yaml")
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    return tmp_path
+
+
+def retention(workdir: Path, *args: str, env: dict[str, str] | None = None,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    environment.update({"COLUMNS": "200", **(env or {})})
+    result = subprocess.run([str(RETENTION), *args], cwd=workdir, env=environment, text=True,
+                            capture_output=True, timeout=300)
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def count_deliveries(workdir: Path) -> int:
+    engine = sa.create_engine(f"sqlite:///{workdir / 'retention.db'}")
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT count(*) FROM delivery")).scalar_one()
+    engine.dispose()
+    return count
+
+
+def test_demo_fills_a_maildir_and_a_second_run_sends_nothing_new(workdir):
+    result = retention(workdir, "demo", "--customers", "400")
+    assert "outbox" in result.stdout
+    box = mailbox.Maildir(workdir / "outbox", create=False)
+    sent = len(box)
+    assert sent > 20
+    message = next(iter(box))
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    deliveries = count_deliveries(workdir)
+
+    retention(workdir, "run", "--once")
+    assert count_deliveries(workdir) == deliveries
+    # Deliveries deferred by quiet hours may go out now; nothing is planned twice.
+    assert len(mailbox.Maildir(workdir / "outbox", create=False)) <= deliveries
+
+    plan = retention(workdir, "plan", "--show", "2")
+    assert "we-miss-you" in plan.stdout
+    assert count_deliveries(workdir) == deliveries  # plan writes nothing
+
+
+def test_preview_renders_a_sample_customer_and_writes_html(workdir):
+    result = retention(workdir, "preview", "we-miss-you", "--html", "out.html")
+    assert "Subject:" in result.stdout
+    assert "/u/" in result.stdout  # the unsubscribe link in the text part
+    assert "<html" in (workdir / "out.html").read_text().lower()
+
+
+def test_preview_of_an_unknown_campaign_is_one_line_and_exit_1(workdir):
+    result = retention(workdir, "preview", "nope", check=False)
+    assert result.returncode == 1
+    assert "no campaign by the id of 'nope'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_send_test_goes_through_smtp_and_is_not_recorded(workdir, smtp_sink):
+    retention(workdir, "send-test", "exit-survey", "--to", "me@example.org",
+              env={"RETENTION_MAIL_URL": smtp_sink.url})
+    [message] = smtp_sink.wait_for(1)
+    assert message.rcpt_tos == ["me@example.org"]
+    assert message.parsed["Subject"].startswith("[TEST] ")
+    assert count_deliveries(workdir) == 0
+
+
+def test_import_keeps_good_rows_and_reports_bad_ones_by_line(workdir):
+    (workdir / "customers.csv").write_text(
+        "id,email,plan,company\n"
+        "c1,ada@example.com,pro,Acme\n"
+        "c2,not-an-email,pro,Acme\n"
+        "c3,grace@example.com,team,Initech\n"
+    )
+    result = retention(workdir, "import", "customers", "customers.csv")
+    assert "customers.csv:3:" in result.stderr
+    assert "2 new" in result.stdout and "1 rejected" in result.stdout
+    assert (workdir / "customers.rejects.csv").exists()
+    again = retention(workdir, "import", "customers", "customers.csv")
+    assert "0 new" in again.stdout
+
+
+def test_bad_configuration_is_one_line_not_a_traceback(workdir):
+    result = retention(workdir, "plan", env={"RETENTION_MAIL_URL": "carrier-pigeon://x"}, check=False)
+    assert result.returncode == 0  # plan does not send, so it does not need the transport
+    result = retention(workdir, "run", "--once", env={"RETENTION_MAIL_URL": "carrier-pigeon://x"},
+                       check=False)
+    assert result.returncode == 1
+    assert "carrier-pigeon" in result.stderr
+
+
+def test_db_upgrade_creates_the_schema(workdir):
+    result = retention(workdir, "db", "upgrade")
+    assert "up to date" in result.stdout
+    assert count_deliveries(workdir) == 0
