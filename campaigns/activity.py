@@ -7,6 +7,7 @@ recent active days, never from their whole history.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ CADENCE_DAYS = 20
 MIN_CADENCE_DAYS = 3
 _PAGE = 256  # newest events read per customer and round trip
 _UNION_WIDTH = 50  # customers per UNION ALL statement
+_NO_CUSTOMER = -1
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
@@ -112,19 +114,37 @@ def refresh_cadence(
 
 
 def _newest_activity(
-    customer_id: int, non_activity_events: frozenset[str], before: datetime | None = None
+    customer: sa.BindParameter[int], non_activity_events: frozenset[str], *, paged: bool = False
 ) -> sa.Select[tuple[int, datetime]]:
     query = (
         sa.select(_event.c.customer_id, _event.c.occurred_at)
-        .where(_event.c.customer_id == customer_id)
+        .where(_event.c.customer_id == customer)
         .order_by(_event.c.occurred_at.desc())
         .limit(_PAGE)
     )
     if non_activity_events:
         query = query.where(_event.c.name.not_in(sorted(non_activity_events)))
-    if before is not None:
-        query = query.where(_event.c.occurred_at < before)
+    if paged:
+        query = query.where(
+            _event.c.occurred_at < sa.bindparam("before", type_=_event.c.occurred_at.type)
+        )
     return query
+
+
+# Built once and reused: constructing a 50-branch statement per batch costs more than running it.
+@functools.lru_cache(maxsize=32)
+def _first_pages(non_activity_events: frozenset[str]) -> sa.CompoundSelect[tuple[int, datetime]]:
+    return sa.union_all(*(
+        _newest_activity(sa.bindparam(f"c{n}", type_=sa.Integer), non_activity_events)
+        .subquery()
+        .select()
+        for n in range(_UNION_WIDTH)
+    ))
+
+
+@functools.lru_cache(maxsize=32)
+def _next_page(non_activity_events: frozenset[str]) -> sa.Select[tuple[int, datetime]]:
+    return _newest_activity(sa.bindparam("cid", type_=sa.Integer), non_activity_events, paged=True)
 
 
 def _add_days(days: list[date], newest_first: Iterable[datetime], limit: int) -> None:
@@ -153,10 +173,10 @@ def recent_active_days_of(
     ids = list(dict.fromkeys(customer_ids))
     for start in range(0, len(ids), _UNION_WIDTH):
         chunk = ids[start : start + _UNION_WIDTH]
-        branches = [_newest_activity(cid, non_activity_events).subquery().select() for cid in chunk]
-        statement = branches[0] if len(branches) == 1 else sa.union_all(*branches)
+        # A short last chunk is padded with an id no row has: one statement shape, compiled once.
+        params = {f"c{n}": chunk[n] if n < len(chunk) else _NO_CUSTOMER for n in range(_UNION_WIDTH)}
         times: dict[int, list[datetime]] = {cid: [] for cid in chunk}
-        for customer_id, occurred_at in session.execute(statement):
+        for customer_id, occurred_at in session.execute(_first_pages(non_activity_events), params):
             times[customer_id].append(occurred_at)
         for cid in chunk:
             newest_first = sorted(times[cid], reverse=True)
@@ -183,10 +203,10 @@ def recent_active_days(
     continues before that day, so a heavy user costs a few index range scans, not a full scan.
     """
     days: list[date] = []
-    before: datetime | None = None
+    before = datetime.max.replace(tzinfo=UTC)
     while True:
-        query = _newest_activity(customer_id, non_activity_events, before)
-        page = [occurred_at for _, occurred_at in session.execute(query)]
+        params = {"cid": customer_id, "before": before}
+        page = [at for _, at in session.execute(_next_page(non_activity_events), params)]
         _add_days(days, page, limit)
         if len(page) < _PAGE or len(days) >= limit:
             return days

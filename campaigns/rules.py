@@ -52,6 +52,13 @@ def _percent(value: Any) -> float:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+# Keys of the design that this version refuses rather than silently ignores.
+NOT_SUPPORTED_YET = {
+    "variants": "A/B variants arrive with the guardrails work",
+    "over_cap": "capped customers are skipped",
+    "max_send_rate": "sending is limited by worker threads only",
+}
 Percent = Annotated[float, BeforeValidator(_percent)]
 
 
@@ -327,6 +334,8 @@ def _humane(error: Any, path: tuple[str | int, ...]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(path[-1])
+        if key in NOT_SUPPORTED_YET:
+            return f"`{key}` is not supported yet ({NOT_SUPPORTED_YET[key]}); remove it for now"
         known = _known_keys(path[:-1])
         hint = get_close_matches(key, known, n=1)
         suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""

@@ -114,3 +114,31 @@ def test_db_upgrade_creates_the_schema(workdir):
     result = retention(workdir, "db", "upgrade")
     assert "up to date" in result.stdout
     assert count_deliveries(workdir) == 0
+
+
+def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, smtp_sink):
+    import signal
+    import time
+
+    (workdir / "customers.csv").write_text(
+        "id,email,plan,status,last_active_at\n"
+        "c1,ada@example.com,pro,active,2020-01-01T10:00:00+00:00\n"
+    )
+    env = {"RETENTION_MAIL_URL": smtp_sink.url}
+    retention(workdir, "import", "customers", "customers.csv", env=env)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    environment.update(env)
+    rules = (workdir / "rules.yaml").read_text().replace('quiet_hours: "21:00-08:00"', "quiet_hours: null")
+    (workdir / "rules.yaml").write_text(rules)
+    daemon = subprocess.Popen([str(RETENTION), "run", "--no-web"], cwd=workdir, env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        smtp_sink.wait_for(1, timeout=30)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        stdout, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in stderr
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["ada@example.com"]]

@@ -342,6 +342,46 @@ def run(
             daemon.serve(rt, workers=workers, web=(None if no_web else (host, port)))
 
 
+@app.command()
+def scheduler() -> None:
+    """Planning only: enqueue due deliveries on Redis for `retention worker` processes."""
+    from worker import daemon
+
+    rt = build_runtime()
+    if not rt.settings.broker_url:
+        fail("`retention scheduler` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)")
+    with user_errors():
+        daemon.serve(rt, workers=0, web=None, plan=True, consume=False)
+
+
+@app.command()
+def worker(
+    threads: Annotated[int, typer.Option("--threads", "--workers", help="Sending threads.")] = 8,
+) -> None:
+    """Sending only: consume deliveries from Redis (Dramatiq's CLI works too: see README)."""
+    from worker import daemon
+
+    rt = build_runtime()
+    if not rt.settings.broker_url:
+        fail("`retention worker` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)")
+    with user_errors():
+        daemon.serve(rt, workers=threads, web=None, plan=False, consume=True)
+
+
+@app.command()
+def web(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """The HTTP endpoints only (health, and the links in emails)."""
+    import uvicorn
+
+    from worker.web import create_app
+
+    rt = build_runtime()
+    uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+
+
 def _print_summary(rt: Runtime, summary: Any) -> None:
     table = Table(title="This pass")
     for column in ("campaign", "new deliveries", "held out", "sent", "other outcomes"):

@@ -174,7 +174,7 @@ def serve(rt: Runtime, *, workers: int, web: tuple[str, int] | None,
           plan: bool = True, consume: bool = True) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads rules.yaml and templates."""
     runtime_module.install(rt)
-    roles = start_roles(rt, workers=workers, consume=consume)
+    roles = start_roles(rt, workers=workers, consume=consume and workers > 0)
     stop = threading.Event()
     scheduler = BackgroundScheduler(timezone="UTC")
 
