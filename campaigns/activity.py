@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -29,6 +30,7 @@ MIN_CADENCE_DAYS = 3
 _PAGE = 256  # newest events read per customer and round trip
 _UNION_WIDTH = 50  # customers per UNION ALL statement
 _NO_CUSTOMER = -1
+_LATERAL_WIDTH = 1000  # customers per LATERAL statement (PostgreSQL)
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
@@ -43,12 +45,16 @@ def median_gap_days(days: Iterable[date]) -> float | None:
     return float(statistics.median(gaps))
 
 
-def later_of(column: ColumnElement[datetime], value: ColumnElement[datetime]) -> sa.Case[datetime]:
+def later_of(
+    column: ColumnElement[datetime], value: ColumnElement[datetime], *, value_may_be_null: bool = True
+) -> sa.Case[datetime]:
     """SQL for max(column, value) that treats null as "earlier than anything".
 
     Written as CASE rather than GREATEST/MAX so it means the same on SQLite and PostgreSQL
     (PostgreSQL's GREATEST ignores nulls, SQLite's scalar MAX returns null).
     """
+    if not value_may_be_null:
+        return sa.case((column.is_(None), value), (value > column, value), else_=column)
     return sa.case(
         (column.is_(None), value),
         (value.is_(None), column),
@@ -71,29 +77,26 @@ def apply_activity(
     moves forward, so an out-of-order old event cannot make a customer look less active.
     The events must already be in the session's transaction: cadence is read back from them.
     """
-    params: list[dict[str, Any]] = [
-        {"b_id": customer_id, "b_latest": max(times), "b_count": len(times)}
-        for customer_id, times in times_by_customer.items()
-        if times
-    ]
-    if not params:
+    active = {customer_id: times for customer_id, times in times_by_customer.items() if times}
+    if not active:
         return
-    stamp = now or datetime.now(UTC)
+    days = recent_active_days_of(session, active, non_activity_events=non_activity_events)
+    params = [
+        {"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
+         "b_cadence": median_gap_days(days[customer_id])}
+        for customer_id, times in active.items()
+    ]
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     session.execute(
         sa.update(_customer)
         .where(_customer.c.id == sa.bindparam("b_id"))
         .values(
-            last_active_at=later_of(_customer.c.last_active_at, latest),
+            last_active_at=later_of(_customer.c.last_active_at, latest, value_may_be_null=False),
             activity_count=_customer.c.activity_count + sa.bindparam("b_count"),
-            updated_at=stamp,
+            cadence_days=sa.bindparam("b_cadence"),
+            updated_at=now or datetime.now(UTC),
         ),
-        params
-    )
-    refresh_cadence(
-        session,
-        [customer_id for customer_id, times in times_by_customer.items() if times],
-        non_activity_events=non_activity_events,
+        params,
     )
 
 
@@ -143,6 +146,21 @@ def _first_pages(non_activity_events: frozenset[str]) -> sa.CompoundSelect[tuple
 
 
 @functools.lru_cache(maxsize=32)
+def _first_pages_lateral(non_activity_events: frozenset[str]) -> sa.Select[tuple[int, datetime]]:
+    """PostgreSQL: the same first pages as one LATERAL join over an array of ids."""
+    ids = (
+        sa.func.unnest(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)))
+        .table_valued("customer_id")
+        .render_derived(name="ids")
+    )
+    newest = sa.select(_event.c.occurred_at).where(_event.c.customer_id == ids.c.customer_id)
+    if non_activity_events:
+        newest = newest.where(_event.c.name.not_in(sorted(non_activity_events)))
+    page = newest.order_by(_event.c.occurred_at.desc()).limit(_PAGE).lateral("page")
+    return sa.select(ids.c.customer_id, page.c.occurred_at).select_from(ids.join(page, sa.true()))
+
+
+@functools.lru_cache(maxsize=32)
 def _next_page(non_activity_events: frozenset[str]) -> sa.Select[tuple[int, datetime]]:
     return _newest_activity(sa.bindparam("cid", type_=sa.Integer), non_activity_events, paged=True)
 
@@ -165,19 +183,29 @@ def recent_active_days_of(
 ) -> dict[int, list[date]]:
     """Each customer's most recent distinct active days (UTC dates), newest first.
 
-    The first page of every customer's newest events comes from one UNION ALL of small
-    per-customer index range scans (one round trip for many customers); only a customer
-    whose page ends inside their busiest days needs more, read by ``recent_active_days``.
+    The first page of every customer's newest events comes from one statement for many
+    customers (a UNION ALL of small per-customer index range scans on SQLite, a LATERAL
+    join on PostgreSQL); only a customer whose page ends inside their busiest days needs
+    more, read by ``recent_active_days``.
     """
     found: dict[int, list[date]] = {}
     ids = list(dict.fromkeys(customer_ids))
-    for start in range(0, len(ids), _UNION_WIDTH):
-        chunk = ids[start : start + _UNION_WIDTH]
-        # A short last chunk is padded with an id no row has: one statement shape, compiled once.
-        params = {f"c{n}": chunk[n] if n < len(chunk) else _NO_CUSTOMER for n in range(_UNION_WIDTH)}
+    lateral = session.get_bind().dialect.name == "postgresql"
+    width = _LATERAL_WIDTH if lateral else _UNION_WIDTH
+    for start in range(0, len(ids), width):
+        chunk = ids[start : start + width]
+        statement: sa.Executable
+        params: dict[str, Any]
+        if lateral:
+            statement, params = _first_pages_lateral(non_activity_events), {"ids": chunk}
+        else:
+            # A short last chunk is padded with an id no row has: one shape, compiled once.
+            statement = _first_pages(non_activity_events)
+            params = {f"c{n}": chunk[n] if n < len(chunk) else _NO_CUSTOMER
+                      for n in range(width)}
         times: dict[int, list[datetime]] = {cid: [] for cid in chunk}
-        for customer_id, occurred_at in session.execute(_first_pages(non_activity_events), params):
-            times[customer_id].append(occurred_at)
+        for row in session.execute(statement, params):
+            times[row.customer_id].append(row.occurred_at)
         for cid in chunk:
             newest_first = sorted(times[cid], reverse=True)
             days: list[date] = []
@@ -206,7 +234,7 @@ def recent_active_days(
     before = datetime.max.replace(tzinfo=UTC)
     while True:
         params = {"cid": customer_id, "before": before}
-        page = [at for _, at in session.execute(_next_page(non_activity_events), params)]
+        page = [row.occurred_at for row in session.execute(_next_page(non_activity_events), params)]
         _add_days(days, page, limit)
         if len(page) < _PAGE or len(days) >= limit:
             return days
@@ -224,7 +252,7 @@ def cancel_customers(session: Session, cancelled_at: Mapping[int, datetime]) -> 
         .where(_customer.c.id == sa.bindparam("b_id"))
         .values(
             status=CustomerStatus.cancelled.value,
-            cancelled_at=later_of(_customer.c.cancelled_at, at),
+            cancelled_at=later_of(_customer.c.cancelled_at, at, value_may_be_null=False),
             updated_at=datetime.now(UTC),
         ),
         [{"b_id": customer_id, "b_at": when} for customer_id, when in cancelled_at.items()]

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+from sqlmodel import col
 
 from campaigns.durations import parse_duration
 from campaigns.models import Customer, Event, UTCDateTime
@@ -25,19 +26,19 @@ from campaigns.models import Customer, Event, UTCDateTime
 Path = tuple[str | int, ...]
 
 CUSTOMER_FIELDS = {
-    "id": Customer.external_id,
-    "email": Customer.email,
-    "first_name": Customer.first_name,
-    "last_name": Customer.last_name,
-    "plan": Customer.plan,
-    "status": Customer.status,
-    "timezone": Customer.timezone,
-    "locale": Customer.locale,
-    "signed_up_at": Customer.signed_up_at,
-    "cancelled_at": Customer.cancelled_at,
-    "last_active_at": Customer.last_active_at,
-    "activity_count": Customer.activity_count,
-    "cadence_days": Customer.cadence_days,
+    "id": col(Customer.external_id),
+    "email": col(Customer.email),
+    "first_name": col(Customer.first_name),
+    "last_name": col(Customer.last_name),
+    "plan": col(Customer.plan),
+    "status": col(Customer.status),
+    "timezone": col(Customer.timezone),
+    "locale": col(Customer.locale),
+    "signed_up_at": col(Customer.signed_up_at),
+    "cancelled_at": col(Customer.cancelled_at),
+    "last_active_at": col(Customer.last_active_at),
+    "activity_count": col(Customer.activity_count),
+    "cadence_days": col(Customer.cadence_days),
 }
 DAY_FIELDS = ("days_inactive", "days_since_signup", "days_since_cancel")
 COMPUTED_FIELDS = (*DAY_FIELDS, "overdue_ratio", "lapsed")
@@ -264,13 +265,13 @@ class SqlContext:
 
 def reference_column(field: str) -> ColumnElement[Any]:
     if field == "days_since_signup":
-        return sa.func.coalesce(Customer.signed_up_at, Customer.created_at)
+        return sa.func.coalesce(col(Customer.signed_up_at), col(Customer.created_at))
     if field == "days_since_cancel":
-        return Customer.cancelled_at  # type: ignore[return-value]
+        return cast(ColumnElement[Any], col(Customer.cancelled_at))
     # Never active yet: count inactivity from signup.
     return sa.func.coalesce(
-        Customer.last_active_at, Customer.signed_up_at, Customer.created_at,
-        type_=Customer.last_active_at.type,  # type: ignore[attr-defined]
+        col(Customer.last_active_at), col(Customer.signed_up_at), col(Customer.created_at),
+        type_=UTCDateTime(),
     )
 
 
@@ -281,11 +282,11 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
             return sa.not_(parts[0])
         return sa.and_(*parts) if condition.kind == "all" else sa.or_(*parts)
     if isinstance(condition, EventTest):
-        query = sa.select(Event.id).where(
-            Event.customer_id == Customer.id, Event.name == condition.name
+        query = sa.select(col(Event.id)).where(
+            col(Event.customer_id) == col(Customer.id), col(Event.name) == condition.name
         )
         if condition.within is not None:
-            query = query.where(Event.occurred_at >= ctx.now - condition.within)
+            query = query.where(col(Event.occurred_at) >= ctx.now - condition.within)
         exists = query.exists()
         return exists if condition.present else sa.not_(exists)
     return _compile_field(condition, ctx)
@@ -303,15 +304,15 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
         return lapsed if value else sa.not_(lapsed)
     if field == "overdue_ratio":
         now = sa.literal(ctx.now, UTCDateTime())
-        ratio = days_since(reference_column("days_inactive"), now) / Customer.cadence_days
+        ratio = days_since(reference_column("days_inactive"), now) / col(Customer.cadence_days)
         usable = sa.and_(
-            Customer.cadence_days.is_not(None),  # type: ignore[union-attr]
-            Customer.cadence_days > 0,  # type: ignore[operator]
+            col(Customer.cadence_days).is_not(None),
+            col(Customer.cadence_days) > 0,
         )
         return sa.and_(usable, _compare(ratio, op, value))
     match = _ATTRIBUTE.match(field)
     if match:
-        element = Customer.attributes[match.group(1)]  # type: ignore[index]
+        element = col(Customer.attributes)[match.group(1)]
         if op == "exists":
             present = sa.and_(element.as_string().is_not(None))
             return present if value else sa.not_(present)
@@ -333,19 +334,19 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
 
 def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
     if op == "eq":
-        return column == value  # type: ignore[no-any-return]
+        return column == value
     if op == "in":
-        return column.in_(value)  # type: ignore[no-any-return]
+        return column.in_(value)
     if op == "not_in":
         return sa.or_(column.is_(None), column.not_in(value))
     if op in ("at_least", "after"):
-        return column >= value  # type: ignore[no-any-return]
+        return column >= value
     if op in ("at_most", "before"):
-        return column <= value if op == "at_most" else column < value  # type: ignore[no-any-return]
+        return column <= value if op == "at_most" else column < value
     if op == "between":
-        return column.between(*value)  # type: ignore[no-any-return]
+        return column.between(*value)
     if op == "exists":
-        return column.is_not(None) if value else column.is_(None)  # type: ignore[no-any-return]
+        return column.is_not(None) if value else column.is_(None)
     raise ValueError(f"operator {op!r} cannot be compiled")  # parse_when lets none through
 
 

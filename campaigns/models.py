@@ -42,7 +42,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def _dt(**kwargs: Any) -> Any:
-    return Field(sa_type=UTCDateTime(), **kwargs)  # type: ignore[call-overload]
+    return Field(sa_type=UTCDateTime(), **kwargs)
 
 
 class CustomerStatus(StrEnum):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression
 
@@ -18,9 +19,9 @@ def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | No
     """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
     claimed = session.execute(
         sa.update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.queued,
-               Delivery.due_at <= now)
-        .values(status=DeliveryStatus.sending, attempts=Delivery.attempts + 1, updated_at=now)
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.queued,
+               col(Delivery.due_at) <= now)
+        .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
@@ -40,7 +41,7 @@ def finish(
         values["message_id"] = message_id
     session.execute(
         sa.update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.sending)
+        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
         .values(**values).execution_options(synchronize_session=False)
     )
     session.commit()
@@ -59,10 +60,10 @@ def release(
         values["due_at"] = due_at
     if not enqueued:
         # A deferral is not an attempt: give it back.
-        values["attempts"] = Delivery.attempts - 1
+        values["attempts"] = col(Delivery.attempts) - 1
     session.execute(
         sa.update(Delivery)
-        .where(Delivery.id == delivery.id, Delivery.status == DeliveryStatus.sending)
+        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
         .values(**values).execution_options(synchronize_session=False)
     )
     session.commit()
@@ -72,7 +73,7 @@ def suppression_reason(session: Session, customer: Customer) -> str | None:
     if customer.unsubscribed_at is not None:
         return "unsubscribed"
     found = session.scalar(
-        sa.select(Suppression.reason).where(Suppression.email == customer.email.lower())
+        sa.select(col(Suppression.reason)).where(col(Suppression.email) == customer.email.lower())
     )
     return f"suppressed: {found}" if found else None
 
@@ -80,17 +81,17 @@ def suppression_reason(session: Session, customer: Customer) -> str | None:
 def suppress(session: Session, email: str, reason: str, *, now: datetime) -> None:
     """Add an address to the suppression list (idempotent) and stop what is queued for it."""
     address = email.strip().lower()
-    if session.scalar(sa.select(Suppression.id).where(Suppression.email == address)) is None:
+    if session.scalar(sa.select(col(Suppression.id)).where(col(Suppression.email) == address)) is None:
         session.add(Suppression(email=address, reason=reason[:255], created_at=now))
         try:
             session.flush()
         except sa.exc.IntegrityError:
             session.rollback()
-    customer_ids = sa.select(Customer.id).where(sa.func.lower(Customer.email) == address)
+    customer_ids = sa.select(col(Customer.id)).where(sa.func.lower(col(Customer.email)) == address)
     session.execute(
         sa.update(Delivery)
-        .where(Delivery.customer_id.in_(customer_ids),  # type: ignore[attr-defined]
-               Delivery.status.in_((DeliveryStatus.queued, DeliveryStatus.held)))  # type: ignore[attr-defined]
+        .where(col(Delivery.customer_id).in_(customer_ids),
+               col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.held)))
         .values(status=DeliveryStatus.suppressed, last_error=reason[:255], updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -106,15 +107,15 @@ def stale_queued(
     not: this is what makes the database, not the broker, the source of truth.
     """
     ids = list(session.scalars(
-        sa.select(Delivery.id)
-        .where(Delivery.status == DeliveryStatus.queued, Delivery.due_at <= now,
-               sa.or_(Delivery.enqueued_at.is_(None),  # type: ignore[union-attr]
-                      Delivery.enqueued_at < now - stale_after))  # type: ignore[operator]
-        .order_by(Delivery.id).limit(limit)
+        sa.select(col(Delivery.id))
+        .where(col(Delivery.status) == DeliveryStatus.queued, col(Delivery.due_at) <= now,
+               sa.or_(col(Delivery.enqueued_at).is_(None),
+                      col(Delivery.enqueued_at) < now - stale_after))
+        .order_by(col(Delivery.id)).limit(limit)
     ))
     for start in range(0, len(ids), 1000):
         session.execute(
-            sa.update(Delivery).where(Delivery.id.in_(ids[start:start + 1000]))  # type: ignore[union-attr]
+            sa.update(Delivery).where(col(Delivery.id).in_(ids[start:start + 1000]))
             .values(enqueued_at=now).execution_options(synchronize_session=False)
         )
     session.commit()

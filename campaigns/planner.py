@@ -25,6 +25,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+from sqlmodel import col
 
 from campaigns.conditions import SqlContext, compile_condition, reference_column
 from campaigns.models import (
@@ -42,8 +43,16 @@ log = logging.getLogger(__name__)
 
 # Deliveries that are, or will be, real messages: they count against frequency caps.
 IN_FLIGHT = (DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.held)
-VERDICTS = ("no_match", "already_sent", "cooldown", "suppressed", "other_campaign", "capped",
-            "held_out", "send")
+VERDICTS = (
+    "no_match",
+    "already_sent",
+    "cooldown",
+    "suppressed",
+    "other_campaign",
+    "capped",
+    "held_out",
+    "send",
+)
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
 _HASH_SALT_RANGE = 1_000_003  # keeps (id + salt) * multiplier inside a signed 64-bit integer
 
@@ -117,62 +126,81 @@ class Planner:
             return None
         zone = ZoneInfo(self.rules.defaults.timezone)
         previous: datetime = croniter(campaign.schedule, self.now.astimezone(zone)).get_prev(datetime)
-        since = state.last_pass_at if state and state.last_pass_at else (
-            self.now - 2 * self.rules.defaults.check_every)
+        since = (
+            state.last_pass_at
+            if state and state.last_pass_at
+            else (self.now - 2 * self.rules.defaults.check_every)
+        )
         return previous if previous > since else None
 
     def episode(self, campaign: Campaign, fire: datetime | None) -> ColumnElement[str]:
         if campaign.once:
             return sa.literal("once")
         if campaign.trigger is not None:
-            return sa.literal("event:") + sa.cast(Event.id, sa.String)
+            return sa.literal("event:") + sa.cast(col(Event.id), sa.String)
         if fire is not None:
             return sa.literal("cron:" + fire.isoformat())
         # One send per absence: coming back starts a new episode.
-        return sa.literal("active:") + sa.cast(
-            epoch_seconds(reference_column("days_inactive")), sa.String)
+        return sa.literal("active:") + sa.cast(epoch_seconds(reference_column("days_inactive")), sa.String)
 
     def _recent(self, per: timedelta) -> ColumnElement[bool]:
-        return sa.func.coalesce(Delivery.sent_at, Delivery.created_at) > self.now - per
+        return sa.func.coalesce(col(Delivery.sent_at), col(Delivery.created_at)) > self.now - per
 
     def _capped(self, cap: FrequencyCap, campaign_id: str | None) -> ColumnElement[bool]:
-        count = (
-            sa.select(sa.func.count())
-            .where(Delivery.customer_id == Customer.id, Delivery.status.in_(IN_FLIGHT),
-                   self._recent(cap.per))
+        count = sa.select(sa.func.count()).where(
+            col(Delivery.customer_id) == col(Customer.id),
+            col(Delivery.status).in_(IN_FLIGHT),
+            self._recent(cap.per),
         )
         if campaign_id is not None:
-            count = count.where(Delivery.campaign_id == campaign_id)
+            count = count.where(col(Delivery.campaign_id) == campaign_id)
         return count.scalar_subquery() >= cap.max
 
     def verdict(self, campaign: Campaign, episode: ColumnElement[str]) -> ColumnElement[str]:
         """Why a customer matching the conditions would or would not get this campaign."""
-        mine = sa.and_(Delivery.customer_id == Customer.id, Delivery.campaign_id == campaign.id)
+        mine = sa.and_(
+            col(Delivery.customer_id) == col(Customer.id), col(Delivery.campaign_id) == campaign.id
+        )
         cases: list[tuple[ColumnElement[bool], str]] = [
-            (sa.select(Delivery.id).where(mine, Delivery.episode == episode).exists(), "already_sent"),
+            (
+                sa.select(col(Delivery.id)).where(mine, col(Delivery.episode) == episode).exists(),
+                "already_sent",
+            ),
         ]
         if campaign.cooldown is not None:
-            cases.append((sa.select(Delivery.id).where(mine, self._recent(campaign.cooldown)).exists(),
-                          "cooldown"))
+            cases.append(
+                (
+                    sa.select(col(Delivery.id)).where(mine, self._recent(campaign.cooldown)).exists(),
+                    "cooldown",
+                )
+            )
         suppressed = sa.or_(
-            Customer.unsubscribed_at.is_not(None),  # type: ignore[union-attr]
-            sa.select(Suppression.id).where(Suppression.email == sa.func.lower(Customer.email)).exists(),
+            col(Customer.unsubscribed_at).is_not(None),
+            sa.select(col(Suppression.id))
+            .where(col(Suppression.email) == sa.func.lower(col(Customer.email)))
+            .exists(),
         )
         cases.append((suppressed, "suppressed"))
         # At most one campaign per customer per pass: the higher priority ran first.
-        taken = sa.select(Delivery.id).where(
-            Delivery.customer_id == Customer.id, Delivery.created_at >= self._now(),
-            Delivery.status != DeliveryStatus.held_out,
-        ).exists()
+        taken = (
+            sa.select(col(Delivery.id))
+            .where(
+                col(Delivery.customer_id) == col(Customer.id),
+                col(Delivery.created_at) >= self._now(),
+                col(Delivery.status) != DeliveryStatus.held_out,
+            )
+            .exists()
+        )
         cases.append((taken, "other_campaign"))
-        for cap, scope in ((self.rules.defaults.frequency_cap, None),
-                           (campaign.frequency_cap, campaign.id)):
+        for cap, scope in ((self.rules.defaults.frequency_cap, None), (campaign.frequency_cap, campaign.id)):
             if cap is not None:
                 cases.append((self._capped(cap, scope), "capped"))
         if campaign.holdout > 0:
             salt = campaign.holdout_salt % _HASH_SALT_RANGE
             big = sa.BigInteger()
-            mixed = (sa.cast(Customer.id, big) + sa.literal(salt, big)) * sa.literal(_HASH_MULTIPLIER, big)
+            mixed = (sa.cast(col(Customer.id), big) + sa.literal(salt, big)) * sa.literal(
+                _HASH_MULTIPLIER, big
+            )
             bucket = mixed % sa.literal(4294967296, big) % 10000
             cases.append((bucket < int(round(campaign.holdout * 100)), "held_out"))
         return sa.case(*cases, else_="send")
@@ -180,27 +208,31 @@ class Planner:
     def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
         """Every customer matching the campaign's conditions, with episode and verdict."""
         episode = self.episode(campaign, fire)
-        query = sa.select(
-            Customer.id.label("customer_id"),  # type: ignore[union-attr]
+        query: Any = sa.select(
+            col(Customer.id).label("customer_id"),
             episode.label("episode"),
             self.verdict(campaign, episode).label("verdict"),
         )
         if campaign.trigger is not None:
             trigger = campaign.trigger
-            query = query.join(Event, sa.and_(
-                Event.customer_id == Customer.id,
-                Event.name == trigger.event,
-                Event.occurred_at <= self.now - trigger.after,
-                Event.occurred_at > self.now - trigger.after - trigger.within,
-            ))
+            query = query.join(
+                Event,
+                sa.and_(
+                    col(Event.customer_id) == col(Customer.id),
+                    col(Event.name) == trigger.event,
+                    col(Event.occurred_at) <= self.now - trigger.after,
+                    col(Event.occurred_at) > self.now - trigger.after - trigger.within,
+                ),
+            )
         condition = campaign.condition
         query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
         return query.subquery("selection")
 
     # ------------------------------------------------------------ the pass
 
-    def run(self, session: Session, *, campaign_ids: Sequence[str] | None = None,
-            sample: int = 0) -> PassResult:
+    def run(
+        self, session: Session, *, campaign_ids: Sequence[str] | None = None, sample: int = 0
+    ) -> PassResult:
         """Plan every enabled campaign, highest priority first; the caller commits or rolls back."""
         result = PassResult(now=self.now, plans=[], queued_ids=[])
         for campaign in self.rules.by_priority():
@@ -229,17 +261,25 @@ class Planner:
             plan.over_max_per_pass = max(0, plan.counts["send"] - campaign.max_per_pass)
         if sample:
             plan.sample = [
-                (row.external_id, row.email) for row in session.execute(
-                    sa.select(Customer.external_id, Customer.email)
-                    .join(selection, selection.c.customer_id == Customer.id)
-                    .where(selection.c.verdict == "send").order_by(Customer.id).limit(sample))
+                (row.external_id, row.email)
+                for row in session.execute(
+                    sa.select(col(Customer.external_id), col(Customer.email))
+                    .join(selection, selection.c.customer_id == col(Customer.id))
+                    .where(selection.c.verdict == "send")
+                    .order_by(col(Customer.id))
+                    .limit(sample)
+                )
             ]
 
         plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
         state.last_pass_at = self.now
         if plan.blast_guard:
-            log.warning("campaign %s held by the blast guard: %s; release it with "
-                        "`retention approve %s`", campaign.id, plan.blast_guard, campaign.id)
+            log.warning(
+                "campaign %s held by the blast guard: %s; release it with `retention approve %s`",
+                campaign.id,
+                plan.blast_guard,
+                campaign.id,
+            )
             state.held_since = state.held_since or self.now
             state.approved_audience = None
             held_audience = plan.audience
@@ -272,8 +312,10 @@ class Planner:
                 return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"
             return None
         if audience > guard.min and audience > guard.factor * previous:
-            return (f"audience jumped from {previous} to {audience} customers "
-                    f"(over {guard.factor:g}x and over min {guard.min})")
+            return (
+                f"audience jumped from {previous} to {audience} customers "
+                f"(over {guard.factor:g}x and over min {guard.min})"
+            )
         return None
 
     def _insert(
@@ -282,13 +324,22 @@ class Planner:
         """Insert the sendable and held-out rows; return (id, status) of those actually new."""
         template = campaign.template
         new_status = DeliveryStatus.held if held else DeliveryStatus.queued
-        status = sa.case((selection.c.verdict == "held_out", sa.literal(DeliveryStatus.held_out.value)),
-                         else_=sa.literal(new_status.value))
+        status = sa.case(
+            (selection.c.verdict == "held_out", sa.literal(DeliveryStatus.held_out.value)),
+            else_=sa.literal(new_status.value),
+        )
         now = self._now()
         rows = (
             sa.select(
-                sa.literal(campaign.id), selection.c.customer_id, selection.c.episode, status,
-                sa.literal(template), sa.literal(0), now, now, now,
+                sa.literal(campaign.id),
+                selection.c.customer_id,
+                selection.c.episode,
+                status,
+                sa.literal(template),
+                sa.literal(0),
+                now,
+                now,
+                now,
                 now if not held else sa.null(),
             )
             .where(selection.c.verdict.in_(("send", "held_out")))
@@ -296,13 +347,25 @@ class Planner:
         )
         if campaign.max_per_pass is not None:
             rows = rows.limit(campaign.max_per_pass)
-        columns = ["campaign_id", "customer_id", "episode", "status", "template", "attempts",
-                   "due_at", "created_at", "updated_at", "enqueued_at"]
+        columns = [
+            "campaign_id",
+            "customer_id",
+            "episode",
+            "status",
+            "template",
+            "attempts",
+            "due_at",
+            "created_at",
+            "updated_at",
+            "enqueued_at",
+        ]
         dialect = session.get_bind().dialect.name
         insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Delivery)
-        statement = insert.from_select(columns, rows).on_conflict_do_nothing(
-            index_elements=["campaign_id", "customer_id", "episode"]
-        ).returning(Delivery.id, Delivery.status)
+        statement = (
+            insert.from_select(columns, rows)
+            .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "episode"])
+            .returning(col(Delivery.id), col(Delivery.status))
+        )
         return [(row.id, row.status) for row in session.execute(statement)]
 
 
@@ -311,7 +374,7 @@ def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
     state = session.get(CampaignState, campaign_id)
     released = session.execute(
         sa.update(Delivery)
-        .where(Delivery.campaign_id == campaign_id, Delivery.status == DeliveryStatus.held)
+        .where(col(Delivery.campaign_id) == campaign_id, col(Delivery.status) == DeliveryStatus.held)
         .values(status=DeliveryStatus.queued, enqueued_at=None, due_at=now, updated_at=now)
     ).rowcount  # type: ignore[attr-defined]
     if state is not None:

@@ -93,7 +93,7 @@ def _quiet_hours(value: Any) -> Any:
     try:
         start, end = (time.fromisoformat(part.strip()) for part in value.split("-"))
     except ValueError:
-        raise ValueError(f"write quiet hours as HH:MM-HH:MM, e.g. \"21:00-08:00\", got {value!r}") from None
+        raise ValueError(f'write quiet hours as HH:MM-HH:MM, e.g. "21:00-08:00", got {value!r}') from None
     return {"start": start, "end": end}
 
 
@@ -125,7 +125,7 @@ class Defaults(Strict):
     @classmethod
     def _address(cls, value: str) -> str:
         if "@" not in parseaddr(value)[1]:
-            raise ValueError(f"not an email address: {value!r} (e.g. \"Acme <hello@acme.example>\")")
+            raise ValueError(f'not an email address: {value!r} (e.g. "Acme <hello@acme.example>")')
         return value
 
     @field_validator("check_every")
@@ -172,7 +172,7 @@ class Campaign(Strict):
         if value is not None and not croniter.is_valid(value):
             raise ValueError(
                 f"invalid cron expression {value!r} (five fields: minute hour day month weekday, "
-                "e.g. \"0 10 * * TUE\")"
+                'e.g. "0 10 * * TUE")'
             )
         return value
 
@@ -237,9 +237,7 @@ class Rules(Strict):
 
     def by_priority(self) -> list[Campaign]:
         """Highest priority first; file order breaks ties."""
-        return sorted(
-            (c for c in self.campaigns if c.enabled), key=lambda c: -c.priority
-        )
+        return sorted((c for c in self.campaigns if c.enabled), key=lambda c: -c.priority)
 
     @property
     def fingerprint(self) -> str:
@@ -255,9 +253,14 @@ def load_rules(path: Path) -> Rules:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RulesErrors([RulesError(
-            "file not found (set RETENTION_RULES or run from the folder holding rules.yaml)", file=name
-        )]) from None
+        raise RulesErrors(
+            [
+                RulesError(
+                    "file not found (set RETENTION_RULES or run from the folder holding rules.yaml)",
+                    file=name,
+                )
+            ]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesErrors([RulesError(f"cannot read: {exc}", file=name)]) from None
     return parse_rules(text, name)
@@ -270,9 +273,15 @@ def parse_rules(text: str, name: str = "rules.yaml") -> Rules:
         raise RulesErrors([RulesError(str(exc), file=name, line=exc.line, column=exc.column)]) from None
     data = located.data if located.data is not None else {}
     if not isinstance(data, dict):
-        raise RulesErrors([RulesError(
-            "the top level must be a mapping with defaults:, campaigns: and surveys:", file=name, line=1
-        )])
+        raise RulesErrors(
+            [
+                RulesError(
+                    "the top level must be a mapping with defaults:, campaigns: and surveys:",
+                    file=name,
+                    line=1,
+                )
+            ]
+        )
     conditions, errors = _parse_conditions(data, located, name)
     try:
         rules = Rules.model_validate(data)
@@ -381,22 +390,41 @@ def _check_references(rules: Rules, located: Located, name: str) -> list[RulesEr
     for index, campaign in enumerate(rules.campaigns):
         path: tuple[str | int, ...] = ("campaigns", index)
         if campaign.id in seen:
-            errors.append(_error(located, name, (*path, "id"),
-                                 f"duplicate campaign id {campaign.id!r} (also campaigns[{seen[campaign.id]}])"))
+            errors.append(
+                _error(
+                    located,
+                    name,
+                    (*path, "id"),
+                    f"duplicate campaign id {campaign.id!r} (also campaigns[{seen[campaign.id]}])",
+                )
+            )
         seen.setdefault(campaign.id, index)
         if campaign.survey is not None and campaign.survey not in rules.surveys:
             known = ", ".join(rules.surveys) or "none defined"
-            errors.append(_error(located, name, (*path, "survey"),
-                                 f"unknown survey {campaign.survey!r} (surveys: {known})"))
+            errors.append(
+                _error(
+                    located, name, (*path, "survey"), f"unknown survey {campaign.survey!r} (surveys: {known})"
+                )
+            )
         if campaign.when is None and campaign.trigger is None and not campaign.once:
-            errors.append(_error(
-                located, name, path,
-                "a campaign needs `when:` conditions, a `trigger:`, or `once: true` "
-                "(otherwise it would mail every customer on every pass)",
-            ))
+            errors.append(
+                _error(
+                    located,
+                    name,
+                    path,
+                    "a campaign needs `when:` conditions, a `trigger:`, or `once: true` "
+                    "(otherwise it would mail every customer on every pass)",
+                )
+            )
     for survey_id, questions in rules.surveys.items():
         ids = [q.id for q in questions]
         for dup in {i for i in ids if ids.count(i) > 1}:
-            errors.append(_error(located, name, ("surveys", survey_id),
-                                 f"duplicate question id {dup!r} in survey {survey_id!r}"))
+            errors.append(
+                _error(
+                    located,
+                    name,
+                    ("surveys", survey_id),
+                    f"duplicate question id {dup!r} in survey {survey_id!r}",
+                )
+            )
     return errors

@@ -46,7 +46,7 @@ def _retry(retries: int, exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Actors:
-    deliver: dramatiq.Actor  # type: ignore[type-arg]
+    deliver: dramatiq.Actor[[int], None]
 
 
 def declare(
@@ -57,7 +57,7 @@ def declare(
     if existing is not None:
         return Actors(deliver=existing)
     return Actors(
-        deliver=dramatiq.actor(
+        deliver=dramatiq.actor(  # type: ignore[call-overload]
             deliver, broker=broker, queue_name=QUEUE, actor_name="deliver",
             retry_when=_retry, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
             time_limit=5 * 60_000,

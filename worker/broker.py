@@ -31,7 +31,7 @@ def is_in_process(broker: dramatiq.Broker) -> bool:
     return isinstance(broker, StubBroker)
 
 
-def enqueue_many(actor: dramatiq.Actor, ids: list[int]) -> int:  # type: ignore[type-arg]
+def enqueue_many(actor: dramatiq.Actor[[int], None], ids: list[int]) -> int:
     """Put one message per id on the broker; returns how many were enqueued."""
     for delivery_id in ids:
         actor.send(delivery_id)

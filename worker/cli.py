@@ -14,11 +14,12 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from campaigns.errors import ConfigurationError, RetentionError, RulesErrors
 from campaigns.models import Customer, Delivery, DeliveryStatus, utcnow
-from campaigns.planner import Planner, approve as approve_campaign
+from campaigns.planner import Planner
+from campaigns.planner import approve as approve_campaign
 from campaigns.rendering import TemplateStore
 from worker import runtime as runtime_module
 from worker.logs import configure_logging
@@ -36,8 +37,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-import_app = typer.Typer(help="Import customers or events from CSV (idempotent upserts).",
-                         no_args_is_help=True)
+import_app = typer.Typer(
+    help="Import customers or events from CSV (idempotent upserts).", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 app.add_typer(db_app, name="db")
@@ -106,18 +108,25 @@ def check() -> None:
         out.print(line, markup=False, soft_wrap=True)
     if lines or rules is None:
         raise typer.Exit(1)
-    out.print(f"OK: {cfg.rules} ({len(rules.campaigns)} campaigns, {len(rules.surveys)} surveys) "
-              f"and {len(TemplateStore(cfg.templates).names())} templates in {cfg.templates}",
-              markup=False)
+    out.print(
+        f"OK: {cfg.rules} ({len(rules.campaigns)} campaigns, {len(rules.surveys)} surveys) "
+        f"and {len(TemplateStore(cfg.templates).names())} templates in {cfg.templates}",
+        markup=False,
+    )
 
 
 # ---------------------------------------------------------------- plan
 
 
 VERDICT_COLUMNS = [
-    ("audience", "match"), ("already_sent", "sent before"), ("cooldown", "cooldown"),
-    ("suppressed", "suppr."), ("other_campaign", "other camp."), ("capped", "capped"),
-    ("held_out", "holdout"), ("to_send", "would send"),
+    ("audience", "match"),
+    ("already_sent", "sent before"),
+    ("cooldown", "cooldown"),
+    ("suppressed", "suppr."),
+    ("other_campaign", "other camp."),
+    ("capped", "capped"),
+    ("held_out", "holdout"),
+    ("to_send", "would send"),
 ]
 
 
@@ -140,7 +149,7 @@ def plan(
     table.add_column("campaign", no_wrap=True)
     for _, title in VERDICT_COLUMNS:
         table.add_column(title, justify="right")
-    notes_by_campaign = []
+    notes_by_campaign: list[str] = []
     for p in result.plans:
         values = {"audience": p.audience, "to_send": p.to_send, **p.counts}
         notes = []
@@ -157,7 +166,9 @@ def plan(
         out.print(note, markup=False, soft_wrap=True)
     for p in result.plans:
         if p.sample:
-            out.print(f"[bold]{p.campaign_id}[/bold]: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample))
+            out.print(
+                f"[bold]{p.campaign_id}[/bold]: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample)
+            )
 
 
 # ---------------------------------------------------------------- preview / send-test
@@ -169,15 +180,27 @@ def _customer(session: Session, external_id: str | None) -> Customer:
 
         data = sample_customer()
         return Customer(
-            id=0, external_id=data["id"], email=data["email"], first_name=data["first_name"],
-            last_name=data["last_name"], plan=data["plan"], status=data["status"],
-            timezone=data["timezone"], locale=data["locale"], signed_up_at=data["signed_up_at"],
-            last_active_at=data["last_active_at"], activity_count=data["activity_count"],
-            cadence_days=data["cadence_days"], attributes=data["attributes"],
+            id=0,
+            external_id=data["id"],
+            email=data["email"],
+            first_name=data["first_name"],
+            last_name=data["last_name"],
+            plan=data["plan"],
+            status=data["status"],
+            timezone=data["timezone"],
+            locale=data["locale"],
+            signed_up_at=data["signed_up_at"],
+            last_active_at=data["last_active_at"],
+            activity_count=data["activity_count"],
+            cadence_days=data["cadence_days"],
+            attributes=data["attributes"],
         )
-    customer = session.exec(select(Customer).where(Customer.external_id == external_id)).first()
+    customer = session.exec(select(Customer).where(col(Customer.external_id) == external_id)).first()
     if customer is None:
-        fail(f"no customer with id {external_id!r} (import customers first: retention import customers FILE.csv)")
+        fail(
+            f"no customer with id {external_id!r} "
+            "(import customers first: retention import customers FILE.csv)"
+        )
     return customer
 
 
@@ -185,8 +208,13 @@ def _compose(rt: Runtime, session: Session, campaign_id: str, customer_id: str |
     with user_errors():
         campaign = rt.rules.campaign(campaign_id)
         customer = _customer(session, customer_id)
-        delivery = Delivery(id=0, campaign_id=campaign.id, customer_id=customer.id or 0,
-                            episode="preview", template=campaign.template)
+        delivery = Delivery(
+            id=0,
+            campaign_id=campaign.id,
+            customer_id=customer.id or 0,
+            episode="preview",
+            template=campaign.template,
+        )
         return rt.sender().compose(delivery, customer, campaign, utcnow())
 
 
@@ -246,9 +274,15 @@ def _import(kind: str, file: Path, rejects: Path | None) -> None:
         fail(f"{file}: no such file")
     rejects = rejects or file.with_name(file.stem + ".rejects.csv")
     total = max(sum(1 for _ in file.open("rb")) - 1, 0)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(),
-                  console=err, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
         task = progress.add_task(f"importing {kind}", total=total, rate="-")
         started = datetime.now(UTC)
 
@@ -257,16 +291,23 @@ def _import(kind: str, file: Path, rejects: Path | None) -> None:
             progress.update(task, completed=rows, rate=f"{rows / elapsed:,.0f}")
 
         with Session(rt.engine) as session, user_errors():
-            report = import_csv(session, file, kind,  # type: ignore[arg-type]
-                                non_activity_events=frozenset(rt.rules.defaults.non_activity_events),
-                                on_progress=on_progress, rejects_path=rejects)
+            report = import_csv(
+                session,
+                file,
+                kind,  # type: ignore[arg-type]
+                non_activity_events=frozenset(rt.rules.defaults.non_activity_events),
+                on_progress=on_progress,
+                rejects_path=rejects,
+            )
         progress.update(task, completed=report.rows, total=report.rows)
     for line, message in report.rejected:
         err.print(f"{file}:{line}: {message}", markup=False, soft_wrap=True)
     if report.rejected_count > len(report.rejected):
         err.print(f"… and {report.rejected_count - len(report.rejected)} more", markup=False)
-    summary = (f"{kind}: {report.rows} rows, {report.inserted} new, {report.updated} updated, "
-               f"{report.duplicates} duplicates skipped, {report.rejected_count} rejected")
+    summary = (
+        f"{kind}: {report.rows} rows, {report.inserted} new, {report.updated} updated, "
+        f"{report.duplicates} duplicates skipped, {report.rejected_count} rejected"
+    )
     if report.rejected_count:
         summary += f" (written to {rejects})"
     out.print(summary, markup=False)
@@ -302,8 +343,9 @@ def approve(campaign: Annotated[str, typer.Argument(help="Campaign held by the b
     with Session(rt.engine) as session:
         released = approve_campaign(session, campaign, now=utcnow())
         session.commit()
-    out.print(f"{campaign}: released {released} held deliveries; they go out with the next pass",
-              markup=False)
+    out.print(
+        f"{campaign}: released {released} held deliveries; they go out with the next pass", markup=False
+    )
 
 
 @db_app.command("upgrade")
@@ -315,8 +357,7 @@ def db_upgrade() -> None:
     with user_errors():
         engine = make_engine(cfg.database_url)
         upgrade(engine)
-    out.print(f"database at {engine.url.render_as_string(hide_password=True)} is up to date",
-              markup=False)
+    out.print(f"database at {engine.url.render_as_string(hide_password=True)} is up to date", markup=False)
 
 
 # ---------------------------------------------------------------- run / demo
@@ -349,7 +390,10 @@ def scheduler() -> None:
 
     rt = build_runtime()
     if not rt.settings.broker_url:
-        fail("`retention scheduler` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)")
+        fail(
+            "`retention scheduler` needs RETENTION_BROKER_URL=redis://… "
+            "(without a broker, use `retention run`)"
+        )
     with user_errors():
         daemon.serve(rt, workers=0, web=None, plan=True, consume=False)
 
@@ -363,7 +407,9 @@ def worker(
 
     rt = build_runtime()
     if not rt.settings.broker_url:
-        fail("`retention worker` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)")
+        fail(
+            "`retention worker` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)"
+        )
     with user_errors():
         daemon.serve(rt, workers=threads, web=None, plan=False, consume=True)
 
@@ -387,12 +433,19 @@ def _print_summary(rt: Runtime, summary: Any) -> None:
     for column in ("campaign", "new deliveries", "held out", "sent", "other outcomes"):
         table.add_column(column, justify="left" if column == "campaign" else "right")
     for row in summary.rows:
-        table.add_row(row.campaign_id, str(row.planned), str(row.held_out), str(row.sent),
-                      ", ".join(f"{k}: {v}" for k, v in row.other.items()) or "-")
+        table.add_row(
+            row.campaign_id,
+            str(row.planned),
+            str(row.held_out),
+            str(row.sent),
+            ", ".join(f"{k}: {v}" for k, v in row.other.items()) or "-",
+        )
     out.print(table)
     if summary.pending:
-        out.print(f"{summary.pending} deliveries still waiting (quiet hours or retries); "
-                  "the next pass sends them", markup=False)
+        out.print(
+            f"{summary.pending} deliveries still waiting (quiet hours or retries); the next pass sends them",
+            markup=False,
+        )
     out.print(summary.where, markup=False)
 
 
@@ -423,15 +476,18 @@ def demo(
     _print_summary(rt, result)
     with Session(rt.engine) as session:
         rows = session.exec(
-            select(Delivery.campaign_id, Customer.email)
-            .join(Customer, Customer.id == Delivery.customer_id)  # type: ignore[arg-type]
-            .where(Delivery.status == DeliveryStatus.sent)
-            .order_by(Delivery.id.desc()).limit(5)  # type: ignore[union-attr]
+            select(col(Delivery.campaign_id), col(Customer.email))
+            .join(Customer, col(Customer.id) == col(Delivery.customer_id))
+            .where(col(Delivery.status) == DeliveryStatus.sent)
+            .order_by(col(Delivery.id).desc())
+            .limit(5)
         ).all()
     if rows:
         out.print("for example: " + "; ".join(f"{c} → {e}" for c, e in rows), markup=False)
-    out.print("next: `retention plan` shows what the next pass would do; "
-              "`retention run` keeps it going.", markup=False)
+    out.print(
+        "next: `retention plan` shows what the next pass would do; `retention run` keeps it going.",
+        markup=False,
+    )
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import dramatiq
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from campaigns.models import AppSetting, Delivery, DeliveryStatus, utcnow
 from worker import runtime as runtime_module
@@ -103,19 +103,19 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
             for start in range(0, len(ids), 1000):
                 pending += session.scalar(
                     sa.select(sa.func.count()).select_from(Delivery).where(
-                        Delivery.id.in_(ids[start:start + 1000]),  # type: ignore[union-attr]
-                        sa.or_(Delivery.status == DeliveryStatus.sending,
-                               sa.and_(Delivery.status == DeliveryStatus.queued,
-                                       Delivery.attempts == 0,
-                                       Delivery.due_at <= utcnow())))) or 0
+                        col(Delivery.id).in_(ids[start:start + 1000]),
+                        sa.or_(col(Delivery.status) == DeliveryStatus.sending,
+                               sa.and_(col(Delivery.status) == DeliveryStatus.queued,
+                                       col(Delivery.attempts) == 0,
+                                       col(Delivery.due_at) <= utcnow())))) or 0
         if pending == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     with Session(rt.engine) as session:
         return sum(
             session.scalar(sa.select(sa.func.count()).select_from(Delivery).where(
-                Delivery.id.in_(ids[start:start + 1000]),  # type: ignore[union-attr]
-                Delivery.status.in_((DeliveryStatus.queued, DeliveryStatus.sending)))) or 0  # type: ignore[attr-defined]
+                col(Delivery.id).in_(ids[start:start + 1000]),
+                col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)))) or 0
             for start in range(0, len(ids), 1000)
         )
 
@@ -126,9 +126,9 @@ def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary
     with Session(rt.engine) as session:
         for start in range(0, len(ids), 1000):
             for campaign_id, status, count in session.execute(
-                sa.select(Delivery.campaign_id, Delivery.status, sa.func.count())
-                .where(Delivery.id.in_(ids[start:start + 1000]))  # type: ignore[union-attr]
-                .group_by(Delivery.campaign_id, Delivery.status)
+                sa.select(col(Delivery.campaign_id), col(Delivery.status), sa.func.count())
+                .where(col(Delivery.id).in_(ids[start:start + 1000]))
+                .group_by(col(Delivery.campaign_id), col(Delivery.status))
             ):
                 statuses[campaign_id][status] += count
         for plan in result.plans:
@@ -220,7 +220,6 @@ def _start_web(rt: Runtime, web: tuple[str, int]) -> Any:
 
     config = uvicorn.Config(create_app(rt), host=web[0], port=web[1], log_level="warning")
     server = uvicorn.Server(config)
-    # Signals are the daemon's to handle, not uvicorn's.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # Outside the main thread uvicorn leaves signals alone: they are the daemon's.
     threading.Thread(target=server.run, name="web", daemon=True).start()
     return server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaigns.errors import ConfigurationError
@@ -56,8 +56,8 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError
-        first = exc.errors()[0] if hasattr(exc, "errors") else None  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else None
         if first:
             name = "RETENTION_" + str(first["loc"][0]).upper()
             raise ConfigurationError(f"{name}: {first['msg']}") from exc
