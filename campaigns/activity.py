@@ -8,7 +8,6 @@ recent active days, never from their whole history.
 from __future__ import annotations
 
 import functools
-import logging
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -20,8 +19,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaigns.models import Customer, CustomerStatus, Event
-
-log = logging.getLogger(__name__)
 
 # A cadence describes recent habits: the gaps between the last CADENCE_DAYS + 1 active days.
 CADENCE_DAYS = 20
@@ -84,7 +81,7 @@ def apply_activity(
     params = [
         {"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
          "b_cadence": median_gap_days(days[customer_id])}
-        for customer_id, times in active.items()
+        for customer_id, times in sorted(active.items())  # one lock order for every writer
     ]
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     session.execute(
@@ -242,7 +239,9 @@ def recent_active_days(
         before = datetime.combine(days[-1], time(), tzinfo=UTC)
 
 
-def cancel_customers(session: Session, cancelled_at: Mapping[int, datetime]) -> None:
+def cancel_customers(
+    session: Session, cancelled_at: Mapping[int, datetime], *, now: datetime | None = None
+) -> None:
     """Mark customers cancelled at the given times (the later one wins if already cancelled)."""
     if not cancelled_at:
         return
@@ -253,13 +252,13 @@ def cancel_customers(session: Session, cancelled_at: Mapping[int, datetime]) -> 
         .values(
             status=CustomerStatus.cancelled.value,
             cancelled_at=later_of(_customer.c.cancelled_at, at, value_may_be_null=False),
-            updated_at=datetime.now(UTC),
+            updated_at=now or datetime.now(UTC),
         ),
-        [{"b_id": customer_id, "b_at": when} for customer_id, when in cancelled_at.items()]
+        [{"b_id": customer_id, "b_at": when} for customer_id, when in sorted(cancelled_at.items())],
     )
 
 
 def cancel(session: Session, customer_id: int, at: datetime) -> None:
-    """Mark one customer cancelled at ``at``."""
+    """Mark one customer (Customer.id) cancelled at ``at``."""
     cancel_customers(session, {customer_id: at})
 

@@ -21,7 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
 from campaigns.durations import parse_duration
-from campaigns.models import Customer, Event, UTCDateTime
+from campaigns.models import Customer, Event, SurveyAnswer, UTCDateTime
 
 Path = tuple[str | int, ...]
 
@@ -44,7 +44,7 @@ DAY_FIELDS = ("days_inactive", "days_since_signup", "days_since_cancel")
 COMPUTED_FIELDS = (*DAY_FIELDS, "overdue_ratio", "lapsed")
 EVENT_KEYS = ("event", "no_event")
 GROUP_KEYS = ("all", "any", "not")
-NOT_SUPPORTED_YET = {"answer": "survey answers as conditions arrive with the responses feature"}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 OPERATORS = ("in", "not_in", "at_least", "at_most", "between", "before", "after", "exists")
 _ATTRIBUTE = re.compile(r"^attributes\.([A-Za-z0-9_-]+)$")
 
@@ -80,11 +80,21 @@ class EventTest:
     present: bool  # False for no_event
 
 
-Condition = Group | FieldTest | EventTest
+@dataclass(frozen=True)
+class AnswerTest:
+    """The customer's answer to a survey question (e.g. why they cancelled)."""
+
+    survey: str
+    question: str
+    operator: str  # "in" | "not_in" | "exists"
+    value: Any
+
+
+Condition = Group | FieldTest | EventTest | AnswerTest
 
 
 def known_fields() -> list[str]:
-    return [*CUSTOMER_FIELDS, *COMPUTED_FIELDS, "attributes.KEY", *EVENT_KEYS, *GROUP_KEYS]
+    return [*CUSTOMER_FIELDS, *COMPUTED_FIELDS, "attributes.KEY", *EVENT_KEYS, "answer", *GROUP_KEYS]
 
 
 def parse_when(data: Any, path: Path) -> Condition:
@@ -106,6 +116,8 @@ def _parse_entry(key: str, value: Any, path: Path) -> Condition:
         return Group("not", (parse_when(value, path),))
     if key in EVENT_KEYS:
         return _parse_event(key, value, path)
+    if key == "answer":
+        return _parse_answer(value, path)
     if key in NOT_SUPPORTED_YET:
         raise ConditionError(f"`{key}` is not supported yet ({NOT_SUPPORTED_YET[key]})", path)
     if key in CUSTOMER_FIELDS or key in COMPUTED_FIELDS or _ATTRIBUTE.match(key):
@@ -114,9 +126,7 @@ def _parse_entry(key: str, value: Any, path: Path) -> Condition:
 
     hint = get_close_matches(key, known_fields(), n=1)
     suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""
-    raise ConditionError(
-        f"unknown field `{key}`{suggestion}; known: {', '.join(known_fields())}", path
-    )
+    raise ConditionError(f"unknown field `{key}`{suggestion}; known: {', '.join(known_fields())}", path)
 
 
 def _parse_event(key: str, value: Any, path: Path) -> EventTest:
@@ -131,6 +141,36 @@ def _parse_event(key: str, value: Any, path: Path) -> EventTest:
     return EventTest(str(value["name"]), within, present=key == "event")
 
 
+def _parse_answer(value: Any, path: Path) -> AnswerTest:
+    example = "e.g. `answer: {survey: why_you_left, question: reason, in: [price]}`"
+    if not isinstance(value, dict) or "survey" not in value or "question" not in value:
+        raise ConditionError(f"`answer` needs a survey and a question, {example}", path)
+    operators = [k for k in value if k not in ("survey", "question")]
+    if len(operators) != 1 or operators[0] not in ("in", "not_in", "exists"):
+        raise ConditionError(f"`answer` takes one of in, not_in or exists, {example}", path)
+    operator = operators[0]
+    operand = value[operator]
+    if operator == "exists":
+        if not isinstance(operand, bool):
+            raise ConditionError("`exists` takes true or false", (*path, operator))
+    elif not isinstance(operand, list) or not operand:
+        raise ConditionError(f"`{operator}` takes a non-empty list of answers", (*path, operator))
+    else:
+        operand = tuple(str(v) for v in operand)
+    return AnswerTest(str(value["survey"]), str(value["question"]), operator, operand)
+
+
+def walk(condition: Condition | None) -> list[Condition]:
+    """Every test in a condition tree, groups included."""
+    if condition is None:
+        return []
+    found: list[Condition] = [condition]
+    if isinstance(condition, Group):
+        for item in condition.items:
+            found.extend(walk(item))
+    return found
+
+
 def _parse_field(field: str, value: Any, path: Path) -> FieldTest:
     if not isinstance(value, dict):
         if isinstance(value, list):
@@ -138,8 +178,8 @@ def _parse_field(field: str, value: Any, path: Path) -> FieldTest:
         return FieldTest(field, "eq", _operand(field, "eq", value, path))
     if len(value) != 1:
         raise ConditionError(
-            f"write one operator per field (got {', '.join(map(str, value))}); "
-            "combine several with `all:`", path,
+            f"write one operator per field (got {', '.join(map(str, value))}); combine several with `all:`",
+            path,
         )
     operator, operand = next(iter(value.items()))
     if operator not in OPERATORS:
@@ -185,7 +225,8 @@ def _operand(field: str, operator: str, value: Any, path: Path) -> Any:
     if operator in ("before", "after") and not _is_time_field(field):
         raise ConditionError(
             f"`{operator}` compares dates; `{field}` is not a date "
-            "(for durations use days_inactive / days_since_signup with at_least/at_most)", path,
+            "(for durations use days_inactive / days_since_signup with at_least/at_most)",
+            path,
         )
     return _scalar(field, value, path)
 
@@ -270,7 +311,9 @@ def reference_column(field: str) -> ColumnElement[Any]:
         return cast(ColumnElement[Any], col(Customer.cancelled_at))
     # Never active yet: count inactivity from signup.
     return sa.func.coalesce(
-        col(Customer.last_active_at), col(Customer.signed_up_at), col(Customer.created_at),
+        col(Customer.last_active_at),
+        col(Customer.signed_up_at),
+        col(Customer.created_at),
         type_=UTCDateTime(),
     )
 
@@ -281,6 +324,16 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
         if condition.kind == "not":
             return sa.not_(parts[0])
         return sa.and_(*parts) if condition.kind == "all" else sa.or_(*parts)
+    if isinstance(condition, AnswerTest):
+        answered = sa.select(col(SurveyAnswer.id)).where(
+            col(SurveyAnswer.customer_id) == col(Customer.id),
+            col(SurveyAnswer.survey_id) == condition.survey,
+            col(SurveyAnswer.question_id) == condition.question,
+        )
+        if condition.operator == "exists":
+            return answered.exists() if condition.value else sa.not_(answered.exists())
+        matching = answered.where(col(SurveyAnswer.answer).in_(condition.value)).exists()
+        return matching if condition.operator == "in" else sa.and_(answered.exists(), sa.not_(matching))
     if isinstance(condition, EventTest):
         query = sa.select(col(Event.id)).where(
             col(Event.customer_id) == col(Customer.id), col(Event.name) == condition.name
@@ -298,8 +351,10 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
         return _compile_days(reference_column(field), op, value, ctx.now)
     if field == "lapsed":
         lapsed = _compile_days(
-            reference_column("days_inactive"), "at_least",
-            ctx.passive_churn_after.total_seconds() / 86400, ctx.now,
+            reference_column("days_inactive"),
+            "at_least",
+            ctx.passive_churn_after.total_seconds() / 86400,
+            ctx.now,
         )
         return lapsed if value else sa.not_(lapsed)
     if field == "overdue_ratio":
@@ -327,8 +382,11 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
     column = CUSTOMER_FIELDS[field]
     if field == "email":
         column = sa.func.lower(column)
-        value = tuple(v.lower() for v in value) if isinstance(value, tuple) else (
-            value.lower() if isinstance(value, str) else value)
+        value = (
+            tuple(v.lower() for v in value)
+            if isinstance(value, tuple)
+            else (value.lower() if isinstance(value, str) else value)
+        )
     return _compare(column, op, value)
 
 
@@ -350,9 +408,7 @@ def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
     raise ValueError(f"operator {op!r} cannot be compiled")  # parse_when lets none through
 
 
-def _compile_days(
-    reference: ColumnElement[Any], op: str, value: Any, now: datetime
-) -> ColumnElement[bool]:
+def _compile_days(reference: ColumnElement[Any], op: str, value: Any, now: datetime) -> ColumnElement[bool]:
     """Days elapsed since ``reference`` compared as timestamps (uses indexes, dialect-neutral).
 
     A bare number means whole days: ``days_inactive: 30`` matches 30.0 to 30.99 days.
@@ -386,11 +442,25 @@ def describe(condition: Condition) -> str:
         if condition.kind == "not":
             return f"not ({inner[0]})"
         return f" {'and' if condition.kind == 'all' else 'or'} ".join(inner)
+    if isinstance(condition, AnswerTest):
+        value = (
+            condition.value if isinstance(condition.value, bool) else "[" + ", ".join(condition.value) + "]"
+        )
+        return f"answer {condition.survey}.{condition.question} {condition.operator} {value}"
     if isinstance(condition, EventTest):
         within = f" within {condition.within.days}d" if condition.within else ""
         return f"{'has' if condition.present else 'has no'} event {condition.name}{within}"
-    words = {"eq": "=", "in": "in", "not_in": "not in", "at_least": ">=", "at_most": "<=",
-             "between": "between", "before": "before", "after": "after", "exists": "exists"}
+    words = {
+        "eq": "=",
+        "in": "in",
+        "not_in": "not in",
+        "at_least": ">=",
+        "at_most": "<=",
+        "between": "between",
+        "before": "before",
+        "after": "after",
+        "exists": "exists",
+    }
     value = condition.value
     if isinstance(value, tuple):
         value = "[" + ", ".join(str(v) for v in value) + "]"

@@ -75,6 +75,11 @@ class PermanentDeliveryError(DeliveryError):
             return self.enhanced.startswith("5.1.") or self.enhanced == "5.2.1"
         return self.code == 550 and "unknown" in str(self).lower()
 
+    @property
+    def is_policy_rejection(self) -> bool:
+        """Refused for what was sent or who sent it (5.7.x), not for who receives it."""
+        return bool(self.enhanced and self.enhanced.startswith("5.7."))
+
 
 class ConfigurationError(Exception):
     """The deployment is misconfigured (bad URL, unreadable directory).

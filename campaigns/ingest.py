@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
@@ -356,7 +356,7 @@ def upsert_customers(
     known = _known_customers(session, pending)
 
     groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-    for external_id, values in pending.items():
+    for external_id, values in sorted(pending.items()):  # one lock order for every writer
         stored = known.get(external_id)
         zone = values.get("timezone") or (stored.timezone if stored is not None else None)
         for name in _DATETIME_FIELDS:
@@ -458,7 +458,7 @@ def record_events(
             if previous is None or row["occurred_at"] > previous:
                 cancellations[row["customer_id"]] = row["occurred_at"]
     apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp)
-    cancel_customers(session, cancellations)
+    cancel_customers(session, cancellations, now=stamp)
     return result
 
 
@@ -495,27 +495,43 @@ class ImportReport:
 
 
 class _Rejects:
-    """The rejects CSV: the original columns plus ``error``, written as rows are rejected."""
+    """The rejects CSV: the original columns plus ``error``, opened at the first rejected row.
 
-    def __init__(self, writer: Any | None, width: int) -> None:
-        self._writer = writer
-        self._width = width
+    A clean import leaves no rejects file behind, and removes one an earlier import left at
+    the same path, so the file never describes the wrong run.
+    """
+
+    def __init__(self, path: Path | None, header: list[str]) -> None:
+        self._path = path
+        self._header = header
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
 
     def write(self, cells: list[str], message: str) -> None:
-        if self._writer is not None:
-            padded = cells + [""] * (self._width - len(cells))
-            self._writer.writerow([*padded, message])
+        if self._path is None:
+            return
+        if self._handle is None:
+            self._handle = self._path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow([*self._header, "error"])
+        padded = cells + [""] * (len(self._header) - len(cells))
+        self._writer.writerow([*padded, message])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        elif self._path is not None and self._path.exists():
+            log.info("no rows rejected: removing %s from an earlier import", self._path)
+            self._path.unlink()
 
 
 @contextmanager
 def _rejects_file(path: Path | None, header: list[str]) -> Iterator[_Rejects]:
-    if path is None:
-        yield _Rejects(None, len(header))
-        return
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*header, "error"])
-        yield _Rejects(writer, len(header))
+    rejects = _Rejects(path, header)
+    try:
+        yield rejects
+    finally:
+        rejects.close()
 
 
 def _column_names(header: list[str], kind: ImportKind, path: Path, line: int) -> list[str]:
@@ -555,13 +571,16 @@ def import_csv(
     Streams the file and commits every ``batch_size`` rows, so memory stays flat and an
     interrupted import keeps what it committed (re-running it is harmless).  Empty cells are
     absent values.  ``on_progress`` receives the number of rows read so far after each batch.
-    Raises CsvFormatError when the file as a whole is unusable.
+    Rejected rows go to ``rejects_path`` (their original cells plus an ``error`` column) when
+    there are any.  Raises CsvFormatError when the file as a whole is unusable.
     """
     if kind not in _COLUMNS:
         raise ValueError(f"kind must be 'customers' or 'events', not {kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     path = Path(path)
+    if rejects_path is not None and rejects_path.resolve() == path.resolve():
+        raise ValueError(f"the rejects file must not be the imported file itself ({path})")
     report = ImportReport(kind=kind)
     model: type[CustomerIn] | type[EventIn] = CustomerIn if kind == "customers" else EventIn
 

@@ -90,7 +90,11 @@ class Customer(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),)
+    __table_args__ = (
+        sa.Index("ix_event_customer_name_time", "customer_id", "name", "occurred_at"),
+        # Cadence: one customer's recent active days, newest first.
+        sa.Index("ix_event_customer_time", "customer_id", "occurred_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", ondelete="CASCADE")
@@ -153,6 +157,49 @@ class CampaignState(SQLModel, table=True):
     # Blast guard: the audience size someone approved with `retention approve`.
     approved_audience: int | None = Field(default=None)
     held_since: datetime | None = _dt(default=None)
+    # Policy rejections (SMTP 5.7.x) in a row; too many pause the campaign.
+    policy_failures: int = Field(default=0)
+    paused_at: datetime | None = _dt(default=None)
+    paused_reason: str | None = Field(default=None)
+
+
+class InteractionKind(StrEnum):
+    click = "click"
+    unsubscribe = "unsubscribe"
+    survey = "survey"
+
+
+class Interaction(SQLModel, table=True):
+    """Something a customer did with one email: a click, an unsubscribe, a survey answer."""
+
+    __table_args__ = (sa.Index("ix_interaction_delivery_kind", "delivery_id", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=20, index=True)
+    delivery_id: int = Field(foreign_key="delivery.id", ondelete="CASCADE")
+    customer_id: int = Field(foreign_key="customer.id", ondelete="CASCADE", index=True)
+    campaign_id: str = Field(max_length=100)
+    url: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _dt(default_factory=utcnow, index=True)
+
+
+class SurveyAnswer(SQLModel, table=True):
+    """One customer's answer to one question; answering again replaces it."""
+
+    __tablename__ = "survey_answer"
+    __table_args__ = (
+        sa.UniqueConstraint("customer_id", "survey_id", "question_id", name="uq_survey_answer"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", ondelete="CASCADE")
+    delivery_id: int | None = Field(default=None, foreign_key="delivery.id", ondelete="SET NULL")
+    campaign_id: str | None = Field(default=None, max_length=100)
+    survey_id: str = Field(max_length=100, index=True)
+    question_id: str = Field(max_length=100)
+    answer: str
+    created_at: datetime = _dt(default_factory=utcnow)
+    updated_at: datetime = _dt(default_factory=utcnow)
 
 
 class AppSetting(SQLModel, table=True):

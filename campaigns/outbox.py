@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression
+from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus, Suppression
 
 
 def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | None:
@@ -106,9 +106,11 @@ def stale_queued(
     A duplicate message is harmless (the claim is conditional), a lost one is
     not: this is what makes the database, not the broker, the source of truth.
     """
+    paused = sa.select(col(CampaignState.campaign_id)).where(col(CampaignState.paused_at).is_not(None))
     ids = list(session.scalars(
         sa.select(col(Delivery.id))
         .where(col(Delivery.status) == DeliveryStatus.queued, col(Delivery.due_at) <= now,
+               col(Delivery.campaign_id).not_in(paused),
                sa.or_(col(Delivery.enqueued_at).is_(None),
                       col(Delivery.enqueued_at) < now - stale_after))
         .order_by(col(Delivery.id)).limit(limit)
@@ -120,3 +122,54 @@ def stale_queued(
         )
     session.commit()
     return [i for i in ids if i is not None]
+
+
+# Policy rejections (SMTP 5.7.x: spam, DMARC, blocked content) say nothing about
+# the recipient, so the address stays mailable; many in a row mean the campaign
+# itself is being refused, and sending more only hurts the sender's reputation.
+POLICY_FAILURES_TO_PAUSE = 10
+
+
+def record_policy_failure(session: Session, campaign_id: str, reason: str, *, now: datetime) -> bool:
+    """Count one more policy rejection in a row; True when that paused the campaign."""
+    _ensure_state(session, campaign_id)
+    session.execute(
+        sa.update(CampaignState)
+        .where(col(CampaignState.campaign_id) == campaign_id)
+        .values(policy_failures=col(CampaignState.policy_failures) + 1)
+    )
+    paused = session.execute(
+        sa.update(CampaignState)
+        .where(
+            col(CampaignState.campaign_id) == campaign_id,
+            col(CampaignState.policy_failures) >= POLICY_FAILURES_TO_PAUSE,
+            col(CampaignState.paused_at).is_(None),
+        )
+        .values(paused_at=now, paused_reason=f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, "
+                                             f"the last: {reason}"[:1000])
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(paused)
+
+
+def record_success(session: Session, campaign_id: str) -> None:
+    session.execute(
+        sa.update(CampaignState)
+        .where(col(CampaignState.campaign_id) == campaign_id, col(CampaignState.policy_failures) > 0)
+        .values(policy_failures=0)
+    )
+    session.commit()
+
+
+def paused_reason(session: Session, campaign_id: str) -> str | None:
+    state = session.get(CampaignState, campaign_id)
+    return state.paused_reason if state is not None and state.paused_at is not None else None
+
+
+def _ensure_state(session: Session, campaign_id: str) -> None:
+    if session.get(CampaignState, campaign_id) is None:
+        session.add(CampaignState(campaign_id=campaign_id))
+        try:
+            session.commit()
+        except sa.exc.IntegrityError:
+            session.rollback()

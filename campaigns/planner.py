@@ -246,6 +246,12 @@ class Planner:
     def _plan_campaign(self, session: Session, campaign: Campaign, sample: int) -> CampaignPlan:
         plan = CampaignPlan(campaign.id)
         state = self._state(session, campaign.id)
+        if state.paused_at is not None:
+            plan.due = False
+            plan.not_due_reason = (
+                f"paused: {state.paused_reason}; resume with `retention approve {campaign.id}`"
+            )
+            return plan
         fire = self.scheduled_fire(campaign, state)
         if campaign.schedule is not None and fire is None:
             plan.due = False
@@ -370,7 +376,8 @@ class Planner:
 
 
 def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
-    """Release deliveries the blast guard held; their audience becomes the new baseline."""
+    """Release what the blast guard held (its audience becomes the new baseline) and resume a
+    campaign paused by policy rejections."""
     state = session.get(CampaignState, campaign_id)
     released = session.execute(
         sa.update(Delivery)
@@ -382,4 +389,7 @@ def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
             state.last_audience = state.approved_audience
         state.approved_audience = None
         state.held_since = None
+        state.paused_at = None
+        state.paused_reason = None
+        state.policy_failures = 0
     return int(released or 0)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from campaigns.conditions import Condition, ConditionError, parse_when
+from campaigns.conditions import AnswerTest, Condition, ConditionError, parse_when, walk
 from campaigns.durations import parse_duration
 from campaigns.errors import RulesError, RulesErrors
 from campaigns.yamlsource import Located, YAMLSyntaxError, load_located
@@ -197,7 +197,7 @@ class Campaign(Strict):
 class Question(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     ask: str
-    type: Literal["choice", "multiple", "text"] | None = None
+    type: Literal["choice", "text"] | None = None
     choices: tuple[str, ...] | None = None
     required: bool = False
     max_length: int = Field(default=2000, ge=1, le=20_000)
@@ -205,7 +205,7 @@ class Question(Strict):
     @model_validator(mode="after")
     def _choices(self) -> Question:
         kind = self.kind
-        if kind in ("choice", "multiple") and not self.choices:
+        if kind == "choice" and not self.choices:
             raise ValueError(f"a `{kind}` question needs `choices: [...]`")
         if kind == "text" and self.choices:
             raise ValueError("a `text` question has no choices (drop `choices` or the type)")
@@ -288,11 +288,11 @@ def parse_rules(text: str, name: str = "rules.yaml") -> Rules:
     except ValidationError as exc:
         errors = _located_errors(exc, located, name) + errors
         raise RulesErrors(sorted(errors, key=lambda e: (e.line or 0, e.column or 0))) from None
+    for campaign, condition in zip(rules.campaigns, conditions, strict=True):
+        campaign._condition = condition
     errors += _check_references(rules, located, name)
     if errors:
         raise RulesErrors(sorted(errors, key=lambda e: (e.line or 0, e.column or 0)))
-    for campaign, condition in zip(rules.campaigns, conditions, strict=True):
-        campaign._condition = condition
     rules._source = located
     rules._file = name
     return rules
@@ -384,6 +384,48 @@ def _model_in(annotation: Any) -> Any:
     return _model_in(origin) if origin not in (None, annotation) and origin is not type else None
 
 
+def _check_answers(
+    rules: Rules, campaign: Campaign, located: Located, name: str, path: tuple[str | int, ...]
+) -> list[RulesError]:
+    """`answer:` conditions must name a survey, question and choices that exist."""
+    errors = []
+    where = (*path, "when")
+    for test in walk(campaign.condition):
+        if not isinstance(test, AnswerTest):
+            continue
+        questions = {q.id: q for q in rules.surveys.get(test.survey, ())}
+        if test.survey not in rules.surveys:
+            known = ", ".join(rules.surveys) or "none defined"
+            errors.append(
+                _error(
+                    located, name, where, f"`answer` names unknown survey {test.survey!r} (surveys: {known})"
+                )
+            )
+        elif test.question not in questions:
+            errors.append(
+                _error(
+                    located,
+                    name,
+                    where,
+                    f"survey {test.survey!r} has no question "
+                    f"{test.question!r} (questions: {', '.join(questions)})",
+                )
+            )
+        elif questions[test.question].choices and isinstance(test.value, tuple):
+            unknown = [v for v in test.value if v not in (questions[test.question].choices or ())]
+            if unknown:
+                errors.append(
+                    _error(
+                        located,
+                        name,
+                        where,
+                        f"{unknown[0]!r} is not a choice of {test.survey}.{test.question} "
+                        f"(choices: {', '.join(questions[test.question].choices or ())})",
+                    )
+                )
+    return errors
+
+
 def _check_references(rules: Rules, located: Located, name: str) -> list[RulesError]:
     errors: list[RulesError] = []
     seen: dict[str, int] = {}
@@ -416,6 +458,7 @@ def _check_references(rules: Rules, located: Located, name: str) -> list[RulesEr
                     "(otherwise it would mail every customer on every pass)",
                 )
             )
+        errors.extend(_check_answers(rules, campaign, located, name, path))
     for survey_id, questions in rules.surveys.items():
         ids = [q.id for q in questions]
         for dup in {i for i in ids if ids.count(i) > 1}:

@@ -102,6 +102,11 @@ class Sender:
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
                           error="campaign no longer in rules.yaml")
             return Outcome.failed
+        paused = outbox.paused_reason(session, campaign.id)
+        if paused:
+            # Kept queued; the sweeper leaves paused campaigns alone until `retention approve`.
+            outbox.release(session, delivery, now=now, enqueued=False, error=f"campaign paused: {paused}")
+            return Outcome.deferred
         wait_until = next_send_time(
             now, customer_zone(customer.timezone, self.rules.defaults.timezone),
             self.rules.defaults.quiet_hours, campaign.send_days,
@@ -154,6 +159,12 @@ class Sender:
                 outbox.suppress(session, composed.customer.email, f"bounce: {exc}", now=now)
                 return Outcome.bounced
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
+            if exc.is_policy_rejection and outbox.record_policy_failure(
+                session, delivery.campaign_id, str(exc), now=now
+            ):
+                log.error("campaign %s paused after %d policy rejections in a row (last: %s); "
+                          "fix the content or sender, then `retention approve %s`", delivery.campaign_id,
+                          outbox.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
             return Outcome.failed
         except Exception:
             # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
@@ -161,6 +172,7 @@ class Sender:
             raise
         outbox.finish(session, delivery, DeliveryStatus.sent, now=self.clock(), error=None,
                       message_id=str(composed.message["Message-ID"]))
+        outbox.record_success(session, delivery.campaign_id)
         log.debug("sent %s to customer %s (%s): %s", delivery.campaign_id,
                  composed.customer.external_id, delivery.id, reply)
         return Outcome.sent

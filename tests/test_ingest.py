@@ -118,6 +118,16 @@ def test_bad_rows_are_reported_by_the_line_they_start_on_and_good_rows_are_kept(
     assert len(rows) == 3
 
 
+def test_a_clean_import_leaves_no_rejects_file_behind(session: Session, tmp_path: Path) -> None:
+    rejects = write(tmp_path / "rejects.csv", "id,email,error\nold,row,line 2: from last time\n")
+
+    report = import_csv(session, write(tmp_path / "c.csv", "id,email\nc1,a@example.com\n"),
+                        "customers", rejects_path=rejects)
+
+    assert report.rejected == []
+    assert not rejects.exists()
+
+
 def test_extra_columns_become_attributes_without_the_empty_cells(
     session: Session, tmp_path: Path
 ) -> None:

@@ -36,6 +36,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # Plain postgresql:// would pick psycopg2, which is not a dependency.
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     kwargs.setdefault("pool_pre_ping", True)
+    # psycopg prepares a statement after 5 runs and keeps the generic plan; plans made while
+    # tables were small stay bad after an import.
+    kwargs.setdefault("connect_args", {"prepare_threshold": None})
     return sa.create_engine(url, **kwargs)
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from campaigns import outbox
+from campaigns.conversions import credit_conversions
 from campaigns.models import utcnow
 from campaigns.planner import PassResult, Planner
 from worker.runtime import Runtime
@@ -39,6 +40,10 @@ def run_pass(
     started = time.monotonic()
     now = now or utcnow()
     with Session(rt.engine) as session:
+        converted = credit_conversions(session, rt.rules, now=now)
+        session.commit()
+        if converted:
+            log.info("%d deliveries converted (goal events since the last pass)", converted)
         result = Planner(rt.rules, now=now).run(session)
         session.commit()
     # Committed first, enqueued second: a crash in between leaves rows the sweeper finds.
