@@ -331,6 +331,49 @@ def import_events(
     _import("events", file, rejects)
 
 
+# ---------------------------------------------------------------- responses
+
+
+@app.command()
+def responses(
+    survey: Annotated[str | None, typer.Option(help="Only the answers to this survey.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only responses since this ISO date/time.")] = None,
+    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Survey answers, clicks and unsubscribes, for reading or export."""
+    import csv
+    import json
+
+    from campaigns.exports import COLUMNS
+    from campaigns.exports import responses as export
+
+    if format not in ("table", "csv", "json"):
+        fail(f"--format {format!r}: use table, csv or json")
+    rt = build_runtime()
+    if survey is not None and survey not in rt.rules.surveys:
+        fail(
+            f"no survey {survey!r} in {rt.settings.rules} (surveys: {', '.join(rt.rules.surveys) or 'none'})"
+        )
+    moment = parse_moment(since, "--since") if since else None
+    with Session(rt.engine) as session:
+        rows = export(session, survey=survey, since=moment)
+        if format == "csv":
+            writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row.as_dict())
+        elif format == "json":
+            sys.stdout.write(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2) + "\n")
+        else:
+            table = Table(title="Responses")
+            for column in COLUMNS:
+                table.add_column(column)
+            for row in rows:
+                values = row.as_dict()
+                table.add_row(*(str(values[c]) if values[c] is not None else "" for c in COLUMNS))
+            out.print(table)
+
+
 # ---------------------------------------------------------------- approve / db
 
 
