@@ -34,6 +34,7 @@ SUBJECT = "subject.j2"
 TEXT_BODY = "body.txt.j2"
 HTML_BODY = "body.html.j2"
 REQUIRED_FILES = (SUBJECT, TEXT_BODY)
+PAGES_DIR = "pages"
 
 # The keys of the ``customer`` dict; sample_customer and customer_context both
 # produce exactly these, so `retention check` catches a misspelling that a
@@ -255,7 +256,9 @@ class TemplateStore:
     def _directories(self) -> list[str]:
         if not self._root_abs.is_dir():
             return []
-        return sorted(p.name for p in self._root_abs.iterdir() if p.is_dir() and _valid_name(p.name))
+        # templates/pages/ holds the web pages (campaigns.pages), not an email.
+        return sorted(p.name for p in self._root_abs.iterdir()
+                      if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR)
 
     def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
         try:

@@ -19,18 +19,46 @@ from tests.test_cli import ROOT, retention
 def seed(engine):
     with Session(engine) as session:
         customer = add_customer(session, external_id="c-9", email="zoe@example.com", status="cancelled")
-        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="event:1",
-                            template="exit_survey", status="sent")
+        delivery = Delivery(
+            campaign_id="exit-survey",
+            customer_id=customer.id,
+            episode="event:1",
+            template="exit_survey",
+            status="sent",
+        )
         session.add(delivery)
         session.flush()
-        session.add(SurveyAnswer(customer_id=customer.id, delivery_id=delivery.id, campaign_id="exit-survey",
-                                 survey_id="why_you_left", question_id="reason", answer="price",
-                                 created_at=NOW, updated_at=NOW))
-        session.add(Interaction(kind="click", delivery_id=delivery.id, customer_id=customer.id,
-                                campaign_id="exit-survey", url="https://acme.example/pricing",
-                                created_at=NOW - timedelta(days=2)))
-        session.add(Interaction(kind="unsubscribe", delivery_id=delivery.id, customer_id=customer.id,
-                                campaign_id="exit-survey", created_at=NOW))
+        session.add(
+            SurveyAnswer(
+                customer_id=customer.id,
+                delivery_id=delivery.id,
+                campaign_id="exit-survey",
+                survey_id="why_you_left",
+                question_id="reason",
+                answer="price",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        session.add(
+            Interaction(
+                kind="click",
+                delivery_id=delivery.id,
+                customer_id=customer.id,
+                campaign_id="exit-survey",
+                url="https://acme.example/pricing",
+                created_at=NOW - timedelta(days=2),
+            )
+        )
+        session.add(
+            Interaction(
+                kind="unsubscribe",
+                delivery_id=delivery.id,
+                customer_id=customer.id,
+                campaign_id="exit-survey",
+                created_at=NOW,
+            )
+        )
         session.commit()
 
 
@@ -40,10 +68,15 @@ def test_export_lists_answers_then_clicks_and_unsubscribes(database_url):
     with Session(engine) as session:
         rows = list(responses(session))
         assert [(r.kind, r.answer or r.url) for r in rows] == [
-            ("answer", "price"), ("click", "https://acme.example/pricing"), ("unsubscribe", None)]
+            ("answer", "price"),
+            ("click", "https://acme.example/pricing"),
+            ("unsubscribe", None),
+        ]
         assert [r.kind for r in responses(session, survey="why_you_left")] == ["answer"]
         assert [r.kind for r in responses(session, since=NOW - timedelta(days=1))] == [
-            "answer", "unsubscribe"]
+            "answer",
+            "unsubscribe",
+        ]
     engine.dispose()
 
 
@@ -56,7 +89,9 @@ def test_responses_command_exports_csv_and_json(tmp_path):
     as_csv = retention(tmp_path, "responses", "--format", "csv").stdout
     rows = list(csv.DictReader(io.StringIO(as_csv)))
     assert rows[0]["answer"] == "price" and rows[0]["customer_id"] == "c-9"
-    as_json = json.loads(retention(tmp_path, "responses", "--format", "json", "--survey", "why_you_left").stdout)
+    as_json = json.loads(
+        retention(tmp_path, "responses", "--format", "json", "--survey", "why_you_left").stdout
+    )
     assert [(r["question"], r["answer"]) for r in as_json] == [("reason", "price")]
     table = retention(tmp_path, "responses").stdout
     assert "zoe@example.com" in table
