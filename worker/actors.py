@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 from sqlmodel import Session
 
 from campaigns.errors import TransientDeliveryError
+from campaigns.ingest import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from campaigns.sending import MAX_ATTEMPTS
 from worker import runtime
 from worker.broker import QUEUE
@@ -37,6 +39,36 @@ def deliver(delivery_id: int) -> None:
     log.debug("delivery %s: %s", delivery_id, outcome)
 
 
+def identify(**customer: Any) -> None:
+    """Create or update one customer (the fields of a customers CSV row) from your own code."""
+    records, errors = parse_records(CustomerIn, [customer])
+    _log_rejects("customer", errors)
+    if records:
+        with Session(runtime.current().engine) as session:
+            upsert_customers(session, records)
+            session.commit()
+
+
+def track(**event: Any) -> None:
+    """Record one event (customer_id, event, occurred_at, optional id and properties)."""
+    rt = runtime.current()
+    records, errors = parse_records(EventIn, [event])
+    _log_rejects("event", errors)
+    if records:
+        with Session(rt.engine) as session:
+            result = record_events(
+                session, records, non_activity_events=frozenset(rt.rules.defaults.non_activity_events)
+            )
+            session.commit()
+        _log_rejects("event", result.errors)
+
+
+def _log_rejects(kind: str, errors: list[tuple[int, str]]) -> None:
+    # Bad data does not get better by retrying: say why and drop it.
+    for _, message in errors:
+        log.error("%s rejected: %s", kind, message)
+
+
 def _retry(retries: int, exc: BaseException) -> bool:
     # Permanent failures never get here (the Sender records them).  Anything
     # else — SMTP 4xx, a bug, the database away — is retried a few times; the
@@ -47,19 +79,32 @@ def _retry(retries: int, exc: BaseException) -> bool:
 @dataclass(frozen=True)
 class Actors:
     deliver: dramatiq.Actor[[int], None]
+    identify: dramatiq.Actor[..., None]
+    track: dramatiq.Actor[..., None]
 
 
 def declare(
-    broker: dramatiq.Broker, *, min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
+    broker: dramatiq.Broker,
+    *,
+    min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
     max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
 ) -> Actors:
-    existing = broker.actors.get("deliver") if hasattr(broker, "actors") else None
-    if existing is not None:
-        return Actors(deliver=existing)
+    if "deliver" in broker.actors:
+        return Actors(*(broker.actors[name] for name in ("deliver", "identify", "track")))
+
+    def declare_one(fn: Any, name: str, **options: Any) -> Any:
+        return dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=name, **options)(fn)
+
     return Actors(
-        deliver=dramatiq.actor(  # type: ignore[call-overload]
-            deliver, broker=broker, queue_name=QUEUE, actor_name="deliver",
-            retry_when=_retry, min_backoff=min_backoff_ms, max_backoff=max_backoff_ms,
+        deliver=declare_one(
+            deliver,
+            "deliver",
+            retry_when=_retry,
+            min_backoff=min_backoff_ms,
+            max_backoff=max_backoff_ms,
             time_limit=5 * 60_000,
         ),
+        # Ingestion retries what can fail for a while (the database); bad data is dropped.
+        identify=declare_one(identify, "identify", max_retries=10, min_backoff=min_backoff_ms),
+        track=declare_one(track, "track", max_retries=10, min_backoff=min_backoff_ms),
     )
