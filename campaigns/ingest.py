@@ -289,6 +289,8 @@ class EventResult:
     inserted: int = 0
     duplicates: int = 0  # already stored (same client id), or repeated within the batch
     errors: list[tuple[int, str]] = field(default_factory=list)  # (index in records, message)
+    # Customer ids nobody has identified (yet): an event may arrive before its customer.
+    unknown_customers: list[str] = field(default_factory=list)
 
 
 def _dialect_insert(session: Session, table: sa.Table) -> Any:
@@ -419,6 +421,7 @@ def record_events(
     for index, record in enumerate(records):
         customer = known.get(record.customer_id)
         if customer is None:
+            result.unknown_customers.append(record.customer_id)
             result.errors.append((
                 index,
                 f"customer_id: no customer with id {record.customer_id!r} "

@@ -478,6 +478,13 @@ def test_not_of_a_test_on_a_missing_value_matches_the_customer(engine: Engine) -
     assert selected(engine, crowd, {"not": {"plan": "free"}}) == {"c1", "c2"}
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: days_since_cancel `not_in` compiles to NOT(...), which is NULL without cancelled_at"))
+def test_days_since_cancel_not_in_includes_customers_who_never_cancelled(engine: Engine) -> None:
+    crowd = [Person(cancelled_at=ago(days=30, hours=2)), Person(cancelled_at=ago(days=3)), Person()]
+    assert selected(engine, crowd, {"days_since_cancel": {"not_in": [30]}}) == {"c1", "c2"}
+
+
 def test_attributes_compare_numbers_and_strings(engine: Engine) -> None:
     crowd = [
         Person(attributes={"score": 12, "tier": "gold"}),

@@ -4,52 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlmodel import Session, select
 
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, utcnow
+from tests.conftest import DEFAULT_RULES
 from tests.factories import add_customer
-from worker import runtime as runtime_module
 from worker.daemon import run_once, start_roles
 from worker.passes import run_pass
-from worker.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-RULES = """
-defaults:
-  sender: "Acme <hello@acme.example>"
-  timezone: UTC
-campaigns:
-  - id: we-miss-you
-    template: we_miss_you
-    when:
-      status: active
-      days_inactive: {at_least: 30}
-"""
-
-
-@pytest.fixture
-def make_runtime(tmp_path, database_url):
-    built = []
-
-    def make(mail_url: str, broker_url: str = "", rules: str = RULES) -> runtime_module.Runtime:
-        rules_file = tmp_path / "rules.yaml"
-        rules_file.write_text(rules)
-        settings = Settings(
-            database_url=database_url, broker_url=broker_url, mail_url=mail_url,
-            rules=rules_file, templates=ROOT / "templates", secret_key="test-key",
-            retry_min_backoff_ms=20, retry_max_backoff_ms=100,
-        )
-        rt = runtime_module.build(settings)
-        runtime_module.install(rt)
-        built.append(rt)
-        return rt
-
-    yield make
-    for rt in built:
-        rt.close()
 
 
 def add_inactive(rt, count: int, **fields) -> list[int]:
@@ -182,7 +144,7 @@ def test_run_once_in_process_writes_a_maildir_and_is_idempotent(make_runtime, tm
 
 
 def test_quiet_hours_defer_the_send_to_the_end_of_the_night(make_runtime, smtp_sink):
-    rules = RULES.replace("timezone: UTC", "timezone: UTC\n  quiet_hours: \"00:00-23:59\"")
+    rules = DEFAULT_RULES.replace("timezone: UTC", "timezone: UTC\n  quiet_hours: \"00:00-23:59\"")
     rt = make_runtime(smtp_sink.url, rules=rules)
     ids = add_inactive(rt, 1, timezone="Pacific/Kiritimati")
     summary = run_once(rt, workers=1)

@@ -9,7 +9,6 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlmodel import Session, select
 
 from campaigns.models import Customer, Event
-from tests.test_delivery import make_runtime  # noqa: F401  (fixture)
 from worker.broker import QUEUE
 from worker.daemon import start_roles
 

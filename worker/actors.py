@@ -53,14 +53,20 @@ def track(**event: Any) -> None:
     """Record one event (customer_id, event, occurred_at, optional id and properties)."""
     rt = runtime.current()
     records, errors = parse_records(EventIn, [event])
-    _log_rejects("event", errors)
+    _log_rejects("event", errors)  # malformed: dropped, retrying cannot fix it
     if records:
         with Session(rt.engine) as session:
             result = record_events(
                 session, records, non_activity_events=frozenset(rt.rules.defaults.non_activity_events)
             )
             session.commit()
-        _log_rejects("event", result.errors)
+        if result.unknown_customers:
+            # The customer's `identify` may still be in the queue: retry later, then give up.
+            raise UnknownCustomer(f"no customer with id {result.unknown_customers[0]!r} yet")
+
+
+class UnknownCustomer(LookupError):
+    """An event for a customer not identified yet; retried, since `identify` may be on its way."""
 
 
 def _log_rejects(kind: str, errors: list[tuple[int, str]]) -> None:
