@@ -59,11 +59,12 @@ class DeliveryStatus(StrEnum):
     suppressed = "suppressed"  # unsubscribed or suppressed between planning and sending
     held_out = "held_out"  # control group: recorded, never sent
     held = "held"  # blast guard: waits for `retention approve`
+    skipped = "skipped"  # over the frequency cap with `over_cap: skip`: this episode is closed
 
 
 FINAL_STATUSES = frozenset(
     {DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.bounced,
-     DeliveryStatus.suppressed, DeliveryStatus.held_out}
+     DeliveryStatus.suppressed, DeliveryStatus.held_out, DeliveryStatus.skipped}
 )
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # Deliveries that are, or will be, real messages: they count against frequency caps.
 IN_FLIGHT = (DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.held)
+COOLING = (*IN_FLIGHT, DeliveryStatus.held_out)
 VERDICTS = (
     "no_match",
     "already_sent",
@@ -71,6 +72,19 @@ def _epoch_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
 @compiles(epoch_seconds)
 def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
     return f"CAST(EXTRACT(EPOCH FROM {compiler.process(list(element.clauses)[0], **kw)}) AS BIGINT)"
+
+
+def _bucket(customer_id: Any, salt: int) -> ColumnElement[int]:
+    """0–9999 from a multiplicative hash of the customer id and a per-campaign salt.
+
+    Plain integer arithmetic, identical on SQLite and PostgreSQL, so a customer
+    lands in the same holdout group or variant on every pass and every machine.
+    """
+    big = sa.BigInteger()
+    mixed = (sa.cast(customer_id, big) + sa.literal(salt % _HASH_SALT_RANGE, big)) * sa.literal(
+        _HASH_MULTIPLIER, big
+    )
+    return mixed % sa.literal(4294967296, big) % 10000
 
 
 @dataclass
@@ -168,12 +182,11 @@ class Planner:
             ),
         ]
         if campaign.cooldown is not None:
-            cases.append(
-                (
-                    sa.select(col(Delivery.id)).where(mine, self._recent(campaign.cooldown)).exists(),
-                    "cooldown",
-                )
+            # Held-out rows start a cooldown too, so both groups are paced alike.
+            spaced = sa.select(col(Delivery.id)).where(
+                mine, self._recent(campaign.cooldown), col(Delivery.status).in_(COOLING)
             )
+            cases.append((spaced.exists(), "cooldown"))
         suppressed = sa.or_(
             col(Customer.unsubscribed_at).is_not(None),
             sa.select(col(Suppression.id))
@@ -187,7 +200,7 @@ class Planner:
             .where(
                 col(Delivery.customer_id) == col(Customer.id),
                 col(Delivery.created_at) >= self._now(),
-                col(Delivery.status) != DeliveryStatus.held_out,
+                col(Delivery.status).in_(IN_FLIGHT),
             )
             .exists()
         )
@@ -196,12 +209,7 @@ class Planner:
             if cap is not None:
                 cases.append((self._capped(cap, scope), "capped"))
         if campaign.holdout > 0:
-            salt = campaign.holdout_salt % _HASH_SALT_RANGE
-            big = sa.BigInteger()
-            mixed = (sa.cast(col(Customer.id), big) + sa.literal(salt, big)) * sa.literal(
-                _HASH_MULTIPLIER, big
-            )
-            bucket = mixed % sa.literal(4294967296, big) % 10000
+            bucket = _bucket(col(Customer.id), campaign.holdout_salt)
             cases.append((bucket < int(round(campaign.holdout * 100)), "held_out"))
         return sa.case(*cases, else_="send")
 
@@ -300,6 +308,21 @@ class Planner:
         session.flush()
         return plan
 
+    def _variant_columns(self, campaign: Campaign, selection: sa.Subquery) -> tuple[Any, Any]:
+        """(template, variant) per row: a deterministic weighted split for A/B tests."""
+        if campaign.variants is None:
+            return sa.literal(campaign.template), sa.null()
+        bucket = _bucket(selection.c.customer_id, campaign.variant_salt)
+        total = sum(v.weight for v in campaign.variants)
+        bounds, cumulative = [], 0
+        for variant in campaign.variants[:-1]:
+            cumulative += variant.weight
+            bounds.append((bucket < round(cumulative * 10000 / total), variant))
+        last = campaign.variants[-1]
+        template = sa.case(*((b, sa.literal(v.template)) for b, v in bounds), else_=sa.literal(last.template))
+        label = sa.case(*((b, sa.literal(v.label)) for b, v in bounds), else_=sa.literal(last.label))
+        return template, label
+
     def _state(self, session: Session, campaign_id: str) -> CampaignState:
         """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
         dialect = session.get_bind().dialect.name
@@ -328,12 +351,14 @@ class Planner:
         self, session: Session, campaign: Campaign, selection: sa.Subquery, *, held: bool
     ) -> list[tuple[int, str]]:
         """Insert the sendable and held-out rows; return (id, status) of those actually new."""
-        template = campaign.template
         new_status = DeliveryStatus.held if held else DeliveryStatus.queued
         status = sa.case(
             (selection.c.verdict == "held_out", sa.literal(DeliveryStatus.held_out.value)),
+            (selection.c.verdict == "capped", sa.literal(DeliveryStatus.skipped.value)),
             else_=sa.literal(new_status.value),
         )
+        template, variant = self._variant_columns(campaign, selection)
+        recorded = ["send", "held_out"] + (["capped"] if campaign.over_cap == "skip" else [])
         now = self._now()
         rows = (
             sa.select(
@@ -341,14 +366,15 @@ class Planner:
                 selection.c.customer_id,
                 selection.c.episode,
                 status,
-                sa.literal(template),
+                template,
+                variant,
                 sa.literal(0),
                 now,
                 now,
                 now,
                 now if not held else sa.null(),
             )
-            .where(selection.c.verdict.in_(("send", "held_out")))
+            .where(selection.c.verdict.in_(recorded))
             .order_by(selection.c.customer_id)
         )
         if campaign.max_per_pass is not None:
@@ -359,6 +385,7 @@ class Planner:
             "episode",
             "status",
             "template",
+            "variant",
             "attempts",
             "due_at",
             "created_at",

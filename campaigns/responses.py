@@ -176,11 +176,11 @@ def survey_form(session: Session, rules: Rules, delivery_id: int) -> SurveyForm:
     if delivery is None:
         raise UnknownDelivery(delivery_id)
     survey_id, questions = _survey_of(rules, delivery)
-    previous = dict(session.execute(
+    previous = {question_id: answer for question_id, answer in session.execute(
         sa.select(col(SurveyAnswer.question_id), col(SurveyAnswer.answer))
         .where(col(SurveyAnswer.customer_id) == delivery.customer_id,
                col(SurveyAnswer.survey_id) == survey_id)
-    ).tuples().all())
+    )}
     return SurveyForm(
         survey_id=survey_id, campaign_id=delivery.campaign_id,
         questions=tuple(
@@ -204,11 +204,11 @@ def submit_survey(
     survey_id, questions = _survey_of(rules, delivery)
     cleaned = validate_answers(survey_id, questions, answers)
 
-    existing = dict(session.execute(
-        sa.select(col(SurveyAnswer.question_id), col(SurveyAnswer.id))
+    existing = set(session.scalars(
+        sa.select(col(SurveyAnswer.question_id))
         .where(col(SurveyAnswer.customer_id) == delivery.customer_id,
                col(SurveyAnswer.survey_id) == survey_id)
-    ).tuples().all())
+    ))
     for question_id, answer in cleaned.items():
         _upsert_answer(session, delivery, survey_id, question_id, answer, now=now)
     cleared = tuple(q.id for q in questions if q.id in existing and q.id not in cleaned)
@@ -288,6 +288,12 @@ def _locked_delivery(session: Session, delivery_id: int) -> Delivery:
     return delivery
 
 
+def _id(delivery: Delivery) -> int:
+    if delivery.id is None:
+        raise ValueError("a delivery loaded from the database always has an id")
+    return delivery.id
+
+
 def _survey_of(rules: Rules, delivery: Delivery) -> tuple[str, tuple[Question, ...]]:
     try:
         campaign = rules.campaign(delivery.campaign_id)
@@ -301,12 +307,13 @@ def _survey_of(rules: Rules, delivery: Delivery) -> tuple[str, tuple[Question, .
 
 
 def _record_once(session: Session, delivery: Delivery, kind: InteractionKind, *, now: datetime) -> None:
+    delivery_id = _id(delivery)
     seen = session.scalar(
         sa.select(col(Interaction.id))
-        .where(col(Interaction.delivery_id) == delivery.id, col(Interaction.kind) == kind).limit(1)
+        .where(col(Interaction.delivery_id) == delivery_id, col(Interaction.kind) == kind).limit(1)
     )
     if seen is None:
-        session.add(Interaction(kind=kind, delivery_id=delivery.id, customer_id=delivery.customer_id,
+        session.add(Interaction(kind=kind, delivery_id=delivery_id, customer_id=delivery.customer_id,
                                 campaign_id=delivery.campaign_id, created_at=now))
         session.flush()
 

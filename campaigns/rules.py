@@ -54,11 +54,19 @@ def _percent(value: Any) -> float:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 # Keys of the design that this version refuses rather than silently ignores.
-NOT_SUPPORTED_YET = {
-    "variants": "A/B variants arrive with the guardrails work",
-    "over_cap": "capped customers are skipped",
-    "max_send_rate": "sending is limited by worker threads only",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
+
+
+def _send_rate(value: Any) -> Any:
+    """``20/s`` → (20, 1000 ms); also /m and /h."""
+    if value is None or isinstance(value, tuple):
+        return value
+    windows = {"s": 1000, "m": 60_000, "h": 3_600_000}
+    text = str(value).replace(" ", "")
+    count, _, unit = text.partition("/")
+    if not count.isdigit() or int(count) < 1 or unit not in windows:
+        raise ValueError(f"write a send rate like 20/s, 600/m or 10000/h, got {value!r}")
+    return (int(count), windows[unit])
 Percent = Annotated[float, BeforeValidator(_percent)]
 
 
@@ -118,6 +126,8 @@ class Defaults(Strict):
     non_activity_events: tuple[str, ...] = ()
     blast_guard: BlastGuard = BlastGuard()
     survey_valid_for: Duration = timedelta(days=90)
+    # (messages, window in ms), shared by every worker on every machine.
+    max_send_rate: Annotated[tuple[int, int] | None, BeforeValidator(_send_rate)] = None
 
     _check_timezone = field_validator("timezone")(_timezone)
 
@@ -148,9 +158,20 @@ class Goal(Strict):
     within: Duration = timedelta(days=14)
 
 
+class Variant(Strict):
+    template: str
+    weight: int = Field(default=1, ge=1)
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$", max_length=100)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.template
+
+
 class Campaign(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=100)
-    template: str
+    template: str | None = None
+    variants: tuple[Variant, ...] | None = None
     when: dict[str, Any] | None = None
     once: bool = False
     cooldown: Duration | None = None
@@ -163,6 +184,9 @@ class Campaign(Strict):
     frequency_cap: FrequencyCap | None = None
     max_per_pass: int | None = Field(default=None, ge=1)
     send_days: tuple[Weekday, ...] | None = None
+    # Over the frequency cap: `skip` closes this episode for the customer, `defer`
+    # leaves it open so a later pass sends once the cap allows.
+    over_cap: Literal["skip", "defer"] = "skip"
     sender: str | None = None
     enabled: bool = True
 
@@ -178,6 +202,12 @@ class Campaign(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Campaign:
+        if (self.template is None) == (self.variants is None):
+            raise ValueError("give a campaign either `template:` or `variants:` (A/B test), not both or none")
+        if self.variants is not None:
+            labels = [v.label for v in self.variants]
+            if len(self.variants) < 2 or len(set(labels)) != len(labels):
+                raise ValueError("`variants` needs two or more, each with its own template or name")
         if self.once and self.trigger:
             raise ValueError("`once` and `trigger` exclude each other: a trigger sends once per event")
         return self
@@ -192,6 +222,17 @@ class Campaign(Strict):
     @property
     def holdout_salt(self) -> int:
         return zlib.crc32(self.id.encode())
+
+    @property
+    def variant_salt(self) -> int:
+        # Independent of the holdout split, so variants are balanced inside the treated group.
+        return zlib.crc32(f"{self.id}:variant".encode())
+
+    @property
+    def templates(self) -> list[str]:
+        if self.variants is not None:
+            return [v.template for v in self.variants]
+        return [self.template] if self.template else []
 
 
 class Question(Strict):

@@ -153,3 +153,21 @@ def test_quiet_hours_defer_the_send_to_the_end_of_the_night(make_runtime, smtp_s
     assert summary.pending == 1
     assert row.attempts == 0 and row.enqueued_at is None
     assert row.due_at > row.created_at + timedelta(minutes=1)
+
+
+def test_max_send_rate_is_shared_and_spends_no_retries(make_runtime, redis_url, smtp_sink):
+    rules = DEFAULT_RULES.replace("timezone: UTC", "timezone: UTC\n  max_send_rate: 4/s")
+    rt = make_runtime(smtp_sink.url, redis_url, rules=rules)
+    ids = add_inactive(rt, 12)
+    roles = start_roles(rt, workers=6)
+    try:
+        run_pass(rt, roles.enqueue)
+        rows = wait_for_status(rt, ids, {DeliveryStatus.sent}, timeout=30)
+    finally:
+        roles.stop()
+    assert len(smtp_sink.messages) == 12
+    assert {r.attempts for r in rows} == {1}
+    # 12 messages at 4 per one-second window need at least three windows: a lower bound only,
+    # so a slow machine cannot make this fail.
+    span = max(r.sent_at for r in rows) - min(r.sent_at for r in rows)
+    assert span.total_seconds() > 1.0

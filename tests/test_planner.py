@@ -298,3 +298,60 @@ def test_max_per_pass_spreads_a_large_audience(engine):
     assert len(run_pass(engine, rules(text)).queued_ids) == 3
     assert len(run_pass(engine, rules(text), now=NOW + timedelta(minutes=5)).queued_ids) == 3
     assert len(run_pass(engine, rules(text), now=NOW + timedelta(minutes=10)).queued_ids) == 1
+
+
+def test_ab_variants_split_deterministically_and_are_recorded(engine):
+    text = """
+        campaigns:
+          - id: we-miss-you
+            template: t
+            when: {days_inactive: {at_least: 30}}
+    """.replace("            template: t\n", """            variants:
+              - {template: we_miss_you, weight: 3}
+              - {template: win_back_offer, name: offer, weight: 1}
+""")
+    with Session(engine) as session:
+        for _ in range(800):
+            add_customer(session, inactive_days=40)
+        session.commit()
+    run_pass(engine, rules(text))
+    rows = deliveries(engine)
+    by_variant = {v: [r for r in rows if r.variant == v] for v in ("we_miss_you", "offer")}
+    assert 520 <= len(by_variant["we_miss_you"]) <= 680
+    assert {r.template for r in by_variant["offer"]} == {"win_back_offer"}
+    with Session(engine) as session:
+        session.execute(sa.delete(Delivery))
+        session.commit()
+    run_pass(engine, rules(text))
+    assert {(r.customer_id, r.variant) for r in deliveries(engine)} == {(r.customer_id, r.variant) for r in rows}
+
+
+def test_over_cap_skip_closes_the_episode_and_defer_keeps_it_open(engine):
+    text = """
+        defaults:
+          frequency_cap: {max: 1, per: 7d}
+        campaigns:
+          - id: first
+            template: t
+            once: true
+            priority: 9
+          - id: second
+            template: t
+            once: true
+            over_cap: OVER
+    """
+    with Session(engine) as session:
+        add_customer(session, inactive_days=1)
+        session.commit()
+    for policy in ("skip", "defer"):
+        with Session(engine) as session:
+            session.execute(sa.delete(Delivery))
+            session.commit()
+        run_pass(engine, rules(text.replace("OVER", policy)))
+        later = run_pass(engine, rules(text.replace("OVER", policy)), now=NOW + timedelta(hours=1))
+        assert later.plan("second").counts["capped"] == 1
+        skipped = deliveries(engine, campaign_id="second", status=DeliveryStatus.skipped)
+        assert len(skipped) == (1 if policy == "skip" else 0)
+        # A week later the cap allows it: only the deferred campaign still sends.
+        week = run_pass(engine, rules(text.replace("OVER", policy)), now=NOW + timedelta(days=8))
+        assert week.plan("second").counts["send"] == (1 if policy == "defer" else 0)

@@ -9,6 +9,7 @@ to hand to Dramatiq's own CLI.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,24 @@ DEFAULT_MAX_BACKOFF_MS = 3_600_000
 def deliver(delivery_id: int) -> None:
     """Send one delivery if it is still queued (a duplicate message does nothing)."""
     rt = runtime.current()
+    limiter = rt.send_limiter()
+    if limiter is not None:
+        with limiter.acquire(raise_on_failure=False) as acquired:
+            if not acquired:
+                # Over the shared send rate: come back a little later without spending a retry.
+                dramatiq.get_broker().enqueue(
+                    dramatiq.Message(
+                        queue_name=QUEUE, actor_name="deliver", args=(delivery_id,), kwargs={}, options={}
+                    ),
+                    delay=random.randint(200, 1000),
+                )
+                return
+            _deliver(rt, delivery_id)
+        return
+    _deliver(rt, delivery_id)
+
+
+def _deliver(rt: runtime.Runtime, delivery_id: int) -> None:
     with Session(rt.engine) as session:
         try:
             outcome = rt.sender().deliver(session, delivery_id)

@@ -204,16 +204,25 @@ def _customer(session: Session, external_id: str | None) -> Customer:
     return customer
 
 
-def _compose(rt: Runtime, session: Session, campaign_id: str, customer_id: str | None) -> EmailMessage:
+def _compose(
+    rt: Runtime, session: Session, campaign_id: str, customer_id: str | None, variant: str | None = None
+) -> EmailMessage:
     with user_errors():
         campaign = rt.rules.campaign(campaign_id)
         customer = _customer(session, customer_id)
+        template = campaign.templates[0]
+        if variant is not None:
+            labels = {v.label: v.template for v in campaign.variants or ()}
+            if variant not in labels:
+                known = ", ".join(labels) or "none"
+                fail(f"campaign {campaign_id!r} has no variant {variant!r} (variants: {known})")
+            template = labels[variant]
         delivery = Delivery(
             id=0,
             campaign_id=campaign.id,
             customer_id=customer.id or 0,
             episode="preview",
-            template=campaign.template,
+            template=template,
         )
         return rt.sender().compose(delivery, customer, campaign, utcnow())
 
@@ -223,11 +232,12 @@ def preview(
     campaign: Annotated[str, typer.Argument(help="Campaign id from rules.yaml.")],
     customer: Annotated[str | None, typer.Option(help="Customer id (default: a sample customer).")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the HTML part to this file.")] = None,
+    variant: Annotated[str | None, typer.Option(help="A/B variant to render (default: the first).")] = None,
 ) -> None:
     """Render one message as a customer would receive it."""
     rt = build_runtime()
     with Session(rt.engine) as session:
-        message = _compose(rt, session, campaign, customer)
+        message = _compose(rt, session, campaign, customer, variant)
     for header in ("From", "To", "Subject", "List-Unsubscribe"):
         out.print(f"[bold]{header}:[/bold] {message[header]}", soft_wrap=True)
     text = message.get_body(("plain",))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -58,9 +59,36 @@ class Runtime:
         # Lazy: a dry run (`plan`, `check`) must not write a generated key.
         return Signer(ensure_secret_key(self.engine, self.settings.secret_keys))
 
+    @cached_property
+    def _rate_backend(self) -> Any:
+        from dramatiq.rate_limits.backends import RedisBackend, StubBackend
+
+        # On Redis the window is shared by every worker on every machine.
+        return RedisBackend(url=self.settings.broker_url) if self.settings.broker_url else StubBackend()
+
+    def send_limiter(self) -> Any:
+        """A limiter for `defaults.max_send_rate`, or None; follows rule reloads."""
+        from dramatiq.rate_limits import WindowRateLimiter
+
+        rate = self.rules.defaults.max_send_rate
+        if rate is None:
+            return None
+        limit, window_ms = rate
+        return WindowRateLimiter(
+            self._rate_backend,
+            f"retention-send-rate-{limit}-{window_ms}",
+            limit=limit,
+            window=max(1, window_ms // 1000),
+        )
+
     def sender(self) -> Sender:
-        return Sender(rules=self.rules, templates=self.templates, signer=self.signer,
-                      public_url=self.settings.public_url, transport=self.transport)
+        return Sender(
+            rules=self.rules,
+            templates=self.templates,
+            signer=self.signer,
+            public_url=self.settings.public_url,
+            transport=self.transport,
+        )
 
     def close(self) -> None:
         if "transport" in self.__dict__:
@@ -76,21 +104,29 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
         return None, [e.format() for e in exc.errors]
     errors: list[SourceError] = []
     for index, campaign in enumerate(rules.campaigns):
-        if not templates.exists(campaign.template):
-            known = ", ".join(templates.names()) or "none"
-            errors.append(rules.error_at(
-                ("campaigns", index, "template"),
-                f"unknown template {campaign.template!r} (templates in {templates.root}: {known})"))
-            continue
-        context = build_context(
-            customer=sample_customer(), campaign={"id": campaign.id, "template": campaign.template,
-                                                  "survey": campaign.survey},
-            unsubscribe_url="https://retention.invalid/u/sample",
-            survey_url="https://retention.invalid/s/sample" if campaign.survey else None,
-            track=lambda url: url,
-        )
-        required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
-        errors.extend(templates.check(campaign.template, context, required_names=required))
+        for number, template in enumerate(campaign.templates):
+            if not templates.exists(template):
+                known = ", ".join(templates.names()) or "none"
+                where = (
+                    ("campaigns", index, "variants", number, "template")
+                    if campaign.variants
+                    else ("campaigns", index, "template")
+                )
+                errors.append(
+                    rules.error_at(
+                        where, f"unknown template {template!r} (templates in {templates.root}: {known})"
+                    )
+                )
+                continue
+            context = build_context(
+                customer=sample_customer(),
+                campaign={"id": campaign.id, "template": template, "survey": campaign.survey},
+                unsubscribe_url="https://retention.invalid/u/sample",
+                survey_url="https://retention.invalid/s/sample" if campaign.survey else None,
+                track=lambda url: url,
+            )
+            required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
+            errors.extend(templates.check(template, context, required_names=required))
     errors.extend(templates.check_all())
     lines = []
     for error in errors:
@@ -101,8 +137,11 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
 
 
 def build(
-    settings: Settings | None = None, *, migrate: bool = True,
-    rules_path: Path | None = None, templates_path: Path | None = None,
+    settings: Settings | None = None,
+    *,
+    migrate: bool = True,
+    rules_path: Path | None = None,
+    templates_path: Path | None = None,
 ) -> Runtime:
     settings = settings or load_settings()
     engine = make_engine(settings.database_url)
@@ -118,8 +157,12 @@ def build(
         settings=settings,
         engine=engine,
         templates=TemplateStore(templates_path or settings.templates),
-        state=RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint,
-                         source=rules_file.read_text(encoding="utf-8")),
+        state=RulesState(
+            rules=rules,
+            loaded_at=datetime.now(UTC),
+            fingerprint=rules.fingerprint,
+            source=rules_file.read_text(encoding="utf-8"),
+        ),
     )
 
 
@@ -161,7 +204,8 @@ def reload_rules(rt: Runtime, *, force: bool = False) -> bool:
         rt.state.error = "; ".join(lines)
         log.error("rules not reloaded, keeping the last good ones: %s", rt.state.error)
         return False
-    rt.state = RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint,
-                          source=text)
+    rt.state = RulesState(
+        rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint, source=text
+    )
     log.info("rules reloaded from %s (%d campaigns)", path, len(rules.campaigns))
     return True

@@ -1,0 +1,97 @@
+"""The web pages customers see after clicking a link: unsubscribe, survey, thanks, errors.
+
+They live in ``templates/pages/`` so marketing restyles them like the emails,
+but they render in an environment of their own: HTML-autoescaped, sandboxed,
+strict about undefined names, and unaware of the email context.  Every page
+extends ``base.html.j2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from campaigns.errors import TemplateError
+from campaigns.rendering import PAGES_DIR
+
+log = logging.getLogger(__name__)
+
+BASE = "base.html.j2"
+UNSUBSCRIBE_CONFIRM = "unsubscribe_confirm.html.j2"
+UNSUBSCRIBED = "unsubscribed.html.j2"
+SURVEY = "survey.html.j2"
+SURVEY_THANKS = "survey_thanks.html.j2"
+ERROR = "error.html.j2"
+
+# What each page is rendered with, for `check()`: the same names the web layer passes.
+_SAMPLE_QUESTIONS = [
+    {"id": "reason", "ask": "What made you cancel?", "kind": "choice",
+     "choices": ["price", "not_needed"], "required": True, "max_length": 2000, "value": "price"},
+    {"id": "missing", "ask": "Was there a feature you missed?", "kind": "text", "choices": [],
+     "required": False, "max_length": 2000, "value": ""},
+]
+SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
+    UNSUBSCRIBE_CONFIRM: {"email": "ada@example.com", "action": "/u/sample", "already": False},
+    UNSUBSCRIBED: {"email": "ada@example.com", "already": False},
+    SURVEY: {"action": "/s/sample", "questions": _SAMPLE_QUESTIONS, "answered_before": True,
+             "errors": {"": "please answer at least one question", "missing": "too long"}},
+    SURVEY_THANKS: {"replaced": True},
+    ERROR: {"status": 400, "title": "This link does not work", "message": "It was changed."},
+}
+
+
+class Pages:
+    """Renders ``templates/pages/NAME``; any failure is a TemplateError located in the file."""
+
+    def __init__(self, templates_root: Path) -> None:
+        self.root = Path(os.path.normpath(Path(templates_root, PAGES_DIR).absolute()))
+        self._env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(str(self.root)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=True,  # a restyle reaches the running web server
+        )
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        try:
+            return self._env.get_template(name).render(context)
+        except Exception as exc:  # located and re-raised, never swallowed
+            raise self._error(exc, name) from exc
+
+    def check(self) -> list[TemplateError]:
+        """Every page parses and renders with the names the web server passes."""
+        errors = []
+        for name, context in SAMPLE_CONTEXTS.items():
+            try:
+                self.render(name, context)
+            except TemplateError as exc:
+                errors.append(exc)
+        return list({e.format(): e for e in errors}.values())
+
+    def _error(self, exc: Exception, name: str) -> TemplateError:
+        display = f"{self.root.as_posix()}/{name}"
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = exc.filename or display
+            return TemplateError(exc.message or str(exc), file=where, line=exc.lineno)
+        if isinstance(exc, jinja2.TemplateNotFound):
+            return TemplateError(f"missing page template {exc.name!r} in {self.root.as_posix()}/",
+                                 file=display)
+        line, where = None, display
+        traceback = exc.__traceback__
+        # Jinja rewrites tracebacks so template frames carry the file and line.
+        while traceback is not None:
+            filename = traceback.tb_frame.f_code.co_filename
+            if filename.endswith(".j2"):
+                where, line = filename, traceback.tb_lineno
+            traceback = traceback.tb_next
+        message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else (
+            f"{type(exc).__name__}: {exc}")
+        return TemplateError(message, file=where, line=line)
