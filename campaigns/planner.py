@@ -122,11 +122,13 @@ class PassResult:
 
 
 class Planner:
-    def __init__(self, rules: Rules, *, now: datetime) -> None:
+    def __init__(self, rules: Rules, *, now: datetime, customer_id: int | None = None) -> None:
+        """``customer_id`` narrows the pass to one customer (for `explain`; blast guard off)."""
         if now.tzinfo is None:
             raise ValueError("the planning moment must be timezone-aware")
         self.rules = rules
         self.now = now
+        self.customer_id = customer_id
         self.sql = SqlContext(now=now, passive_churn_after=rules.defaults.passive_churn_after)
 
     # ------------------------------------------------------------ expressions
@@ -234,6 +236,8 @@ class Planner:
             )
         condition = campaign.condition
         query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
+        if self.customer_id is not None:
+            query = query.where(col(Customer.id) == self.customer_id)
         return query.subquery("selection")
 
     # ------------------------------------------------------------ the pass
@@ -285,7 +289,8 @@ class Planner:
                 )
             ]
 
-        plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
+        if self.customer_id is None:
+            plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
         state.last_pass_at = self.now
         if plan.blast_guard:
             log.warning(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session, col, select
 
@@ -169,6 +170,54 @@ def plan(
             out.print(
                 f"[bold]{p.campaign_id}[/bold]: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample)
             )
+
+
+@app.command()
+def explain(
+    customer: Annotated[str, typer.Argument(help="Customer id (your own id).")],
+    at: Annotated[str | None, typer.Option(help="Explain as if it were this ISO time.")] = None,
+) -> None:
+    """Why this customer would or would not get each campaign now, and their past deliveries."""
+    from campaigns.explain import explain as explain_customer
+    from campaigns.explain import past_deliveries
+
+    rt = build_runtime()
+    moment = parse_moment(at)
+    with Session(rt.engine) as session:
+        row = session.exec(select(Customer).where(col(Customer.external_id) == customer)).first()
+        if row is None:
+            fail(f"no customer with id {customer!r}")
+        verdicts = explain_customer(session, rt.rules, row, now=moment)
+        session.rollback()  # the narrowed pass ran for real; keep none of it
+        history = past_deliveries(session, row)
+        out.print(
+            f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, plan {row.plan or '-'}, "
+            f"last active {row.last_active_at:%Y-%m-%d} "
+            if row.last_active_at
+            else f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, never active"
+        )
+    table = Table(title=f"Campaigns at {moment.isoformat(timespec='seconds')}")
+    for column in ("campaign", "verdict", "why"):
+        table.add_column(column, no_wrap=column != "why")
+    for verdict in verdicts:
+        table.add_row(verdict.campaign_id, verdict.verdict, escape(verdict.reason))
+    out.print(table)
+    if history:
+        past = Table(title="Past deliveries")
+        for column in ("campaign", "status", "planned", "sent", "converted", "error"):
+            past.add_column(column)
+        for d in history:
+            past.add_row(
+                d.campaign_id,
+                d.status,
+                f"{d.created_at:%Y-%m-%d %H:%M}",
+                f"{d.sent_at:%Y-%m-%d %H:%M}" if d.sent_at else "",
+                f"{d.converted_at:%Y-%m-%d}" if d.converted_at else "",
+                escape(d.last_error or ""),
+            )
+        out.print(past)
+    else:
+        out.print("no past deliveries")
 
 
 # ---------------------------------------------------------------- preview / send-test
@@ -380,7 +429,7 @@ def responses(
                 table.add_column(column)
             for row in rows:
                 values = row.as_dict()
-                table.add_row(*(str(values[c]) if values[c] is not None else "" for c in COLUMNS))
+                table.add_row(*(escape(str(values[c])) if values[c] is not None else "" for c in COLUMNS))
             out.print(table)
 
 
