@@ -41,6 +41,7 @@ CUSTOMER_FIELDS = {
     "cadence_days": col(Customer.cadence_days),
 }
 DAY_FIELDS = ("days_inactive", "days_since_signup", "days_since_cancel")
+MAX_DAYS = 36_525  # a century: larger day counts overflow date arithmetic
 COMPUTED_FIELDS = (*DAY_FIELDS, "overdue_ratio", "lapsed")
 EVENT_KEYS = ("event", "no_event")
 GROUP_KEYS = ("all", "any", "not")
@@ -239,6 +240,10 @@ def _scalar(field: str, value: Any, path: Path) -> Any:
     if _is_numeric_field(field):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConditionError(f"`{field}` is a number, got {value!r}", path)
+        if field in DAY_FIELDS and abs(value) > MAX_DAYS:
+            raise ConditionError(
+                f"`{field}` of {value!r} days is beyond any calendar (at most {MAX_DAYS})", path
+            )
         return value
     if _is_time_field(field):
         return _moment(value, path)
@@ -296,6 +301,29 @@ def _days_since_default(element: days_since, compiler: Any, **kw: Any) -> str:
     )
 
 
+class as_number(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+    """Text to a number, or NULL when it is not one (never an error mid-query)."""
+
+    type = sa.Float()
+    inherit_cache = True
+    name = "as_number"
+
+
+@compiles(as_number, "sqlite")
+def _as_number_sqlite(element: as_number, compiler: Any, **kw: Any) -> str:
+    text = f"trim({compiler.process(list(element.clauses)[0], **kw)})"
+    return f"(CASE WHEN {text} = '' OR {text} GLOB '*[^0-9.eE+-]*' THEN NULL ELSE CAST({text} AS REAL) END)"
+
+
+@compiles(as_number)
+def _as_number_default(element: as_number, compiler: Any, **kw: Any) -> str:
+    text = f"trim({compiler.process(list(element.clauses)[0], **kw)})"
+    return (
+        f"(CASE WHEN {text} ~ '^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
+        f"THEN CAST({text} AS DOUBLE PRECISION) END)"
+    )
+
+
 @dataclass(frozen=True)
 class SqlContext:
     """Values fixed for one pass, so every campaign sees the same moment."""
@@ -322,7 +350,7 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
     if isinstance(condition, Group):
         parts = [compile_condition(c, ctx) for c in condition.items]
         if condition.kind == "not":
-            return sa.not_(parts[0])
+            return _negate(parts[0])
         return sa.and_(*parts) if condition.kind == "all" else sa.or_(*parts)
     if isinstance(condition, AnswerTest):
         answered = sa.select(col(SurveyAnswer.id)).where(
@@ -375,7 +403,8 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
         if isinstance(sample, bool):
             column = element.as_boolean()
         elif isinstance(sample, int | float):
-            column = element.as_float()
+            # Imported CSV cells are text: a cell like "n/a" is no number, not an error.
+            column = as_number(element.as_string())
         else:
             column = element.as_string()
         return _compare(column, op, value)
@@ -390,7 +419,15 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
     return _compare(column, op, value)
 
 
+def _negate(expression: ColumnElement[bool]) -> ColumnElement[bool]:
+    """The exact complement: an unknown (NULL) test counts as false, so `not` makes it true."""
+    return sa.not_(sa.func.coalesce(expression, sa.false()))
+
+
 def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+    if isinstance(value, tuple) and any(isinstance(v, float) for v in value):
+        # PostgreSQL would bind a list starting with an integer as INTEGER and round the rest.
+        value = tuple(sa.literal(float(v), sa.Float()) for v in value)
     if op == "eq":
         return column == value
     if op == "in":
@@ -424,7 +461,7 @@ def _compile_days(reference: ColumnElement[Any], op: str, value: Any, now: datet
     if op == "in":
         return sa.or_(*(sa.and_(reference <= ago(v), reference > ago(v + 1)) for v in value))
     if op == "not_in":
-        return sa.not_(sa.or_(*(sa.and_(reference <= ago(v), reference > ago(v + 1)) for v in value)))
+        return _negate(sa.or_(*(sa.and_(reference <= ago(v), reference > ago(v + 1)) for v in value)))
     if op == "at_least":
         return reference <= ago(value)
     if op == "at_most":

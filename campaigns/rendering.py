@@ -40,9 +40,21 @@ PAGES_DIR = "pages"
 # produce exactly these, so `retention check` catches a misspelling that a
 # real send would hit.
 CUSTOMER_FIELDS = (
-    "id", "email", "first_name", "last_name", "plan", "status", "locale", "timezone",
-    "signed_up_at", "cancelled_at", "last_active_at", "days_inactive", "activity_count",
-    "cadence_days", "attributes",
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "plan",
+    "status",
+    "locale",
+    "timezone",
+    "signed_up_at",
+    "cancelled_at",
+    "last_active_at",
+    "days_inactive",
+    "activity_count",
+    "cadence_days",
+    "attributes",
 )
 
 _PART_NAMES = {TEXT_BODY: "text", HTML_BODY: "HTML"}
@@ -82,7 +94,10 @@ class _Undefined(StrictUndefined):
     __slots__ = ()
 
     def __init__(
-        self, hint: str | None = None, obj: Any = missing, name: str | None = None,
+        self,
+        hint: str | None = None,
+        obj: Any = missing,
+        name: str | None = None,
         exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
     ) -> None:
         if isinstance(obj, Undefined):
@@ -118,7 +133,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return self.undefined(
             f"{attribute!r} of {owner} is off limits: templates may read data, "
             "not change it or reach Python internals",
-            name=attribute, obj=obj, exc=SecurityError,
+            name=attribute,
+            obj=obj,
+            exc=SecurityError,
         )
 
 
@@ -185,25 +202,31 @@ class TemplateStore:
         return RenderedMessage(subject=subject, text=text, html=html)
 
     def check(
-        self, name: str, sample_context: Mapping[str, Any], *,
+        self,
+        name: str,
+        sample_context: Mapping[str, Any],
+        *,
         required_names: tuple[str, ...] = ("unsubscribe_url",),
     ) -> list[TemplateError]:
         """Every problem of one template: missing files, syntax, undefined names, no
         unsubscribe link.  Returns them all rather than stopping at the first."""
         if not _valid_name(name) or not (self._root_abs / name).is_dir():
-            return [TemplateError(
-                f"no template directory {name!r}: create {name}/{SUBJECT} and {name}/{TEXT_BODY}",
-                file=self._display(name),
-            )]
+            return [
+                TemplateError(
+                    f"no template directory {name!r}: create {name}/{SUBJECT} and {name}/{TEXT_BODY}",
+                    file=self._display(name),
+                )
+            ]
         errors: list[TemplateError] = []
         for file in REQUIRED_FILES:
             if not (self._root_abs / name / file).is_file():
-                errors.append(TemplateError(
-                    f"missing {file}: every template needs {SUBJECT} and {TEXT_BODY}",
-                    file=self._display(name, file),
-                ))
-        present = [f for f in (SUBJECT, TEXT_BODY, HTML_BODY)
-                   if (self._root_abs / name / f).is_file()]
+                errors.append(
+                    TemplateError(
+                        f"missing {file}: every template needs {SUBJECT} and {TEXT_BODY}",
+                        file=self._display(name, file),
+                    )
+                )
+        present = [f for f in (SUBJECT, TEXT_BODY, HTML_BODY) if (self._root_abs / name / f).is_file()]
         parsed = []
         for file in present:
             try:
@@ -224,20 +247,22 @@ class TemplateStore:
             except TemplateError as exc:
                 errors.append(exc)
         if SUBJECT in outputs and not _one_line(outputs[SUBJECT]):
-            errors.append(TemplateError(
-                "the subject renders empty", file=self._display(name, SUBJECT)))
+            errors.append(TemplateError("the subject renders empty", file=self._display(name, SUBJECT)))
         for file in (TEXT_BODY, HTML_BODY):
             for key, sentinel in sentinels.items():
                 if file in outputs and sentinel not in outputs[file]:
                     reason = _REQUIREMENT_REASONS.get(key, "this campaign needs it")
-                    errors.append(TemplateError(
-                        f"the {_PART_NAMES[file]} part never shows {{{{ {key} }}}}: {reason}",
-                        file=self._display(name, file),
-                    ))
+                    errors.append(
+                        TemplateError(
+                            f"the {_PART_NAMES[file]} part never shows {{{{ {key} }}}}: {reason}",
+                            file=self._display(name, file),
+                        )
+                    )
         return errors
 
     def check_all(
-        self, sample_context: Callable[[str], Mapping[str, Any]] | None = None,
+        self,
+        sample_context: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> list[TemplateError]:
         """Check every template directory and every shared file at the root."""
         make_context = sample_context or (lambda name: build_sample_context(template=name))
@@ -257,8 +282,11 @@ class TemplateStore:
         if not self._root_abs.is_dir():
             return []
         # templates/pages/ holds the web pages (campaigns.pages), not an email.
-        return sorted(p.name for p in self._root_abs.iterdir()
-                      if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR)
+        return sorted(
+            p.name
+            for p in self._root_abs.iterdir()
+            if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR
+        )
 
     def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
         try:
@@ -268,7 +296,8 @@ class TemplateStore:
             if isinstance(exc, jinja2.UndefinedError) and error.message.startswith("undefined name"):
                 error = TemplateError(
                     f"{error.message} — available: {', '.join(sorted(context))}",
-                    file=error.file, line=error.line,
+                    file=error.file,
+                    line=error.line,
                 )
             raise error from exc
 
@@ -329,21 +358,24 @@ def _valid_name(name: str) -> bool:
 
 
 def _prepare(context: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        key: _Record(value, key) if isinstance(value, dict) else value
-        for key, value in context.items()
-    }
+    return {key: _Record(value, key) if isinstance(value, dict) else value for key, value in context.items()}
 
 
 def build_context(
-    *, customer: dict[str, Any], campaign: dict[str, Any], unsubscribe_url: str,
-    survey_url: str | None, track: Callable[[str], str],
+    *,
+    customer: dict[str, Any],
+    campaign: dict[str, Any],
+    unsubscribe_url: str,
+    survey_url: str | None,
+    track: Callable[[str], str],
 ) -> dict[str, Any]:
     """The variables a template sees.  ``survey_url`` only exists for survey
     campaigns, so a survey template attached to another campaign fails loudly."""
     context: dict[str, Any] = {
-        "customer": customer, "campaign": campaign,
-        "unsubscribe_url": unsubscribe_url, "track": track,
+        "customer": customer,
+        "campaign": campaign,
+        "unsubscribe_url": unsubscribe_url,
+        "track": track,
     }
     if survey_url is not None:
         context["survey_url"] = survey_url
@@ -402,13 +434,17 @@ def sample_customer(**overrides: Any) -> dict[str, Any]:
 
 
 def build_sample_context(
-    *, template: str, customer: dict[str, Any] | None = None,
+    *,
+    template: str,
+    customer: dict[str, Any] | None = None,
     campaign: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The context `check` and `preview` render with; ``survey_url`` is always present."""
     return build_context(
         customer=customer if customer is not None else sample_customer(),
-        campaign=campaign if campaign is not None else {"id": "preview", "template": template},
+        campaign=campaign
+        if campaign is not None
+        else {"id": "preview", "template": template, "survey": None},
         unsubscribe_url="https://retention.invalid/u/sample-token",
         survey_url="https://retention.invalid/s/sample-token",
         track=lambda url: url,

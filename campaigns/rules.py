@@ -43,8 +43,11 @@ def _duration(value: Any) -> timedelta:
 
 def _percent(value: Any) -> float:
     text = str(value).strip()
-    number = float(text[:-1]) if text.endswith("%") else float(text) * (1 if "%" in text else 100)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+    try:
+        number = float(text[:-1]) if text.endswith("%") else float(text) * 100
+    except ValueError:
+        raise ValueError(f"write a percentage like 10%, got {value!r}") from None
+    if isinstance(value, bool) or (isinstance(value, int | float) and value > 1):
         raise ValueError(f"write a percentage like 10%, got {value!r}")
     if not 0 <= number <= 100:
         raise ValueError(f"a percentage between 0% and 100%, got {value!r}")
@@ -67,6 +70,8 @@ def _send_rate(value: Any) -> Any:
     if not count.isdigit() or int(count) < 1 or unit not in windows:
         raise ValueError(f"write a send rate like 20/s, 600/m or 10000/h, got {value!r}")
     return (int(count), windows[unit])
+
+
 Percent = Annotated[float, BeforeValidator(_percent)]
 
 
@@ -374,14 +379,31 @@ def _where(path: tuple[str | int, ...]) -> str:
 def _located_errors(exc: ValidationError, located: Located, name: str) -> list[RulesError]:
     errors = []
     for error in exc.errors():
-        path = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        path = _data_path(error["loc"], located.data, extra=error["type"] == "extra_forbidden")
         message = _humane(error, path)
         errors.append(_error(located, name, path, message))
     return errors
 
 
+def _data_path(loc: tuple[Any, ...], data: Any, *, extra: bool) -> tuple[str | int, ...]:
+    """The part of pydantic's error location that exists in the YAML (drops validator tags)."""
+    path: list[str | int] = []
+    for index, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            path.append(part)
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            path.append(part)
+            data = data[part]
+        elif extra and index == len(loc) - 1:
+            path.append(part)
+    return tuple(path)
+
+
 def _humane(error: Any, path: tuple[str | int, ...]) -> str:
     kind = error["type"]
+    if not path:
+        return str(error["msg"]).removeprefix("Value error, ")
     if kind == "extra_forbidden":
         key = str(path[-1])
         if key in NOT_SUPPORTED_YET:

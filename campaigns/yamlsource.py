@@ -13,6 +13,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 Path = tuple[str | int, ...]
 
@@ -46,6 +47,16 @@ def load_located(text: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         return _raise_syntax(problem, mark)
+    except ReaderError as exc:  # a control character: no mark, only an offset
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        raise YAMLSyntaxError(
+            f"YAML syntax: {exc.reason} (character #x{exc.character:04x})"
+            if isinstance(exc.character, int)
+            else f"YAML syntax: {exc.reason}",
+            line,
+            column,
+        ) from None
     except Exception as exc:  # ruamel raises several unrelated types for duplicate keys etc.
         mark = getattr(exc, "problem_mark", None)
         return _raise_syntax(str(exc).splitlines()[0] if str(exc) else "invalid YAML", mark)
@@ -65,20 +76,33 @@ def _plain(node: Any, path: Path, positions: dict[Path, tuple[int, int]]) -> Any
     if isinstance(node, CommentedMap):
         result: dict[str, Any] = {}
         for key, value in node.items():
-            key_line, key_col = node.lc.key(key)
             child = (*path, str(key))
             # Point at the key: that is where the user reads "this entry".
-            positions[child] = (key_line + 1, key_col + 1)
+            _remember(positions, child, _safe(node.lc.key, key), path)
             result[str(key)] = _plain(value, child, positions)
         return result
     if isinstance(node, CommentedSeq):
         items = []
         for index, value in enumerate(node):
-            line, col = node.lc.item(index)
-            positions[(*path, index)] = (line + 1, col + 1)
+            _remember(positions, (*path, index), _safe(node.lc.item, index), path)
             items.append(_plain(value, (*path, index), positions))
         return items
     return _scalar(node)
+
+
+def _safe(lookup: Any, key: Any) -> Any:
+    # Merged keys (<<) and tagged collections come without positions in ruamel.
+    try:
+        return lookup(key)
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _remember(positions: dict[Path, tuple[int, int]], path: Path, found: Any, parent: Path) -> None:
+    if isinstance(found, tuple | list) and len(found) >= 2 and all(isinstance(v, int) for v in found[:2]):
+        positions[path] = (found[0] + 1, found[1] + 1)
+    elif parent in positions:
+        positions[path] = positions[parent]
 
 
 def _scalar(node: Any) -> Any:

@@ -361,9 +361,6 @@ def test_sql_selects_exactly_whom_the_oracle_selects(
     assert selected(engine, crowd, when) == expected(crowd, when), when
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `not:` over a missing value drops the customer; on PostgreSQL a number list "
-    "starting with an integer casts later fractions to INTEGER (see the example tests)"))
 @PROPERTY
 @example(crowd=[Person(plan=None), Person(plan="free")], when={"not": {"plan": "free"}})
 @example(crowd=[Person(attributes={"score": 7.5})], when={"attributes.score": {"not_in": [0, 7.5]}})
@@ -470,16 +467,11 @@ def test_not_in_includes_customers_without_a_value(engine: Engine) -> None:
     assert selected(engine, crowd, {"attributes.tier": {"not_in": ["gold"]}}) == {"c1"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `not:` over a test on a missing value is NULL in SQL: the customer is dropped, "
-    "unlike `not_in`, which includes them"))
 def test_not_of_a_test_on_a_missing_value_matches_the_customer(engine: Engine) -> None:
     crowd = [Person(plan="free"), Person(plan="pro"), Person(plan=None)]
     assert selected(engine, crowd, {"not": {"plan": "free"}}) == {"c1", "c2"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: days_since_cancel `not_in` compiles to NOT(...), which is NULL without cancelled_at"))
 def test_days_since_cancel_not_in_includes_customers_who_never_cancelled(engine: Engine) -> None:
     crowd = [Person(cancelled_at=ago(days=30, hours=2)), Person(cancelled_at=ago(days=3)), Person()]
     assert selected(engine, crowd, {"days_since_cancel": {"not_in": [30]}}) == {"c1", "c2"}
@@ -500,10 +492,6 @@ def test_attributes_compare_numbers_and_strings(engine: Engine) -> None:
 def test_number_list_mixing_integers_and_fractions(
     engine: Engine, request: pytest.FixtureRequest
 ) -> None:
-    if engine.dialect.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "BUG: on PostgreSQL every value of `in: [1, 0.5]` is bound as ::INTEGER, "
-            "so 0.5 becomes 0 (and 7.5 becomes 8)")))
     crowd = [Person(cadence_days=0), Person(cadence_days=0.5), Person(cadence_days=1),
              Person(attributes={"score": 7.5})]
     assert selected(engine, crowd, {"cadence_days": {"in": [1, 0.5]}}) == {"c1", "c2"}
@@ -515,9 +503,6 @@ def test_numeric_test_on_imported_text_attributes(
 ) -> None:
     # CSV import stores every extra column as text; one unparseable cell must not break
     # the campaign for everyone.
-    if engine.dialect.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "BUG: on PostgreSQL, CAST('n/a' AS FLOAT) raises: one bad cell fails the whole query")))
     crowd = [
         Person(attributes={"seats": "12"}),
         Person(attributes={"seats": "3"}),

@@ -56,8 +56,11 @@ def test_inactive_customers_get_one_delivery_per_absence(engine):
     assert [d.customer_id for d in deliveries(engine)] == [gone_id]
     # Later passes in the same absence send nothing new.
     second = run_pass(engine, rules(MISS_YOU), now=NOW + timedelta(days=3))
-    assert second.plan("we-miss-you").counts == {**second.plan("we-miss-you").counts,
-                                                 "already_sent": 1, "send": 0}
+    assert second.plan("we-miss-you").counts == {
+        **second.plan("we-miss-you").counts,
+        "already_sent": 1,
+        "send": 0,
+    }
     assert len(deliveries(engine)) == 1
 
 
@@ -197,7 +200,8 @@ def test_holdout_is_deterministic_and_recorded_but_not_queued(engine):
         session.commit()
     run_pass(engine, rules(text))
     assert {d.customer_id for d in deliveries(engine, status=DeliveryStatus.held_out)} == {
-        d.customer_id for d in held}
+        d.customer_id for d in held
+    }
 
 
 def test_trigger_campaign_sends_once_per_event_after_the_delay(engine):
@@ -285,8 +289,9 @@ def test_blast_guard_holds_a_sudden_jump_until_approved(engine):
         session.commit()
     assert len(deliveries(engine, status=DeliveryStatus.queued)) == 55
     # The approved audience is the new baseline: no hold on the next pass.
-    assert run_pass(engine, rules(text), now=NOW + timedelta(minutes=10)).plan(
-        "we-miss-you").blast_guard is None
+    assert (
+        run_pass(engine, rules(text), now=NOW + timedelta(minutes=10)).plan("we-miss-you").blast_guard is None
+    )
 
 
 def test_max_per_pass_spreads_a_large_audience(engine):
@@ -306,10 +311,13 @@ def test_ab_variants_split_deterministically_and_are_recorded(engine):
           - id: we-miss-you
             template: t
             when: {days_inactive: {at_least: 30}}
-    """.replace("            template: t\n", """            variants:
+    """.replace(
+        "            template: t\n",
+        """            variants:
               - {template: we_miss_you, weight: 3}
               - {template: win_back_offer, name: offer, weight: 1}
-""")
+""",
+    )
     with Session(engine) as session:
         for _ in range(800):
             add_customer(session, inactive_days=40)
@@ -323,7 +331,9 @@ def test_ab_variants_split_deterministically_and_are_recorded(engine):
         session.execute(sa.delete(Delivery))
         session.commit()
     run_pass(engine, rules(text))
-    assert {(r.customer_id, r.variant) for r in deliveries(engine)} == {(r.customer_id, r.variant) for r in rows}
+    assert {(r.customer_id, r.variant) for r in deliveries(engine)} == {
+        (r.customer_id, r.variant) for r in rows
+    }
 
 
 def test_over_cap_skip_closes_the_episode_and_defer_keeps_it_open(engine):

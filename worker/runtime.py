@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from campaigns.errors import RulesErrors, SourceError
+from campaigns.pages import Pages
 from campaigns.rendering import TemplateStore, build_context, sample_customer
 from campaigns.rules import Rules, load_rules
 from campaigns.sending import Sender
@@ -128,6 +129,8 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
             required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
             errors.extend(templates.check(template, context, required_names=required))
     errors.extend(templates.check_all())
+    if (templates.root / "pages").is_dir():  # without it the web serves plain built-in pages
+        errors.extend(Pages(templates.root).check())
     lines = []
     for error in errors:
         line = error.format()
