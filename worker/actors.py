@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,8 @@ from sqlmodel import Session
 
 from campaigns.errors import TransientDeliveryError
 from campaigns.ingest import CustomerIn, EventIn, parse_records, record_events, upsert_customers
-from campaigns.sending import MAX_ATTEMPTS
-from worker import runtime
+from campaigns.sending import MAX_ATTEMPTS, Outcome
+from worker import observability, runtime
 from worker.broker import QUEUE
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,20 @@ def deliver(delivery_id: int) -> None:
 
 
 def _deliver(rt: runtime.Runtime, delivery_id: int) -> None:
+    started = time.monotonic()
     with Session(rt.engine) as session:
         try:
             outcome = rt.sender().deliver(session, delivery_id)
         except TransientDeliveryError as exc:
+            observability.SMTP_ERRORS.labels(error_class="temporary").inc()
+            observability.SEND_OUTCOMES.labels(outcome="retry").inc()
             log.warning("delivery %s: temporary failure, will retry: %s", delivery_id, exc)
             raise
+    observability.SEND_OUTCOMES.labels(outcome=outcome.value).inc()
+    if outcome in (Outcome.failed, Outcome.bounced):
+        observability.SMTP_ERRORS.labels(error_class="permanent").inc()
+    if outcome == Outcome.sent:
+        observability.SEND_LATENCY.observe(time.monotonic() - started)
     log.debug("delivery %s: %s", delivery_id, outcome)
 
 

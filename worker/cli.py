@@ -521,13 +521,12 @@ def web(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
-    """The HTTP endpoints only (health, and the links in emails)."""
-    import uvicorn
-
-    from worker.web import create_app
+    """The HTTP endpoints only (health, metrics, and the links in emails)."""
+    from worker import daemon
 
     rt = build_runtime()
-    uvicorn.run(create_app(rt), host=host, port=port, log_level="warning")
+    with user_errors():
+        daemon.serve_web(rt, host=host, port=port)
 
 
 def _print_summary(rt: Runtime, summary: Any) -> None:
@@ -600,3 +599,8 @@ def main() -> None:
 
 
 _: Callable[..., Any] = main
+
+from worker.cli_reports import customers, report  # noqa: E402 - it imports this module lazily
+
+app.command()(report)
+app.command()(customers)

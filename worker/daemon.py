@@ -22,7 +22,8 @@ from campaigns.models import AppSetting, Delivery, DeliveryStatus, utcnow
 from worker import runtime as runtime_module
 from worker.actors import Actors, declare
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
-from worker.passes import DEFAULT_STALE_AFTER, run_pass
+from worker.leader import LeaderLock
+from worker.passes import DEFAULT_STALE_AFTER, LostLeadership, run_pass
 from worker.runtime import Runtime, reload_rules
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ class Roles:
 
 def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
     broker = install_broker(rt.settings.broker_url)
-    actors = declare(broker, min_backoff_ms=rt.settings.retry_min_backoff_ms,
-                     max_backoff_ms=rt.settings.retry_max_backoff_ms)
+    actors = declare(
+        broker,
+        min_backoff_ms=rt.settings.retry_min_backoff_ms,
+        max_backoff_ms=rt.settings.retry_max_backoff_ms,
+    )
     worker = None
     if consume:
         worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)
@@ -101,21 +105,38 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
         with Session(rt.engine) as session:
             pending = 0
             for start in range(0, len(ids), 1000):
-                pending += session.scalar(
-                    sa.select(sa.func.count()).select_from(Delivery).where(
-                        col(Delivery.id).in_(ids[start:start + 1000]),
-                        sa.or_(col(Delivery.status) == DeliveryStatus.sending,
-                               sa.and_(col(Delivery.status) == DeliveryStatus.queued,
-                                       col(Delivery.attempts) == 0,
-                                       col(Delivery.due_at) <= utcnow())))) or 0
+                pending += (
+                    session.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(Delivery)
+                        .where(
+                            col(Delivery.id).in_(ids[start : start + 1000]),
+                            sa.or_(
+                                col(Delivery.status) == DeliveryStatus.sending,
+                                sa.and_(
+                                    col(Delivery.status) == DeliveryStatus.queued,
+                                    col(Delivery.attempts) == 0,
+                                    col(Delivery.due_at) <= utcnow(),
+                                ),
+                            ),
+                        )
+                    )
+                    or 0
+                )
         if pending == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     with Session(rt.engine) as session:
         return sum(
-            session.scalar(sa.select(sa.func.count()).select_from(Delivery).where(
-                col(Delivery.id).in_(ids[start:start + 1000]),
-                col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)))) or 0
+            session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Delivery)
+                .where(
+                    col(Delivery.id).in_(ids[start : start + 1000]),
+                    col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
+                )
+            )
+            or 0
             for start in range(0, len(ids), 1000)
         )
 
@@ -127,7 +148,7 @@ def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary
         for start in range(0, len(ids), 1000):
             for campaign_id, status, count in session.execute(
                 sa.select(col(Delivery.campaign_id), col(Delivery.status), sa.func.count())
-                .where(col(Delivery.id).in_(ids[start:start + 1000]))
+                .where(col(Delivery.id).in_(ids[start : start + 1000]))
                 .group_by(col(Delivery.campaign_id), col(Delivery.status))
             ):
                 statuses[campaign_id][status] += count
@@ -146,8 +167,10 @@ def where_mail_went(rt: Runtime) -> str:
     if url.startswith("maildir://"):
         path = Path(url.removeprefix("maildir://"))
         count = len(list((path / "new").glob("*"))) if (path / "new").is_dir() else 0
-        return (f"emails are in {path}/ (a Maildir, {count} messages in {path}/new): open it with any "
-                f"mail client, e.g. `mutt -f {path}`")
+        return (
+            f"emails are in {path}/ (a Maildir, {count} messages in {path}/new): open it with any "
+            f"mail client, e.g. `mutt -f {path}`"
+        )
     if url.startswith("console://"):
         return "emails were printed above (console://)"
     from worker.mail import mask_url
@@ -170,26 +193,40 @@ def demo_anchor(session: Session) -> Any:
 # ---------------------------------------------------------------- the daemon
 
 
-def serve(rt: Runtime, *, workers: int, web: tuple[str, int] | None,
-          plan: bool = True, consume: bool = True) -> None:
+def serve(
+    rt: Runtime, *, workers: int, web: tuple[str, int] | None, plan: bool = True, consume: bool = True
+) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads rules.yaml and templates."""
     runtime_module.install(rt)
     roles = start_roles(rt, workers=workers, consume=consume and workers > 0)
     stop = threading.Event()
     scheduler = BackgroundScheduler(timezone="UTC")
 
+    leader = _leader_lock(rt) if plan else None
+
     def tick() -> None:
         reload_rules(rt)
+        if leader is not None and not leader.is_leader():
+            log.debug("another scheduler leads; skipping this pass")
+            return
         try:
-            run_pass(rt, roles.enqueue)
+            run_pass(rt, roles.enqueue, still_leader=leader.is_leader if leader else None)
+        except LostLeadership as exc:
+            log.warning("%s", exc)
         except Exception:  # the daemon outlives a bad pass; the next tick tries again
             log.exception("planning pass failed")
 
     if plan:
-        scheduler.add_job(tick, IntervalTrigger(seconds=rt.rules.defaults.check_every.total_seconds()),
-                          id="plan", max_instances=1, coalesce=True, next_run_time=utcnow())
+        scheduler.add_job(
+            tick,
+            IntervalTrigger(seconds=rt.rules.defaults.check_every.total_seconds()),
+            id="plan",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+        )
         scheduler.start()
-    server = _start_web(rt, web) if web else None
+    server, _ = _start_web(rt, web) if web else (None, None)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -200,12 +237,18 @@ def serve(rt: Runtime, *, workers: int, web: tuple[str, int] | None,
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    log.info("retention daemon running: broker %s, %d worker threads, a pass every %s%s",
-             "in-process" if is_in_process(roles.broker) else "redis", workers,
-             rt.rules.defaults.check_every, f", web on http://{web[0]}:{web[1]}" if web else "")
+    log.info(
+        "retention daemon running: broker %s, %d worker threads, a pass every %s%s",
+        "in-process" if is_in_process(roles.broker) else "redis",
+        workers,
+        rt.rules.defaults.check_every,
+        f", web on http://{web[0]}:{web[1]}" if web else "",
+    )
     stop.wait()
     if plan:
         scheduler.shutdown(wait=True)
+    if leader is not None:
+        leader.stop()
     if server is not None:
         server.should_exit = True
     roles.stop()
@@ -213,7 +256,33 @@ def serve(rt: Runtime, *, workers: int, web: tuple[str, int] | None,
     log.info("stopped")
 
 
-def _start_web(rt: Runtime, web: tuple[str, int]) -> Any:
+def serve_web(rt: Runtime, *, host: str, port: int) -> None:
+    """The web role alone; exits 0 on SIGTERM/SIGINT once open requests are answered."""
+    runtime_module.install(rt)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server, thread = _start_web(rt, (host, port))
+    log.info("web on http://%s:%d", host, port)
+    stop.wait()
+    server.should_exit = True
+    thread.join(timeout=SHUTDOWN_GRACE_SECONDS)
+    rt.close()
+
+
+def _leader_lock(rt: Runtime) -> LeaderLock | None:
+    """Scheduler replicas share Redis; without it there is one process and nothing to elect."""
+    if not rt.settings.broker_url:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(rt.settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    lock = LeaderLock(client, ttl_s=30.0)
+    lock.start()
+    return lock
+
+
+def _start_web(rt: Runtime, web: tuple[str, int]) -> tuple[Any, threading.Thread]:
     import uvicorn
 
     from worker.web import create_app
@@ -221,5 +290,6 @@ def _start_web(rt: Runtime, web: tuple[str, int]) -> Any:
     config = uvicorn.Config(create_app(rt), host=web[0], port=web[1], log_level="warning")
     server = uvicorn.Server(config)
     # Outside the main thread uvicorn leaves signals alone: they are the daemon's.
-    threading.Thread(target=server.run, name="web", daemon=True).start()
-    return server
+    thread = threading.Thread(target=server.run, name="web", daemon=True)
+    thread.start()
+    return server, thread

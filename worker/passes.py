@@ -14,6 +14,7 @@ from campaigns import outbox
 from campaigns.conversions import credit_conversions
 from campaigns.models import utcnow
 from campaigns.planner import PassResult, Planner
+from worker import observability
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,31 +34,59 @@ class PassReport:
     seconds: float
 
 
+class LostLeadership(RuntimeError):
+    """Another scheduler holds the leader lock now: this pass must not take effect."""
+
+
 def run_pass(
-    rt: Runtime, enqueue: Enqueue, *, now: datetime | None = None,
+    rt: Runtime,
+    enqueue: Enqueue,
+    *,
+    now: datetime | None = None,
     stale_after: timedelta = DEFAULT_STALE_AFTER,
+    still_leader: Callable[[], bool] | None = None,
 ) -> PassReport:
+    """Plan, commit, enqueue, sweep.  ``still_leader`` is asked before each step that takes effect."""
     started = time.monotonic()
     now = now or utcnow()
-    with Session(rt.engine) as session:
-        converted = credit_conversions(session, rt.rules, now=now)
-        session.commit()
-        if converted:
-            log.info("%d deliveries converted (goal events since the last pass)", converted)
-        result = Planner(rt.rules, now=now).run(session)
-        session.commit()
-    # Committed first, enqueued second: a crash in between leaves rows the sweeper finds.
-    enqueued = enqueue(result.queued_ids) if result.queued_ids else 0
-    with Session(rt.engine) as session:
-        stale = outbox.stale_queued(session, now=now, stale_after=stale_after)
-    if stale:
-        enqueue(stale)
+
+    def check_leadership() -> None:
+        if still_leader is not None and not still_leader():
+            raise LostLeadership("lost the leader lock during the pass; another scheduler takes over")
+
+    try:
+        with Session(rt.engine) as session:
+            converted = credit_conversions(session, rt.rules, now=now)
+            session.commit()
+            if converted:
+                log.info("%d deliveries converted (goal events since the last pass)", converted)
+            result = Planner(rt.rules, now=now).run(session)
+            check_leadership()  # before the commit: a deposed leader's plan is rolled back
+            session.commit()
+        # Committed first, enqueued second: a crash in between leaves rows the sweeper finds.
+        check_leadership()
+        enqueued = enqueue(result.queued_ids) if result.queued_ids else 0
+        with Session(rt.engine) as session:
+            stale = outbox.stale_queued(session, now=now, stale_after=stale_after)
+        if stale:
+            enqueue(stale)
+    except Exception as exc:
+        observability.record_pass(
+            rt, started=now, seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"[:500]
+        )
+        raise
     report = PassReport(result, enqueued, stale, time.monotonic() - started)
+    observability.record_pass(rt, started=now, seconds=report.seconds, error=None)
     for plan in result.plans:
         if plan.inserted or plan.blast_guard:
-            log.info("campaign %s: %d new deliveries, %d queued%s", plan.campaign_id,
-                     plan.inserted, len(plan.queued_ids),
-                     f"; HELD by blast guard: {plan.blast_guard}" if plan.blast_guard else "")
-    log.info("pass done in %.2fs: %d enqueued, %d re-enqueued by the sweeper",
-             report.seconds, enqueued, len(stale))
+            log.info(
+                "campaign %s: %d new deliveries, %d queued%s",
+                plan.campaign_id,
+                plan.inserted,
+                len(plan.queued_ids),
+                f"; HELD by blast guard: {plan.blast_guard}" if plan.blast_guard else "",
+            )
+    log.info(
+        "pass done in %.2fs: %d enqueued, %d re-enqueued by the sweeper", report.seconds, enqueued, len(stale)
+    )
     return report

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -38,6 +39,7 @@ from campaigns.models import utcnow
 from campaigns.pages import Pages
 from campaigns.responses import SurveyUnavailable, SurveyValidationError, UnknownDelivery
 from campaigns.tokens import InvalidToken, Purpose
+from worker import observability
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -134,23 +136,17 @@ def create_app(rt: Runtime) -> FastAPI:
 
     # ------------------------------------------------------------ health
 
+    registry = observability.metrics_registry(rt)
+
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        checks: dict[str, Any] = {}
-        healthy = True
-        try:
-            with rt.engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - reported in the response
-            checks["database"] = f"error: {type(exc).__name__}"
-            healthy = False
-        checks["rules"] = {"loaded_at": rt.state.loaded_at.isoformat(),
-                           "campaigns": len(rt.rules.campaigns), "error": rt.state.error}
-        if rt.state.error:
-            healthy = False
+        healthy, checks = observability.health(rt)
         return JSONResponse({"status": "ok" if healthy else "unhealthy", **checks},
                             status_code=200 if healthy else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(observability.render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------ unsubscribe
 

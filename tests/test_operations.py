@@ -1,0 +1,140 @@
+"""Running for real: leader election on Redis, roles in separate processes, health and metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from campaigns.models import Delivery, DeliveryStatus
+from tests.conftest import ROOT
+from tests.factories import add_customer
+from worker.daemon import start_roles
+from worker.leader import LeaderLock
+from worker.passes import LostLeadership, run_pass
+from worker.web import create_app
+
+RETENTION = Path(sys.executable).parent / "retention"
+
+
+def test_only_one_scheduler_leads_and_another_takes_over(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    first, second = LeaderLock(client, ttl_s=5), LeaderLock(client, ttl_s=5)
+    assert first.try_acquire() is True
+    assert second.try_acquire() is False
+    assert first.is_leader() is True  # renewing keeps it
+    client.delete(first.key)  # the lock expired (a long pause, a partition)
+    assert second.try_acquire() is True
+    assert first.is_leader() is False
+    second.stop()
+    assert first.try_acquire() is True
+    first.stop()
+
+
+def test_a_deposed_leader_commits_and_enqueues_nothing(make_runtime):
+    rt = make_runtime("console://")
+    with Session(rt.engine) as session:
+        add_customer(session, inactive_days=45)
+        session.commit()
+    enqueued: list[int] = []
+    with pytest.raises(LostLeadership):
+        run_pass(rt, lambda ids: enqueued.extend(ids) or len(ids), still_leader=lambda: False)
+    assert enqueued == []
+    with Session(rt.engine) as session:
+        assert session.exec(select(Delivery)).all() == []
+
+
+def test_healthz_and_metrics_report_the_deployment(make_runtime, redis_url):
+    rt = make_runtime("console://", redis_url)
+    client = TestClient(create_app(rt))
+    with Session(rt.engine) as session:
+        add_customer(session, inactive_days=45)
+        session.commit()
+    before = client.get("/healthz").json()
+    assert before["database"] == "ok" and before["broker"] == "ok" and before["last_pass"] is None
+    roles = start_roles(rt, workers=1, consume=False)
+    try:
+        run_pass(rt, roles.enqueue)
+    finally:
+        roles.stop()
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["last_pass"]["error"] is None
+    metrics = client.get("/metrics").text
+    assert 'retention_deliveries{campaign="we-miss-you",status="queued"} 1.0' in metrics
+    assert "retention_queue_depth 1.0" in metrics
+    assert "retention_pass_duration_seconds_count" in metrics
+    rt.state.error = "rules.yaml:3:1: broken"
+    assert client.get("/healthz").status_code == 503
+
+
+def test_two_schedulers_two_workers_and_web_send_each_email_once(tmp_path, redis_url, smtp_sink,
+                                                                database_url):
+    rules = (ROOT / "rules.yaml").read_text().replace('quiet_hours: "21:00-08:00"', "quiet_hours: null")
+    rules = rules.replace("    holdout: 10%\n", "")  # every matching customer gets mail
+    (tmp_path / "rules.yaml").write_text(rules.replace("check_every: 5m", "check_every: 10s"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update({
+        "RETENTION_DATABASE_URL": database_url, "RETENTION_BROKER_URL": redis_url,
+        "RETENTION_MAIL_URL": smtp_sink.url, "RETENTION_RULES": str(tmp_path / "rules.yaml"),
+        "RETENTION_TEMPLATES": str(ROOT / "templates"), "RETENTION_SECRET_KEY": "k",
+    })
+    customers = "id,email,plan,status,last_active_at\n" + "".join(
+        f"c{i},c{i}@example.com,pro,active,2020-01-01T10:00:00+00:00\n" for i in range(30))
+    (tmp_path / "customers.csv").write_text(customers)
+    subprocess.run([str(RETENTION), "import", "customers", str(tmp_path / "customers.csv")], env=env,
+                   check=True, capture_output=True, timeout=120)
+    port = _free_port()
+    commands = [["scheduler"], ["scheduler"], ["worker", "--threads", "2"], ["worker", "--threads", "2"],
+                ["web", "--port", str(port)]]
+    processes = [subprocess.Popen([str(RETENTION), *c], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for c in commands]
+    try:
+        smtp_sink.wait_for(30, timeout=60)
+        time.sleep(12)  # a second pass of each scheduler finds nothing new
+        health = _get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=60) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0, 0], outputs
+    assert len(smtp_sink.messages) == 30
+    assert len({m.rcpt_tos[0] for m in smtp_sink.messages}) == 30
+    assert '"database":"ok"' in health.replace(" ", "")
+    from worker.database import make_engine
+
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        statuses = {d.status for d in session.exec(select(Delivery))}
+    engine.dispose()
+    assert statuses <= {DeliveryStatus.sent, DeliveryStatus.held_out}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own server
+                return response.read().decode()
+        except OSError as exc:
+            if getattr(exc, "code", None) == 503:
+                return exc.read().decode()  # type: ignore[attr-defined]
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")

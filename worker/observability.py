@@ -1,0 +1,156 @@
+"""Health and Prometheus metrics.
+
+Counters and histograms live in the process that does the work (sending
+threads, the planner); deliveries by status and queue depth are read from
+the database and Redis at scrape time, so any web process reports the whole
+deployment, not just itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlmodel import Session, col
+
+from campaigns.models import AppSetting, Delivery, utcnow
+from worker.broker import QUEUE
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PASS_DURATION = Histogram(
+    "retention_pass_duration_seconds",
+    "Duration of one planning pass.",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+PASSES = Counter("retention_passes_total", "Planning passes by outcome.", ["outcome"])
+SEND_LATENCY = Histogram(
+    "retention_send_seconds",
+    "Time to send one delivery (claim to recorded).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+SEND_OUTCOMES = Counter("retention_send_outcomes_total", "Send attempts by outcome.", ["outcome"])
+SMTP_ERRORS = Counter("retention_smtp_errors_total", "SMTP failures by class.", ["error_class"])
+
+LAST_PASS_KEY = "last_pass"
+
+
+def record_pass(rt: Runtime, *, started: datetime, seconds: float, error: str | None) -> None:
+    """Remember the last pass in the database, where every web process can see it."""
+    PASS_DURATION.observe(seconds)
+    PASSES.labels(outcome="error" if error else "ok").inc()
+    value = json.dumps({"at": started.isoformat(), "seconds": round(seconds, 3), "error": error})
+    try:
+        with Session(rt.engine) as session:
+            row = session.get(AppSetting, LAST_PASS_KEY)
+            if row is None:
+                session.add(AppSetting(key=LAST_PASS_KEY, value=value))
+            else:
+                row.value = value
+            session.commit()
+    except sa.exc.SQLAlchemyError:
+        log.warning("could not record the pass outcome", exc_info=True)
+
+
+def health(rt: Runtime) -> tuple[bool, dict[str, Any]]:
+    checks: dict[str, Any] = {}
+    healthy = True
+    last_pass: dict[str, Any] | None = None
+    try:
+        with Session(rt.engine) as session:
+            session.execute(sa.text("SELECT 1"))
+            stored = session.get(AppSetting, LAST_PASS_KEY)
+            last_pass = json.loads(stored.value) if stored else None
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported in the response
+        checks["database"] = f"error: {type(exc).__name__}"
+        healthy = False
+    if rt.settings.broker_url:
+        try:
+            _redis(rt).ping()
+            checks["broker"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported in the response
+            checks["broker"] = f"error: {type(exc).__name__}"
+            healthy = False
+    else:
+        checks["broker"] = "in-process"
+    checks["rules"] = {
+        "loaded_at": rt.state.loaded_at.isoformat(),
+        "campaigns": len(rt.rules.campaigns),
+        "error": rt.state.error,
+    }
+    if rt.state.error:
+        healthy = False
+    if last_pass is not None:
+        age = utcnow() - datetime.fromisoformat(last_pass["at"])
+        late = age > 3 * rt.rules.defaults.check_every + timedelta(minutes=1)
+        checks["last_pass"] = {**last_pass, "late": late}
+        if last_pass.get("error") or late:
+            healthy = False
+    else:
+        checks["last_pass"] = None
+    return healthy, checks
+
+
+def _redis(rt: Runtime) -> Any:
+    import redis
+
+    return redis.Redis.from_url(rt.settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+class _StoreCollector(Collector):
+    """Deliveries by campaign and status, and the broker's queue depth, read at scrape time."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        deliveries = GaugeMetricFamily(
+            "retention_deliveries", "Deliveries by campaign and status.", labels=["campaign", "status"]
+        )
+        try:
+            with Session(self.rt.engine) as session:
+                for campaign, status, count in session.execute(
+                    sa.select(col(Delivery.campaign_id), col(Delivery.status), sa.func.count()).group_by(
+                        col(Delivery.campaign_id), col(Delivery.status)
+                    )
+                ):
+                    deliveries.add_metric([campaign, status], count)
+        except sa.exc.SQLAlchemyError:
+            log.warning("metrics: database unavailable")
+        yield deliveries
+        if self.rt.settings.broker_url:
+            depth = GaugeMetricFamily("retention_queue_depth", "Messages waiting in the broker queue.")
+            try:
+                client = _redis(self.rt)
+                # Dramatiq's Redis broker keeps message bodies in a hash per queue.
+                depth.add_metric([], client.hlen(f"dramatiq:{QUEUE}.msgs"))
+                yield depth
+            except Exception:  # noqa: BLE001 - a scrape must not fail for this
+                log.warning("metrics: broker unavailable")
+
+
+def metrics_registry(rt: Runtime) -> CollectorRegistry:
+    from prometheus_client import REGISTRY
+
+    registry = CollectorRegistry()
+    registry.register(_StoreCollector(rt))
+
+    class _Process(Collector):
+        def collect(self) -> Iterator[Any]:
+            yield from REGISTRY.collect()
+
+    registry.register(_Process())
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
