@@ -60,6 +60,9 @@ class DeliveryStatus(StrEnum):
     held_out = "held_out"  # control group: recorded, never sent
     held = "held"  # blast guard: waits for `retention approve`
     skipped = "skipped"  # over the frequency cap with `over_cap: skip`: this episode is closed
+    # A worker died mid-send: the mail may or may not have gone.  Never resent
+    # automatically (no double send); listed for review.
+    unknown = "unknown"
 
 
 FINAL_STATUSES = frozenset(

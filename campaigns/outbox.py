@@ -19,8 +19,11 @@ def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | No
     """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
     claimed = session.execute(
         sa.update(Delivery)
-        .where(col(Delivery.id) == delivery_id, col(Delivery.status) == DeliveryStatus.queued,
-               col(Delivery.due_at) <= now)
+        .where(
+            col(Delivery.id) == delivery_id,
+            col(Delivery.status) == DeliveryStatus.queued,
+            col(Delivery.due_at) <= now,
+        )
         .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
@@ -31,8 +34,13 @@ def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | No
 
 
 def finish(
-    session: Session, delivery: Delivery, status: DeliveryStatus, *, now: datetime,
-    error: str | None = None, message_id: str | None = None,
+    session: Session,
+    delivery: Delivery,
+    status: DeliveryStatus,
+    *,
+    now: datetime,
+    error: str | None = None,
+    message_id: str | None = None,
 ) -> None:
     values: dict[str, object] = {"status": status, "updated_at": now, "last_error": error}
     if status == DeliveryStatus.sent:
@@ -42,18 +50,26 @@ def finish(
     session.execute(
         sa.update(Delivery)
         .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
-        .values(**values).execution_options(synchronize_session=False)
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
 
 
 def release(
-    session: Session, delivery: Delivery, *, now: datetime, error: str | None,
-    due_at: datetime | None = None, enqueued: bool = True,
+    session: Session,
+    delivery: Delivery,
+    *,
+    now: datetime,
+    error: str | None,
+    due_at: datetime | None = None,
+    enqueued: bool = True,
 ) -> None:
     """``sending → queued``: to be retried (``enqueued``: a broker retry is on its way) or deferred."""
     values: dict[str, object] = {
-        "status": DeliveryStatus.queued, "updated_at": now, "last_error": error,
+        "status": DeliveryStatus.queued,
+        "updated_at": now,
+        "last_error": error,
         "enqueued_at": now if enqueued else None,
     }
     if due_at is not None:
@@ -64,7 +80,8 @@ def release(
     session.execute(
         sa.update(Delivery)
         .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
-        .values(**values).execution_options(synchronize_session=False)
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
 
@@ -90,12 +107,43 @@ def suppress(session: Session, email: str, reason: str, *, now: datetime) -> Non
     customer_ids = sa.select(col(Customer.id)).where(sa.func.lower(col(Customer.email)) == address)
     session.execute(
         sa.update(Delivery)
-        .where(col(Delivery.customer_id).in_(customer_ids),
-               col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.held)))
+        .where(
+            col(Delivery.customer_id).in_(customer_ids),
+            col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.held)),
+        )
         .values(status=DeliveryStatus.suppressed, last_error=reason[:255], updated_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
+
+
+def abandon_stale_sending(session: Session, *, now: datetime, after: timedelta) -> list[int]:
+    """Deliveries stuck in ``sending`` (their worker died) become ``unknown``.
+
+    The SMTP server may have accepted the message before the worker died, so
+    sending it again could mail the customer twice; the policy is to hold it
+    for review instead, counted in the log and in `/metrics`.
+    """
+    ids = list(
+        session.scalars(
+            sa.select(col(Delivery.id)).where(
+                col(Delivery.status) == DeliveryStatus.sending, col(Delivery.updated_at) < now - after
+            )
+        )
+    )
+    if ids:
+        session.execute(
+            sa.update(Delivery)
+            .where(col(Delivery.id).in_(ids), col(Delivery.status) == DeliveryStatus.sending)
+            .values(
+                status=DeliveryStatus.unknown,
+                updated_at=now,
+                last_error="the worker stopped during the send; it may or may not have been delivered",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return [i for i in ids if i is not None]
 
 
 def stale_queued(
@@ -107,18 +155,25 @@ def stale_queued(
     not: this is what makes the database, not the broker, the source of truth.
     """
     paused = sa.select(col(CampaignState.campaign_id)).where(col(CampaignState.paused_at).is_not(None))
-    ids = list(session.scalars(
-        sa.select(col(Delivery.id))
-        .where(col(Delivery.status) == DeliveryStatus.queued, col(Delivery.due_at) <= now,
-               col(Delivery.campaign_id).not_in(paused),
-               sa.or_(col(Delivery.enqueued_at).is_(None),
-                      col(Delivery.enqueued_at) < now - stale_after))
-        .order_by(col(Delivery.id)).limit(limit)
-    ))
+    ids = list(
+        session.scalars(
+            sa.select(col(Delivery.id))
+            .where(
+                col(Delivery.status) == DeliveryStatus.queued,
+                col(Delivery.due_at) <= now,
+                col(Delivery.campaign_id).not_in(paused),
+                sa.or_(col(Delivery.enqueued_at).is_(None), col(Delivery.enqueued_at) < now - stale_after),
+            )
+            .order_by(col(Delivery.id))
+            .limit(limit)
+        )
+    )
     for start in range(0, len(ids), 1000):
         session.execute(
-            sa.update(Delivery).where(col(Delivery.id).in_(ids[start:start + 1000]))
-            .values(enqueued_at=now).execution_options(synchronize_session=False)
+            sa.update(Delivery)
+            .where(col(Delivery.id).in_(ids[start : start + 1000]))
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
         )
     session.commit()
     return [i for i in ids if i is not None]
@@ -145,8 +200,10 @@ def record_policy_failure(session: Session, campaign_id: str, reason: str, *, no
             col(CampaignState.policy_failures) >= POLICY_FAILURES_TO_PAUSE,
             col(CampaignState.paused_at).is_(None),
         )
-        .values(paused_at=now, paused_reason=f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, "
-                                             f"the last: {reason}"[:1000])
+        .values(
+            paused_at=now,
+            paused_reason=f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, the last: {reason}"[:1000],
+        )
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return bool(paused)

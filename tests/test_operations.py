@@ -138,3 +138,58 @@ def _get(url: str) -> str:
                 return exc.read().decode()  # type: ignore[attr-defined]
             time.sleep(0.2)
     raise AssertionError(f"{url} never answered")
+
+
+def test_rules_edited_under_a_running_daemon(tmp_path, smtp_sink):
+    """A valid edit applies at the next pass; a broken one keeps the old rules and shows in /healthz."""
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    rules_file = tmp_path / "rules.yaml"
+    base = """
+defaults: {timezone: UTC, check_every: 10s}
+campaigns:
+  - id: we-miss-you
+    template: we_miss_you
+    when: {status: active, days_inactive: {at_least: 30}, plan: pro}
+"""
+    rules_file.write_text(base)
+    (tmp_path / "customers.csv").write_text(
+        "id,email,plan,last_active_at\n"
+        "pro1,pro1@example.com,pro,2020-01-01T10:00:00+00:00\n"
+        "team1,team1@example.com,team,2020-01-01T10:00:00+00:00\n"
+        "free1,free1@example.com,free,2020-01-01T10:00:00+00:00\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update({"RETENTION_MAIL_URL": smtp_sink.url, "RETENTION_SECRET_KEY": "k"})
+    subprocess.run([str(RETENTION), "import", "customers", "customers.csv"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=120)
+    port = _free_port()
+    daemon = subprocess.Popen([str(RETENTION), "run", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert [m.rcpt_tos for m in smtp_sink.wait_for(1, timeout=30)] == [["pro1@example.com"]]
+        rules_file.write_text(base.replace("plan: pro}", "plan: {in: [pro, team]}}"))
+        smtp_sink.wait_for(2, timeout=30)  # the edit took effect at the next pass
+        rules_file.write_text(base.replace("plan: pro}", "plan: {in: [pro, team, free]}, cooldwn: 1d}"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)  # noqa: S310
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode()
+                assert exc.code == 503 and "rules.yaml:6:" in body
+                break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the broken edit never showed in /healthz"
+            time.sleep(0.5)
+        time.sleep(11)  # another pass with the broken file: still the old rules, still running
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == ["pro1@example.com", "team1@example.com"]
+    assert "rules not reloaded, keeping the last good ones" in stderr

@@ -29,7 +29,6 @@ from worker.runtime import Runtime, reload_rules
 log = logging.getLogger(__name__)
 
 ONCE_TIMEOUT = timedelta(minutes=10)
-SHUTDOWN_GRACE_SECONDS = 30  # well under systemd's default 90 s
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Roles:
     def enqueue(self, ids: list[int]) -> int:
         return enqueue_many(self.actors.deliver, ids)
 
-    def stop(self, timeout_s: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         if self.worker is not None:
             self.worker.stop(timeout=int(timeout_s * 1000))
         self.broker.close()
@@ -251,7 +250,7 @@ def serve(
         leader.stop()
     if server is not None:
         server.should_exit = True
-    roles.stop()
+    roles.stop(rt.settings.shutdown_grace_seconds)
     rt.close()
     log.info("stopped")
 
@@ -266,7 +265,7 @@ def serve_web(rt: Runtime, *, host: str, port: int) -> None:
     log.info("web on http://%s:%d", host, port)
     stop.wait()
     server.should_exit = True
-    thread.join(timeout=SHUTDOWN_GRACE_SECONDS)
+    thread.join(timeout=rt.settings.shutdown_grace_seconds)
     rt.close()
 
 

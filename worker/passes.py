@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # presumed lost (broker flushed, in-process queue of a dead process) and re-enqueued.
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
 
+# Longer than the deliver actor's time limit: a send still `sending` after this has no worker.
+SENDING_TIMEOUT = timedelta(minutes=15)
+
 Enqueue = Callable[[list[int]], int]
 
 
@@ -68,6 +71,14 @@ def run_pass(
         enqueued = enqueue(result.queued_ids) if result.queued_ids else 0
         with Session(rt.engine) as session:
             stale = outbox.stale_queued(session, now=now, stale_after=stale_after)
+            abandoned = outbox.abandon_stale_sending(session, now=now, after=SENDING_TIMEOUT)
+        if abandoned:
+            log.error(
+                "%d deliveries were left in `sending` by a worker that died; marked `unknown` "
+                "(may or may not have been delivered; not resent): ids %s",
+                len(abandoned),
+                abandoned[:20],
+            )
         if stale:
             enqueue(stale)
     except Exception as exc:

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # Backoff between retries of a temporary SMTP failure (Dramatiq doubles it each time).
     retry_min_backoff_ms: int = Field(default=15_000, ge=0)
     retry_max_backoff_ms: int = Field(default=3_600_000, ge=0)
+    # How long SIGTERM waits for in-flight sends (systemd's default stop timeout is 90 s).
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=600)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 
