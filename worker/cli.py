@@ -228,22 +228,8 @@ def _customer(session: Session, external_id: str | None) -> Customer:
         from campaigns.rendering import sample_customer
 
         data = sample_customer()
-        return Customer(
-            id=0,
-            external_id=data["id"],
-            email=data["email"],
-            first_name=data["first_name"],
-            last_name=data["last_name"],
-            plan=data["plan"],
-            status=data["status"],
-            timezone=data["timezone"],
-            locale=data["locale"],
-            signed_up_at=data["signed_up_at"],
-            last_active_at=data["last_active_at"],
-            activity_count=data["activity_count"],
-            cadence_days=data["cadence_days"],
-            attributes=data["attributes"],
-        )
+        columns = {k: v for k, v in data.items() if k in Customer.model_fields and k != "id"}
+        return Customer(id=0, external_id=data["id"], **columns)
     customer = session.exec(select(Customer).where(col(Customer.external_id) == external_id)).first()
     if customer is None:
         fail(
