@@ -40,6 +40,7 @@ from campaigns.pages import Pages
 from campaigns.responses import SurveyUnavailable, SurveyValidationError, UnknownDelivery
 from campaigns.tokens import InvalidToken, Purpose
 from worker import observability
+from worker.api import api_router
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ _BAD_LINK = (400, "This link does not work",
 
 def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="retention worker", docs_url=None, redoc_url=None)
+    app.include_router(api_router(rt))
     page_store = Pages(rt.settings.templates)
 
     def render(name: str, context: dict[str, Any], *, status: int = 200,

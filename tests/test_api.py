@@ -1,0 +1,77 @@
+"""Ingestion API: batches in, good items stored, bad ones reported by place."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from campaigns.models import Customer, Event
+from worker.web import create_app
+
+KEY = {"Authorization": "Bearer s3cret"}
+
+
+@pytest.fixture
+def api(make_runtime):
+    rt = make_runtime("console://")
+    rt.settings = rt.settings.model_copy(update={"api_key": "s3cret"})
+    return rt, TestClient(create_app(rt))
+
+
+def test_without_a_configured_key_the_api_is_off(make_runtime):
+    client = TestClient(create_app(make_runtime("console://")))
+    response = client.post("/api/v1/customers", json={"customers": []}, headers=KEY)
+    assert response.status_code == 403
+    assert "RETENTION_API_KEY" in response.json()["detail"]
+
+
+def test_a_wrong_key_is_refused_and_writes_nothing(api):
+    rt, client = api
+    response = client.post("/api/v1/customers", json={"customers": [{"id": "a", "email": "a@example.com"}]},
+                           headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401
+    with Session(rt.engine) as session:
+        assert session.exec(select(Customer)).all() == []
+
+
+def test_good_items_are_stored_and_bad_ones_reported_by_place(api):
+    rt, client = api
+    response = client.post("/api/v1/customers", headers=KEY, json={"customers": [
+        {"id": "c1", "email": "ada@example.com", "plan": "pro", "company": "Acme"},
+        {"id": "c2", "email": "not an email"},
+        {"id": "c3", "email": "grace@example.com", "timezone": "Europe/Berln"},
+        {"id": "c4", "email": "linus@example.com"},
+    ]})
+    body = response.json()
+    assert response.status_code == 200
+    assert (body["accepted"], body["rejected"], body["inserted"]) == (2, 2, 2)
+    assert [e["index"] for e in body["errors"]] == [1, 2]
+    assert body["errors"][0]["error"].startswith("customers[1].email: not an email address")
+    assert "customers[2].timezone" in body["errors"][1]["error"]
+
+    events = client.post("/api/v1/events", headers=KEY, json={"events": [
+        {"customer_id": "c1", "event": "login", "occurred_at": "2026-11-20T10:00:00Z", "id": "e1"},
+        {"customer_id": "c1", "event": "login", "occurred_at": "not a time"},
+        {"customer_id": "nobody", "event": "login", "occurred_at": "2026-11-20T10:00:00Z"},
+        {"customer_id": "c4", "event": "login", "occurred_at": "2026-11-21T10:00:00Z", "id": "e2"},
+    ]}).json()
+    assert (events["accepted"], events["inserted"]) == (2, 2)
+    assert [e["index"] for e in events["errors"]] == [1, 2]
+    assert "events[2].customer_id" in events["errors"][1]["error"]
+    again = client.post("/api/v1/events", headers=KEY, json={"events": [
+        {"customer_id": "c1", "event": "login", "occurred_at": "2026-11-20T10:00:00Z", "id": "e1"}]}).json()
+    assert (again["inserted"], again["duplicates"]) == (0, 1)
+    with Session(rt.engine) as session:
+        assert len(session.exec(select(Event)).all()) == 2
+        ada = session.exec(select(Customer).where(Customer.external_id == "c1")).one()
+        assert ada.attributes == {"company": "Acme"} and ada.activity_count == 1
+
+
+def test_nothing_valid_is_a_422_and_oversized_batches_are_refused(api):
+    _, client = api
+    assert client.post("/api/v1/customers", headers=KEY, json={"customers": [{"id": "x"}]}).status_code == 422
+    assert client.post("/api/v1/customers", headers=KEY, json={"people": []}).status_code == 422
+    assert client.post("/api/v1/customers", headers=KEY, content=b"{nope").status_code == 400
+    many = {"customers": [{"id": str(i), "email": f"{i}@example.com"} for i in range(1001)]}
+    assert client.post("/api/v1/customers", headers=KEY, json=many).status_code == 413
