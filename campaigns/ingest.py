@@ -321,14 +321,24 @@ def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[An
         yield items[start : start + size]
 
 
-def _known_customers(session: Session, external_ids: Iterable[str]) -> dict[str, Any]:
-    """external_id -> row(id, external_id, timezone) for those that exist, in few queries."""
+def _known_customers(
+    session: Session, external_ids: Iterable[str], *, lock: bool = False
+) -> dict[str, Any]:
+    """external_id -> row(id, external_id, timezone) for those that exist, in few queries.
+
+    ``lock`` takes the customers' rows (PostgreSQL; SQLite serializes writers anyway) so
+    that concurrent batches for one customer take turns: each then recomputes the cadence
+    from every event committed before it, instead of racing and losing some.
+    """
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
     for chunk in _chunks(keys):
         query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
             _customer.c.external_id.in_(chunk)
         )
+        if lock:
+            # One order for every locker: batches touching the same customers cannot deadlock.
+            query = query.order_by(_customer.c.id).with_for_update()
         for row in session.execute(query):
             found[row.external_id] = row
     return found
@@ -416,7 +426,7 @@ def record_events(
     """
     stamp = now or datetime.now(UTC)
     result = EventResult()
-    known = _known_customers(session, (r.customer_id for r in records))
+    known = _known_customers(session, (r.customer_id for r in records), lock=True)
     rows: dict[str, dict[str, Any]] = {}
     for index, record in enumerate(records):
         customer = known.get(record.customer_id)
