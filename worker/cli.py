@@ -572,7 +572,9 @@ def demo(
     if rows:
         out.print("for example: " + "; ".join(f"{c} → {e}" for c, e in rows), markup=False)
     out.print(
-        "next: `retention plan` shows what the next pass would do; `retention run` keeps it going.",
+        "next: `retention report` shows churn, cohorts and what each campaign achieved; "
+        "`retention explain demo-00007` why one customer gets what; `retention plan` what the next "
+        "pass would do; `retention run` keeps it going.",
         markup=False,
     )
 
