@@ -6,6 +6,7 @@ racing sweeper or a retried worker can never move a delivery twice.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -13,6 +14,11 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus, Suppression
+
+log = logging.getLogger(__name__)
+
+# Claims per delivery before it is given up: SMTP 4xx retries, crashes and dead workers all count.
+MAX_ATTEMPTS = 6
 
 
 def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | None:
@@ -24,13 +30,34 @@ def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | No
             col(Delivery.status) == DeliveryStatus.queued,
             col(Delivery.due_at) <= now,
         )
-        .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now)
+        # message_id is cleared: it is set again only when this attempt hands the message over
+        # (mark_handing_over), so a dead worker's row tells whether mail may have left.
+        .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now,
+                message_id=None)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     if not claimed:
         return None
     return session.get(Delivery, delivery_id, populate_existing=True)
+
+
+def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, now: datetime) -> bool:
+    """Record the Message-ID right before the message goes to the mail server.
+
+    This is the line between the two ways a worker can die mid-send: before it,
+    no byte of the message has left, so the delivery can safely be sent again;
+    after it, the server may have accepted the message.  False when the
+    delivery is no longer this worker's to send (then nothing must be sent).
+    """
+    marked = session.execute(
+        sa.update(Delivery)
+        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
+        .values(message_id=message_id, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(marked)
 
 
 def finish(
@@ -117,33 +144,75 @@ def suppress(session: Session, email: str, reason: str, *, now: datetime) -> Non
     session.commit()
 
 
-def abandon_stale_sending(session: Session, *, now: datetime, after: timedelta) -> list[int]:
-    """Deliveries stuck in ``sending`` (their worker died) become ``unknown``.
+def abandon_stale_sending(
+    session: Session, *, now: datetime, after: timedelta, max_attempts: int = MAX_ATTEMPTS
+) -> list[int]:
+    """Settle deliveries stuck in ``sending`` (their worker died); returns those now ``unknown``.
 
-    The SMTP server may have accepted the message before the worker died, so
-    sending it again could mail the customer twice; the policy is to hold it
-    for review instead, counted in the log and in `/metrics`.
+    - The worker had handed the message over (``message_id`` is set): the SMTP
+      server may have accepted it, so sending it again could mail the customer
+      twice.  The policy is to hold it as ``unknown`` for review, counted in the
+      log and in `/metrics`; it is never resent.
+    - The worker died before that: no mail can have left, so the delivery goes
+      back to ``queued`` and the next pass's sweeper re-enqueues it -- unless it
+      has used up its attempts, as a delivery that kills its worker every time
+      does: that one is ``failed`` rather than retried forever.
     """
-    ids = list(
-        session.scalars(
-            sa.select(col(Delivery.id)).where(
-                col(Delivery.status) == DeliveryStatus.sending, col(Delivery.updated_at) < now - after
-            )
-        )
+    stale = (
+        col(Delivery.status) == DeliveryStatus.sending,
+        col(Delivery.updated_at) < now - after,
     )
-    if ids:
-        session.execute(
+    rows = session.execute(
+        sa.select(col(Delivery.id), col(Delivery.message_id), col(Delivery.attempts)).where(*stale)
+    ).all()
+    handed_over = [row.id for row in rows if row.message_id is not None]
+    never_sent = [row.id for row in rows if row.message_id is None and row.attempts < max_attempts]
+    poison = [row.id for row in rows if row.message_id is None and row.attempts >= max_attempts]
+    # Each UPDATE repeats the conditions: a slow worker that is still alive may have moved on.
+    unknown: list[int] = []
+    if handed_over:
+        unknown = list(session.scalars(
             sa.update(Delivery)
-            .where(col(Delivery.id).in_(ids), col(Delivery.status) == DeliveryStatus.sending)
+            .where(col(Delivery.id).in_(handed_over), *stale, col(Delivery.message_id).is_not(None))
             .values(
                 status=DeliveryStatus.unknown,
                 updated_at=now,
                 last_error="the worker stopped during the send; it may or may not have been delivered",
             )
+            .returning(col(Delivery.id))
+            .execution_options(synchronize_session=False)
+        ))
+    if never_sent:
+        session.execute(
+            sa.update(Delivery)
+            .where(col(Delivery.id).in_(never_sent), *stale, col(Delivery.message_id).is_(None))
+            .values(
+                status=DeliveryStatus.queued,
+                enqueued_at=None,  # the sweeper's next round picks it up
+                updated_at=now,
+                last_error="the worker stopped before handing the message over; sent again",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    if poison:
+        session.execute(
+            sa.update(Delivery)
+            .where(col(Delivery.id).in_(poison), *stale, col(Delivery.message_id).is_(None))
+            .values(
+                status=DeliveryStatus.failed,
+                updated_at=now,
+                last_error=f"the worker died during each of {max_attempts} attempts; not retried",
+            )
             .execution_options(synchronize_session=False)
         )
     session.commit()
-    return [i for i in ids if i is not None]
+    if never_sent:
+        log.warning("%d deliveries were left in `sending` by a worker that died before handing them "
+                    "to the mail server; queued again: ids %s", len(never_sent), never_sent[:20])
+    if poison:
+        log.error("%d deliveries killed their worker on each of %d attempts; marked failed: ids %s",
+                  len(poison), max_attempts, poison[:20])
+    return sorted(i for i in unknown if i is not None)
 
 
 def stale_queued(

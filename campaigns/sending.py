@@ -28,11 +28,17 @@ from campaigns.tokens import Signer, links
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = outbox.MAX_ATTEMPTS
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> str: ...
+    def send(
+        self, message: EmailMessage, *, before_data: Callable[[], None] | None = None
+    ) -> str: ...
+
+
+class _TakenOver(Exception):
+    """The delivery stopped being this worker's between the claim and the hand-over."""
 
 
 class Outcome(StrEnum):
@@ -80,8 +86,8 @@ class Sender:
             log.error("delivery %s (%s) cannot be composed: %s", delivery.id, delivery.campaign_id, exc)
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
             return Outcome.failed
-        except Exception:
-            outbox.release(session, delivery, now=now, error="crashed while composing")
+        except Exception as exc:
+            self._crashed(session, delivery, "composing", exc)
             raise
         if isinstance(composed_or_outcome, Outcome):
             return composed_or_outcome
@@ -142,11 +148,30 @@ class Sender:
 
     def _send(self, session: Session, composed: Composed) -> Outcome:
         delivery = composed.delivery
+        message_id = str(composed.message["Message-ID"])
+
+        def handing_over() -> None:
+            # Recorded right before the content leaves (SMTP DATA): if this worker dies from
+            # here on, the server may have the message, and the delivery is held as `unknown`
+            # rather than sent twice; a worker that dies before this is simply sent again.
+            if not outbox.mark_handing_over(session, delivery, message_id=message_id, now=self.clock()):
+                raise _TakenOver(f"delivery {delivery.id} is no longer being sent by this worker")
+
         try:
-            reply = self.transport.send(composed.message)
+            reply = self.transport.send(composed.message, before_data=handing_over)
+        except _TakenOver as exc:
+            log.warning("%s; not sending it", exc)
+            return Outcome.skipped
         except TransientDeliveryError as exc:
             now = self.clock()
             if delivery.attempts >= self.max_attempts:
+                if _server_unavailable(exc):
+                    # An outage says nothing about this message: it waits in the outbox and is
+                    # tried again with every pass (the sweeper) until the server answers, instead
+                    # of being failed after a few minutes of retries.  Not counted as an attempt.
+                    outbox.release(session, delivery, now=now, enqueued=False, error=(
+                        f"the mail server is unavailable; tried again with every pass: {exc}")[:2000])
+                    return Outcome.deferred
                 outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
                               error=f"gave up after {delivery.attempts} attempts: {exc}")
                 return Outcome.failed
@@ -166,13 +191,35 @@ class Sender:
                           "fix the content or sender, then `retention approve %s`", delivery.campaign_id,
                           outbox.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
             return Outcome.failed
-        except Exception:
+        except Exception as exc:
             # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
-            outbox.release(session, delivery, now=self.clock(), error="crashed while sending")
+            self._crashed(session, delivery, "sending", exc)
             raise
         outbox.finish(session, delivery, DeliveryStatus.sent, now=self.clock(), error=None,
-                      message_id=str(composed.message["Message-ID"]))
+                      message_id=message_id)
         outbox.record_success(session, delivery.campaign_id)
         log.debug("sent %s to customer %s (%s): %s", delivery.campaign_id,
                  composed.customer.external_id, delivery.id, reply)
         return Outcome.sent
+
+    def _crashed(self, session: Session, delivery: Delivery, stage: str, exc: Exception) -> None:
+        """An unexpected exception: give the claim back to be retried, or give up on a poison one.
+
+        A delivery that crashes its worker on every attempt (bad data, a bug) would
+        otherwise be retried by the broker, then re-enqueued by the sweeper, forever.
+        """
+        session.rollback()  # the failed statement, if it was one, must not poison the next
+        reason = f"crashed while {stage}: {type(exc).__name__}: {exc}"[:2000]
+        if delivery.attempts >= self.max_attempts:
+            log.error("delivery %s crashed on each of %d attempts; marked failed: %s",
+                      delivery.id, delivery.attempts, reason)
+            outbox.finish(session, delivery, DeliveryStatus.failed, now=self.clock(),
+                          error=f"gave up after {delivery.attempts} attempts: {reason}"[:2000])
+        else:
+            outbox.release(session, delivery, now=self.clock(), error=reason)
+
+
+def _server_unavailable(exc: TransientDeliveryError) -> bool:
+    """No connection, a dropped one, or 421 (the server closing the channel): about the server,
+    not this message."""
+    return exc.code is None or exc.code == 421

@@ -23,6 +23,7 @@ import smtplib
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal, Protocol, TextIO
@@ -49,8 +50,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+# Called right before the message content leaves (SMTP DATA, the Maildir write).  The
+# sender records there that mail may have left; raising aborts the send with nothing sent.
+BeforeData = Callable[[], None]
+
+
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
         """Deliver one message; return the server's reply or an id to record."""
         ...
 
@@ -264,8 +270,10 @@ class MaildirTransport:
         # thread-safe; two threads could race on the same temporary name.
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
         envelope(message)  # the same checks as SMTP, so a dry run catches them
+        if before_data is not None:
+            before_data()
         try:
             with self._lock:
                 key = self._maildir.add(message)
@@ -289,8 +297,10 @@ class ConsoleTransport:
         self._stream = stream
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
         envelope(message)
+        if before_data is not None:
+            before_data()
         stream = self._stream or sys.stdout
         text = message.as_string()
         with self._lock:  # keep concurrent messages from interleaving
@@ -332,12 +342,12 @@ class SMTPTransport:
 
     # public
 
-    def send(self, message: EmailMessage) -> str:
+    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
         sender, recipients = envelope(message)
         content = _flatten(message, sender, recipients)
         reused = self._current() is not None
         try:
-            return self._send_on_connection(sender, recipients, content)
+            return self._send_on_connection(sender, recipients, content, before_data)
         except _StaleConnection as exc:
             self._discard()
             if not reused:
@@ -345,7 +355,7 @@ class SMTPTransport:
             log.info("SMTP connection to %s was closed by the server; reconnecting",
                      self.settings.url)
         try:
-            return self._send_on_connection(sender, recipients, content)
+            return self._send_on_connection(sender, recipients, content, before_data)
         except _StaleConnection as exc:
             self._discard()
             raise TransientDeliveryError(f"{self._where()}: {exc}") from exc.__cause__
@@ -378,10 +388,12 @@ class SMTPTransport:
                 self._registry.pop(id(conn), None)
             _close_quietly(conn, polite=False)
 
-    def _send_on_connection(self, sender: str, recipients: list[str], content: bytes) -> str:
+    def _send_on_connection(
+        self, sender: str, recipients: list[str], content: bytes, before_data: BeforeData | None
+    ) -> str:
         conn = self._current() or self._connect()
         try:
-            return self._transaction(conn, sender, recipients, content)
+            return self._transaction(conn, sender, recipients, content, before_data)
         except (DeliveryError, ConfigurationError):
             self._reset(conn)
             raise
@@ -398,9 +410,14 @@ class SMTPTransport:
             self._discard()
             detail = _describe_os_error(exc, self.settings)
             raise TransientDeliveryError(f"{self._where()}: {detail}") from exc
+        except Exception:
+            # before_data raised (or a bug): the server is mid-transaction; start the next clean.
+            self._reset(conn)
+            raise
 
     def _transaction(
-        self, conn: smtplib.SMTP, sender: str, recipients: list[str], content: bytes
+        self, conn: smtplib.SMTP, sender: str, recipients: list[str], content: bytes,
+        before_data: BeforeData | None = None,
     ) -> str:
         reply: bytes | str
         options: list[str] = []
@@ -440,6 +457,8 @@ class SMTPTransport:
             log.warning("SMTP server refused some recipients, sending to the rest: %s",
                         ", ".join(f"<{r}> {c} {_text(t)}" for r, c, t in refused))
 
+        if before_data is not None:
+            before_data()  # the last moment at which nothing of the message has left
         try:
             code, reply = conn.data(content)
         except smtplib.SMTPDataError as exc:  # the DATA command itself was refused

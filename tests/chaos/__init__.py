@@ -1,0 +1,1 @@
+"""The reliability ("chaos") suite: real processes, real servers, faults injected on purpose."""
