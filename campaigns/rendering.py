@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import jinja2
 from jinja2.runtime import StrictUndefined, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
 from jinja2.utils import missing
 
 from campaigns.errors import TemplateError
@@ -127,7 +128,47 @@ class _Undefined(StrictUndefined):
         return str(super()._undefined_message)
 
 
+# What one render may build: loop steps over range() and the size of what `*` repeats.
+# Real emails need a few hundred; a runaway edit must fail fast, not hang a worker.
+RENDER_BUDGET = 100_000
+_budget: ContextVar[list[int] | None] = ContextVar("render_budget", default=None)
+
+
+def _spend(amount: int) -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget[0] -= amount
+    if budget[0] < 0:
+        raise SecurityError(f"the template does too much work (over {RENDER_BUDGET} loop steps in one "
+                            "render): loop over the data you need, not over large ranges")
+
+
+def _budgeted_range(*args: int) -> range:
+    steps = safe_range(*args)
+    _spend(len(steps))
+    return steps
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals["range"] = _budgeted_range
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
+            raise SecurityError(f"exponent {right!r} is too large for a template")
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+                    if len(sequence) * times > RENDER_BUDGET:
+                        raise SecurityError(f"`*` would build {len(sequence) * times} items: at most "
+                                            f"{RENDER_BUDGET} in a template")
+                    _spend(max(0, len(sequence) * times))
+        return super().call_binop(context, operator, left, right)
+
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         owner = obj._label if isinstance(obj, _Record) else f"a {type(obj).__name__} value"
         return self.undefined(
@@ -289,6 +330,7 @@ class TemplateStore:
         )
 
     def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
+        token = _budget.set([RENDER_BUDGET])
         try:
             return self._env_for(file).get_template(f"{name}/{file}").render(context)
         except Exception as exc:
@@ -300,6 +342,8 @@ class TemplateStore:
                     line=error.line,
                 )
             raise error from exc
+        finally:
+            _budget.reset(token)
 
     def _env_for(self, file: str) -> _Sandbox:
         # Shared files at the root (layouts, partials) count as HTML unless named .txt.j2.

@@ -307,7 +307,11 @@ def load_rules(path: Path) -> Rules:
                 )
             ]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RulesErrors([RulesError(f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
+                                      file=name, line=line)]) from None
+    except OSError as exc:
         raise RulesErrors([RulesError(f"cannot read: {exc}", file=name)]) from None
     return parse_rules(text, name)
 
@@ -317,7 +321,13 @@ def parse_rules(text: str, name: str = "rules.yaml") -> Rules:
         located = load_located(text)
     except YAMLSyntaxError as exc:
         raise RulesErrors([RulesError(str(exc), file=name, line=exc.line, column=exc.column)]) from None
-    data = located.data if located.data is not None else {}
+    if located.data is None:
+        # An empty file is what a truncated save or a broken deploy looks like; stopping every
+        # campaign of a running daemon by accident must not pass as a valid edit.
+        raise RulesErrors([RulesError(
+            "the file is empty: it needs at least `campaigns:` (disable a campaign with "
+            "`enabled: false`, or write `campaigns: []` to stop them all)", file=name, line=1)])
+    data = located.data
     if not isinstance(data, dict):
         raise RulesErrors(
             [

@@ -81,6 +81,9 @@ class Sender:
             return Outcome.skipped
         try:
             composed_or_outcome = self._prepare(session, delivery, now)
+        except PermanentDeliveryError as exc:  # e.g. an address no server could accept (5.1.3)
+            customer = session.get(Customer, delivery.customer_id)
+            return self._permanent(session, delivery, customer.email if customer else "", exc)
         except RetentionError as exc:
             # A template or rules problem: retrying will not fix it, a human must.
             log.error("delivery %s (%s) cannot be composed: %s", delivery.id, delivery.campaign_id, exc)
@@ -146,6 +149,24 @@ class Sender:
             date=now,
         )
 
+    def _permanent(
+        self, session: Session, delivery: Delivery, email: str, exc: PermanentDeliveryError
+    ) -> Outcome:
+        """Never retried: a bad mailbox bounces and is suppressed; anything else just fails."""
+        now = self.clock()
+        if exc.is_recipient_failure and email:
+            outbox.finish(session, delivery, DeliveryStatus.bounced, now=now, error=str(exc)[:2000])
+            outbox.suppress(session, email, f"bounce: {exc}", now=now)
+            return Outcome.bounced
+        outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
+        if exc.is_policy_rejection and outbox.record_policy_failure(
+            session, delivery.campaign_id, str(exc), now=now
+        ):
+            log.error("campaign %s paused after %d policy rejections in a row (last: %s); "
+                      "fix the content or sender, then `retention approve %s`", delivery.campaign_id,
+                      outbox.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
+        return Outcome.failed
+
     def _send(self, session: Session, composed: Composed) -> Outcome:
         delivery = composed.delivery
         message_id = str(composed.message["Message-ID"])
@@ -178,19 +199,7 @@ class Sender:
             outbox.release(session, delivery, now=now, error=str(exc)[:2000])
             raise
         except PermanentDeliveryError as exc:
-            now = self.clock()
-            if exc.is_recipient_failure:
-                outbox.finish(session, delivery, DeliveryStatus.bounced, now=now, error=str(exc)[:2000])
-                outbox.suppress(session, composed.customer.email, f"bounce: {exc}", now=now)
-                return Outcome.bounced
-            outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
-            if exc.is_policy_rejection and outbox.record_policy_failure(
-                session, delivery.campaign_id, str(exc), now=now
-            ):
-                log.error("campaign %s paused after %d policy rejections in a row (last: %s); "
-                          "fix the content or sender, then `retention approve %s`", delivery.campaign_id,
-                          outbox.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
-            return Outcome.failed
+            return self._permanent(session, delivery, composed.customer.email, exc)
         except Exception as exc:
             # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
             self._crashed(session, delivery, "sending", exc)

@@ -171,3 +171,14 @@ def test_max_send_rate_is_shared_and_spends_no_retries(make_runtime, redis_url, 
     # so a slow machine cannot make this fail.
     span = max(r.sent_at for r in rows) - min(r.sent_at for r in rows)
     assert span.total_seconds() > 1.0
+
+
+def test_an_address_no_server_can_accept_bounces_without_a_send(make_runtime, smtp_sink):
+    rt = make_runtime(smtp_sink.url)
+    ids = add_inactive(rt, 1, email="two@@example.com")
+    run_once(rt, workers=1)
+    [row] = wait_for_status(rt, ids, {DeliveryStatus.bounced, DeliveryStatus.failed})
+    assert row.status == DeliveryStatus.bounced and "invalid email address" in (row.last_error or "")
+    assert smtp_sink.attempts == 0
+    with Session(rt.engine) as session:
+        assert [s.email for s in session.exec(select(Suppression))] == ["two@@example.com"]

@@ -229,7 +229,10 @@ def serve(
 
     def on_signal(signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
-            reload_rules(rt, force=True)
+            try:
+                reload_rules(rt, force=True)
+            except Exception:  # a signal handler that raises would end the daemon
+                log.exception("reloading the rules failed; keeping the last good ones")
             return
         log.info("received %s: finishing in-flight sends, then exiting", signal.Signals(signum).name)
         stop.set()

@@ -195,8 +195,12 @@ def reload_rules(rt: Runtime, *, force: bool = False) -> bool:
     path = rt.settings.rules
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        rt.state.error = f"{path}: cannot read: {exc}"
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            line = exc.object[: exc.start].count(b"\n") + 1
+            rt.state.error = f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8"
+        else:
+            rt.state.error = f"{path}: cannot read: {exc}"
         log.error("%s; keeping the rules loaded at %s", rt.state.error, rt.state.loaded_at)
         return False
     if not force and text == rt.state.source:
