@@ -15,12 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 from campaigns.activity import median_gap_days, recent_active_days
+from campaigns.csv_import import CsvFormatError, ImportReport, import_csv
 from campaigns.ingest import (
-    CsvFormatError,
     CustomerIn,
     EventIn,
-    ImportReport,
-    import_csv,
     parse_datetime,
     parse_records,
     record_events,

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -309,10 +309,10 @@ def send_test(
 # ---------------------------------------------------------------- import
 
 
-def _import(kind: str, file: Path, rejects: Path | None) -> None:
+def _import(kind: Literal["customers", "events"], file: Path, rejects: Path | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from campaigns.ingest import import_csv
+    from campaigns.csv_import import import_csv
 
     rt = build_runtime()
     if not file.is_file():
@@ -339,7 +339,7 @@ def _import(kind: str, file: Path, rejects: Path | None) -> None:
             report = import_csv(
                 session,
                 file,
-                kind,  # type: ignore[arg-type]
+                kind,
                 non_activity_events=frozenset(rt.rules.defaults.non_activity_events),
                 on_progress=on_progress,
                 rejects_path=rejects,

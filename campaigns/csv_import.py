@@ -1,0 +1,267 @@
+"""CSV import of customers and events: streaming, batched, bad rows reported by line.
+
+Rows go through the same records and upserts as the HTTP API and the actors
+(`campaigns.ingest`), so a row means the same thing whichever way it arrives.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from campaigns.errors import RetentionError
+from campaigns.ingest import (
+    _DATETIME_FIELDS,
+    CustomerIn,
+    EventIn,
+    record_events,
+    upsert_customers,
+    validation_message,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_REJECTS = 1000
+
+
+class CsvFormatError(RetentionError):
+    """The CSV file as a whole cannot be imported (missing column, not UTF-8, broken quoting)."""
+
+
+# ---------------------------------------------------------------- values
+
+
+ImportKind = Literal["customers", "events"]
+
+_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # kind: (required columns, optional known columns)
+    "customers": (
+        ("id", "email"),
+        ("first_name", "last_name", "plan", "status", "timezone", "locale", *_DATETIME_FIELDS),
+    ),
+    "events": (("customer_id", "event", "occurred_at"), ("id", "properties")),
+}
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    rows: int = 0  # data records read (good and rejected)
+    inserted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    rejected_count: int = 0
+    # (line, message) for the first MAX_REPORTED_REJECTS bad records; line is where the
+    # record starts in the file (header = line 1), which matters for multi-line quoted cells.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+    def reject(self, line: int, message: str) -> None:
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REPORTED_REJECTS:
+            self.rejected.append((line, message))
+
+
+class _Rejects:
+    """The rejects CSV: the original columns plus ``error``, opened at the first rejected row.
+
+    A clean import leaves no rejects file behind, and removes one an earlier import left at
+    the same path, so the file never describes the wrong run.
+    """
+
+    def __init__(self, path: Path | None, header: list[str]) -> None:
+        self._path = path
+        self._header = header
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+
+    def write(self, cells: list[str], message: str) -> None:
+        if self._path is None:
+            return
+        if self._handle is None:
+            self._handle = self._path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow([*self._header, "error"])
+        padded = cells + [""] * (len(self._header) - len(cells))
+        self._writer.writerow([*padded, message])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        elif self._path is not None and self._path.exists():
+            log.info("no rows rejected: removing %s from an earlier import", self._path)
+            self._path.unlink()
+
+
+@contextmanager
+def _rejects_file(path: Path | None, header: list[str]) -> Iterator[_Rejects]:
+    rejects = _Rejects(path, header)
+    try:
+        yield rejects
+    finally:
+        rejects.close()
+
+
+def _column_names(header: list[str], kind: ImportKind, path: Path, line: int) -> list[str]:
+    required, optional = _COLUMNS[kind]
+    known = {name: name for name in (*required, *optional)}
+    names: list[str] = []
+    for position, raw in enumerate(header, start=1):
+        name = raw.strip()
+        name = known.get(name.lower(), name)  # "Email" is email; other names keep their case
+        if name and name in names:
+            raise CsvFormatError(
+                f"{path}:{line}: column {name!r} appears twice (columns {names.index(name) + 1} "
+                f"and {position}): rename or remove one"
+            )
+        names.append(name)
+    missing = [name for name in required if name not in names]
+    if missing:
+        found = ", ".join(n for n in names if n) or "none"
+        what = "column" if len(missing) == 1 else "columns"
+        listed = ", ".join(repr(n) for n in missing)
+        raise CsvFormatError(f"{path}:{line}: missing required {what} {listed} (columns found: {found})")
+    return names
+
+
+def import_csv(
+    session: Session,
+    path: Path | str,
+    kind: ImportKind,
+    *,
+    batch_size: int = 1000,
+    non_activity_events: frozenset[str] = frozenset(),
+    on_progress: Callable[[int], None] | None = None,
+    rejects_path: Path | None = None,
+) -> ImportReport:
+    """Import a customers or events CSV: good rows are kept, bad rows reported by line.
+
+    Streams the file and commits every ``batch_size`` rows, so memory stays flat and an
+    interrupted import keeps what it committed (re-running it is harmless).  Empty cells are
+    absent values.  ``on_progress`` receives the number of rows read so far after each batch.
+    Rejected rows go to ``rejects_path`` (their original cells plus an ``error`` column) when
+    there are any.  Raises CsvFormatError when the file as a whole is unusable.
+    """
+    if kind not in _COLUMNS:
+        raise ValueError(f"kind must be 'customers' or 'events', not {kind!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    path = Path(path)
+    if rejects_path is not None and rejects_path.resolve() == path.resolve():
+        raise ValueError(f"the rejects file must not be the imported file itself ({path})")
+    report = ImportReport(kind=kind)
+    model: type[CustomerIn] | type[EventIn] = CustomerIn if kind == "customers" else EventIn
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header, header_line = _read_header(reader, path)
+        columns = _column_names(header, kind, path, header_line)
+        with _rejects_file(rejects_path, header) as rejects:
+            batch: list[tuple[int, list[str], Any]] = []
+            read_since_flush = 0
+
+            def flush() -> None:
+                nonlocal batch, read_since_flush
+                if batch:
+                    try:
+                        _write_batch(session, kind, batch, report, rejects, non_activity_events)
+                        session.commit()
+                    except Exception:
+                        session.rollback()  # earlier batches stay committed
+                        raise
+                if read_since_flush and on_progress is not None:
+                    on_progress(report.rows)
+                batch, read_since_flush = [], 0
+
+            while True:
+                line = reader.line_num + 1  # where the next record starts
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    break
+                except (csv.Error, UnicodeDecodeError) as exc:
+                    flush()
+                    raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
+                if not any(cell.strip() for cell in cells):
+                    continue  # blank line
+                report.rows += 1
+                read_since_flush += 1
+                outcome = _parse_row(model, columns, cells)
+                if isinstance(outcome, str):
+                    report.reject(line, outcome)
+                    rejects.write(cells, f"line {line}: {outcome}")
+                else:
+                    batch.append((line, cells, outcome))
+                if read_since_flush >= batch_size:
+                    flush()
+            flush()
+    report.rejected.sort()
+    log.info(
+        "imported %s from %s: %d rows, %d inserted, %d updated, %d duplicates, %d rejected",
+        kind, path, report.rows, report.inserted, report.updated, report.duplicates,
+        report.rejected_count,
+    )
+    return report
+
+
+def _read_header(reader: Any, path: Path) -> tuple[list[str], int]:
+    try:
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                return cells, reader.line_num
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CsvFormatError(f"{path}:1: {_describe_read_error(exc)}") from exc
+    raise CsvFormatError(f"{path}:1: the file is empty: the first line must name the columns")
+
+
+def _describe_read_error(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text: save the file as 'CSV UTF-8' and import it again"
+    return f"unreadable CSV ({exc}): check the quoting around this line"
+
+
+def _parse_row(
+    model: type[CustomerIn] | type[EventIn], columns: list[str], cells: list[str]
+) -> CustomerIn | EventIn | str:
+    if len(cells) > len(columns):
+        return (
+            f"has {len(cells)} cells but the header names {len(columns)} columns "
+            "(a comma in a value that is not in quotes?)"
+        )
+    # Missing trailing cells (some spreadsheets trim them) are simply empty.
+    data = {name: cell.strip() for name, cell in zip(columns, cells, strict=False)
+            if name and cell.strip()}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return validation_message(exc)
+
+
+def _write_batch(
+    session: Session,
+    kind: ImportKind,
+    batch: list[tuple[int, list[str], Any]],
+    report: ImportReport,
+    rejects: _Rejects,
+    non_activity_events: frozenset[str],
+) -> None:
+    records = [record for _, _, record in batch]
+    if kind == "customers":
+        upserted = upsert_customers(session, records)
+        report.inserted += upserted.inserted
+        report.updated += upserted.updated
+        return
+    recorded = record_events(session, records, non_activity_events=non_activity_events)
+    report.inserted += recorded.inserted
+    report.duplicates += recorded.duplicates
+    for index, message in recorded.errors:
+        line, cells, _ = batch[index]
+        report.reject(line, message)
+        rejects.write(cells, f"line {line}: {message}")
