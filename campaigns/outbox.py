@@ -50,14 +50,19 @@ def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, 
     after it, the server may have accepted the message.  False when the
     delivery is no longer this worker's to send (then nothing must be sent).
     """
-    marked = session.execute(
+    return _from_sending(session, delivery, {"message_id": message_id, "updated_at": now})
+
+
+def _from_sending(session: Session, delivery: Delivery, values: dict[str, object]) -> bool:
+    """Apply ``values`` if the delivery is still ``sending`` (this worker's); commit."""
+    changed = session.execute(
         sa.update(Delivery)
         .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
-        .values(message_id=message_id, updated_at=now)
+        .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
-    return bool(marked)
+    return bool(changed)
 
 
 def finish(
@@ -74,13 +79,7 @@ def finish(
         values["sent_at"] = now
     if message_id:
         values["message_id"] = message_id
-    session.execute(
-        sa.update(Delivery)
-        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+    _from_sending(session, delivery, values)
 
 
 def release(
@@ -104,13 +103,7 @@ def release(
     if not enqueued:
         # A deferral is not an attempt: give it back.
         values["attempts"] = col(Delivery.attempts) - 1
-    session.execute(
-        sa.update(Delivery)
-        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
+    _from_sending(session, delivery, values)
 
 
 def suppression_reason(session: Session, customer: Customer) -> str | None:
