@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs every workload and writes docs/benchmarks.md."""

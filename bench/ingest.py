@@ -1,0 +1,79 @@
+"""P4: CSV import (customers, then events) against a raw executemany of the same rows.
+
+The raw side reads the same file with the csv module and inserts the cells
+as they are (text times, a JSON attributes column), 1000 rows and one commit
+per batch like the importer — no validation, no time zones, no upsert.
+The events API is not measured: worker/web.py has no /api/v1/events yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from campaigns.csv_import import import_csv
+from worker.database import make_engine
+
+BATCH = 1000
+
+
+def ours(url: str, path: str, kind: str) -> dict[str, Any]:
+    engine = make_engine(url)
+    with Session(engine) as session:
+        started = time.perf_counter()
+        report = import_csv(session, Path(path), kind, batch_size=BATCH,  # type: ignore[arg-type]
+                            non_activity_events=frozenset({"email_opened"}))
+        seconds = time.perf_counter() - started
+    engine.dispose()
+    if report.rejected_count:
+        raise RuntimeError(f"{report.rejected_count} rows rejected: {report.rejected[:3]}")
+    return {"seconds": seconds, "rows": report.rows, "per_second": report.rows / seconds}
+
+
+def raw(url: str, path: str, kind: str) -> dict[str, Any]:
+    engine = make_engine(url)
+    paramstyle = "?" if engine.dialect.name == "sqlite" else "%s"
+    stamp = datetime.now(UTC).isoformat(" ")
+    with engine.connect() as connection:
+        dbapi: Any = connection.connection.dbapi_connection
+        cursor = dbapi.cursor()
+        started = time.perf_counter()
+        rows = 0
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader)
+            columns: tuple[str, ...]
+            if kind == "customers":
+                columns = ("external_id", "email", "first_name", "plan", "status", "timezone",
+                           "signed_up_at", "last_active_at", "attributes", "activity_count",
+                           "created_at", "updated_at")
+                convert: Any = lambda c: (*c[:8], json.dumps({"company": c[8]}), 0, stamp, stamp)  # noqa: E731
+            else:
+                cursor.execute("SELECT external_id, id FROM customer")
+                ids = dict(cursor.fetchall())
+                columns = ("client_id", "customer_id", "name", "occurred_at", "properties", "created_at")
+                convert = lambda c: (c[0], ids[c[1]], c[2], c[3], c[4], stamp)  # noqa: E731
+            table = "customer" if kind == "customers" else "event"
+            statement = (f"INSERT INTO {table} ({', '.join(columns)}) "
+                         f"VALUES ({', '.join([paramstyle] * len(columns))})")
+            batch = []
+            for cells in reader:
+                batch.append(convert(cells))
+                if len(batch) >= BATCH:
+                    cursor.executemany(statement, batch)
+                    dbapi.commit()
+                    rows += len(batch)
+                    batch = []
+            if batch:
+                cursor.executemany(statement, batch)
+                dbapi.commit()
+                rows += len(batch)
+        seconds = time.perf_counter() - started
+    engine.dispose()
+    return {"seconds": seconds, "rows": rows, "per_second": rows / seconds}

@@ -1,0 +1,62 @@
+"""P1: one planning pass (four campaigns with guardrails) against the hand-written INSERT … SELECT.
+
+Both run in a child process each, inside a transaction that is rolled back, on
+the same loaded database, alternately, twice; the faster run of each counts.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from bench import child, handsql
+from campaigns.planner import Planner
+from campaigns.rules import load_rules
+from worker.database import make_engine
+
+RULES = Path(__file__).resolve().parent / "rules.yaml"
+
+
+def ours(url: str, now: str) -> dict[str, Any]:
+    rules = load_rules(RULES)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        started = time.perf_counter()
+        result = Planner(rules, now=datetime.fromisoformat(now)).run(session)
+        session.flush()
+        seconds = time.perf_counter() - started
+        session.rollback()
+    engine.dispose()
+    return {"seconds": seconds, "inserted": {p.campaign_id: p.inserted for p in result.plans},
+            "queued": len(result.queued_ids)}
+
+
+def hand(url: str, now: str) -> dict[str, Any]:
+    rules = load_rules(RULES)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        started = time.perf_counter()
+        inserted, queued = handsql.run(connection, rules, datetime.fromisoformat(now))
+        seconds = time.perf_counter() - started
+        transaction.rollback()
+    engine.dispose()
+    return {"seconds": seconds, "inserted": inserted, "queued": len(queued)}
+
+
+def measure(url: str, now: datetime, *, repeat: int = 2, profile: Path | None = None) -> dict[str, Any]:
+    """Best of ``repeat`` for each side, plus whether both inserted the same rows."""
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeat):
+        for side in ("hand", "ours"):
+            result = child.run(f"bench.plan:{side}", url=url, now=now.isoformat())
+            if side not in best or result["seconds"] < best[side]["seconds"]:
+                best[side] = result
+    if profile is not None:
+        child.run("bench.plan:ours", url=url, now=now.isoformat(), profile=profile)
+    return {"ours": best["ours"], "hand": best["hand"],
+            "same_rows": best["ours"]["inserted"] == best["hand"]["inserted"]}
