@@ -74,6 +74,17 @@ def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
     return f"CAST(EXTRACT(EPOCH FROM {compiler.process(list(element.clauses)[0], **kw)}) AS BIGINT)"
 
 
+# One pass's materialized selection (see Planner._materialize); created per connection.
+_PLAN_SELECTION = sa.Table(
+    "plan_selection",
+    sa.MetaData(),
+    sa.Column("customer_id", sa.Integer, nullable=False),
+    sa.Column("episode", sa.String(100), nullable=False),
+    sa.Column("verdict", sa.String(20), nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
 def _bucket(customer_id: Any, salt: int) -> ColumnElement[int]:
     """0–9999 from a multiplicative hash of the customer id and a per-campaign salt.
 
@@ -270,7 +281,7 @@ class Planner:
             plan.not_due_reason = f"schedule {campaign.schedule!r} not due"
             return plan
 
-        selection = self.selection(campaign, fire)
+        selection = self._materialize(session, self.selection(campaign, fire))
         for verdict, count in session.execute(
             sa.select(selection.c.verdict, sa.func.count()).group_by(selection.c.verdict)
         ):
@@ -313,7 +324,34 @@ class Planner:
         session.flush()
         return plan
 
-    def _variant_columns(self, campaign: Campaign, selection: sa.Subquery) -> tuple[Any, Any]:
+    def _materialize(self, session: Session, selection: sa.Subquery) -> sa.Table:
+        """Evaluate the selection once into a temporary table.
+
+        The counts, the sample and the insert all read it: evaluating the
+        verdicts (correlated subqueries per customer) once instead of twice
+        halves a pass on large audiences.  Temporary tables belong to the
+        connection, so racing planners never see each other's.
+        """
+        dialect = session.get_bind().dialect.name
+        # PostgreSQL drops it with the transaction; SQLite keeps it per connection, emptied each time.
+        suffix = " ON COMMIT DROP" if dialect == "postgresql" else ""
+        session.execute(
+            sa.text(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS plan_selection "
+                "(customer_id INTEGER NOT NULL, episode VARCHAR(100) NOT NULL, "
+                f"verdict VARCHAR(20) NOT NULL){suffix}"
+            )
+        )
+        session.execute(sa.text("DELETE FROM plan_selection"))
+        session.execute(
+            sa.insert(_PLAN_SELECTION).from_select(
+                ["customer_id", "episode", "verdict"],
+                sa.select(selection.c.customer_id, selection.c.episode, selection.c.verdict),
+            )
+        )
+        return _PLAN_SELECTION
+
+    def _variant_columns(self, campaign: Campaign, selection: sa.FromClause) -> tuple[Any, Any]:
         """(template, variant) per row: a deterministic weighted split for A/B tests."""
         if campaign.variants is None:
             return sa.literal(campaign.template), sa.null()
@@ -353,7 +391,7 @@ class Planner:
         return None
 
     def _insert(
-        self, session: Session, campaign: Campaign, selection: sa.Subquery, *, held: bool
+        self, session: Session, campaign: Campaign, selection: sa.FromClause, *, held: bool
     ) -> list[tuple[int, str]]:
         """Insert the sendable and held-out rows; return (id, status) of those actually new."""
         new_status = DeliveryStatus.held if held else DeliveryStatus.queued

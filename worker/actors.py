@@ -51,7 +51,9 @@ def deliver(delivery_id: int) -> None:
 
 def _deliver(rt: runtime.Runtime, delivery_id: int) -> None:
     started = time.monotonic()
-    with Session(rt.engine) as session:
+    # Every outbox step commits; re-reading the delivery and customer after each one costs a
+    # fifth of the send rate and buys nothing (the claim is the only read that must be fresh).
+    with Session(rt.engine, expire_on_commit=False) as session:
         try:
             outcome = rt.sender().deliver(session, delivery_id)
         except TransientDeliveryError as exc:

@@ -100,6 +100,7 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
     """
     deadline = time.monotonic() + timeout.total_seconds()
     pending = 0
+    pause = 0.05
     while ids:
         with Session(rt.engine) as session:
             pending = 0
@@ -124,7 +125,9 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
                 )
         if pending == 0 or time.monotonic() > deadline:
             break
-        time.sleep(0.05)
+        # Start quick for small passes, then back off: counting competes with the senders.
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
     with Session(rt.engine) as session:
         return sum(
             session.scalar(
