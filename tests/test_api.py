@@ -72,6 +72,32 @@ def test_nothing_valid_is_a_422_and_oversized_batches_are_refused(api):
     _, client = api
     assert client.post("/api/v1/customers", headers=KEY, json={"customers": [{"id": "x"}]}).status_code == 422
     assert client.post("/api/v1/customers", headers=KEY, json={"people": []}).status_code == 422
-    assert client.post("/api/v1/customers", headers=KEY, content=b"{nope").status_code == 400
+    malformed = client.post("/api/v1/customers", headers=KEY, content=b'{"customers": [\n  {"id": 1,}]}')
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"].startswith("malformed JSON at line 2, column 12")
     many = {"customers": [{"id": str(i), "email": f"{i}@example.com"} for i in range(1001)]}
     assert client.post("/api/v1/customers", headers=KEY, json=many).status_code == 413
+
+
+def test_concurrent_batches_store_every_accepted_event_exactly_once(api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rt, client = api
+    client.post("/api/v1/customers", headers=KEY,
+                json={"customers": [{"id": f"c{i}", "email": f"c{i}@example.com"} for i in range(20)]})
+
+    def batch(number: int) -> int:
+        # Every batch overlaps the previous one by half: duplicates must be stored once.
+        events = [{"customer_id": f"c{i % 20}", "event": "login", "id": f"e{i}",
+                   "occurred_at": f"2026-11-{1 + i % 28:02d}T10:00:00Z"}
+                  for i in range(number * 50, number * 50 + 100)]
+        response = client.post("/api/v1/events", headers=KEY, json={"events": events})
+        assert response.status_code == 200, response.text
+        return int(response.json()["accepted"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        accepted = list(pool.map(batch, range(12)))
+    assert accepted == [100] * 12
+    with Session(rt.engine) as session:
+        stored = session.exec(select(Event.client_id)).all()
+    assert sorted(stored) == sorted(f"e{i}" for i in range(0, 12 * 50 + 50))

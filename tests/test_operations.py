@@ -193,3 +193,21 @@ campaigns:
     assert daemon.returncode == 0, stderr
     assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == ["pro1@example.com", "team1@example.com"]
     assert "rules not reloaded, keeping the last good ones" in stderr
+
+
+def test_metrics_parse_and_healthz_turns_503_when_redis_stops(make_runtime, redis_url, redis_server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rt = make_runtime("console://", redis_url)
+    client = TestClient(create_app(rt))
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert {"retention_deliveries", "retention_queue_depth", "retention_send_seconds"} <= set(families)
+    assert client.get("/healthz").json()["broker"] == "ok"
+    redis_server.stop()
+    try:
+        down = client.get("/healthz")
+        assert down.status_code == 503
+        assert down.json()["broker"].startswith("error")
+    finally:
+        redis_server.start()
+    assert client.get("/healthz").json()["broker"] == "ok"

@@ -57,8 +57,12 @@ def api_router(rt: Runtime) -> APIRouter:
                 raise HTTPException(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
         try:
             data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(
+                422, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
         except (ValueError, UnicodeDecodeError):
-            raise HTTPException(400, "the body is not JSON") from None
+            raise HTTPException(422, "the body is not UTF-8 JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise HTTPException(422, f'send {{"{key}": [ {{…}}, … ]}}')
         if len(data[key]) > MAX_ITEMS:
