@@ -26,9 +26,13 @@ def engine(tmp_path_factory):
 
 
 events = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=400), st.integers(min_value=0, max_value=23),
-              st.sampled_from(["login", "export", "email_opened"])),
-    min_size=0, max_size=60,
+    st.tuples(
+        st.integers(min_value=0, max_value=400),
+        st.integers(min_value=0, max_value=23),
+        st.sampled_from(["login", "export", "email_opened"]),
+    ),
+    min_size=0,
+    max_size=60,
 )
 
 
@@ -40,19 +44,35 @@ def test_incremental_cadence_equals_recomputing_from_all_events(engine, history,
         session.execute(Customer.__table__.delete())  # type: ignore[attr-defined]
         upsert_customers(session, [CustomerIn.model_validate({"id": "c", "email": "c@example.com"})])
         session.commit()
-        records = [EventIn.model_validate({"customer_id": "c", "event": name, "id": f"e{n}",
-                                           "occurred_at": (START + timedelta(days=day, hours=hour)).isoformat()})
-                   for n, (day, hour, name) in enumerate(history)]
+        records = [
+            EventIn.model_validate(
+                {
+                    "customer_id": "c",
+                    "event": name,
+                    "id": f"e{n}",
+                    "occurred_at": (START + timedelta(days=day, hours=hour)).isoformat(),
+                }
+            )
+            for n, (day, hour, name) in enumerate(history)
+        ]
         # Arrival in any batches, in the order given (old events may come late).
         bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
         for start, end in zip(bounds, bounds[1:], strict=False):
             record_events(session, records[start:end], non_activity_events=NON_ACTIVITY)
             session.commit()
         customer = session.exec(select(Customer)).one()
-        active = sorted({(START + timedelta(days=d, hours=h)).date() for d, h, name in history
-                         if name not in NON_ACTIVITY}, reverse=True)
+        active = sorted(
+            {
+                (START + timedelta(days=d, hours=h)).date()
+                for d, h, name in history
+                if name not in NON_ACTIVITY
+            },
+            reverse=True,
+        )
         assert customer.cadence_days == median_gap_days(active[:CADENCE_DAYS])
         assert customer.activity_count == sum(1 for *_, name in history if name not in NON_ACTIVITY)
-        latest = max((START + timedelta(days=d, hours=h) for d, h, name in history
-                      if name not in NON_ACTIVITY), default=None)
+        latest = max(
+            (START + timedelta(days=d, hours=h) for d, h, name in history if name not in NON_ACTIVITY),
+            default=None,
+        )
         assert customer.last_active_at == latest
