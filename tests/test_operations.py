@@ -211,3 +211,63 @@ def test_metrics_parse_and_healthz_turns_503_when_redis_stops(make_runtime, redi
     finally:
         redis_server.start()
     assert client.get("/healthz").json()["broker"] == "ok"
+
+
+def _env(tmp_path, database_url, redis_url, smtp_url, customers: int) -> dict[str, str]:
+    rules = (ROOT / "rules.yaml").read_text().replace('quiet_hours: "21:00-08:00"', "quiet_hours: null")
+    rules = rules.replace("    holdout: 10%\n", "").replace("check_every: 5m", "check_every: 10s")
+    (tmp_path / "rules.yaml").write_text(rules)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update({
+        "RETENTION_DATABASE_URL": database_url, "RETENTION_BROKER_URL": redis_url,
+        "RETENTION_MAIL_URL": smtp_url, "RETENTION_RULES": str(tmp_path / "rules.yaml"),
+        "RETENTION_TEMPLATES": str(ROOT / "templates"), "RETENTION_SECRET_KEY": "k",
+        "RETENTION_SHUTDOWN_GRACE_SECONDS": "20",
+    })
+    (tmp_path / "customers.csv").write_text("id,email,plan,status,last_active_at\n" + "".join(
+        f"c{i},c{i}@example.com,pro,active,2020-01-01T10:00:00+00:00\n" for i in range(customers)))
+    subprocess.run([str(RETENTION), "import", "customers", str(tmp_path / "customers.csv")], env=env,
+                   check=True, capture_output=True, timeout=120)
+    return env
+
+
+def _start(env, tmp_path, name: str, *args: str) -> subprocess.Popen[str]:
+    log = (tmp_path / f"{name}.log").open("w")
+    return subprocess.Popen([str(RETENTION), *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_line(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"{path.name} never said {text!r}: {path.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+def test_killing_the_leader_hands_over_and_sigterm_mid_batch_loses_and_doubles_nothing(
+        tmp_path, redis_url, smtp_sink, sqlite_url):
+    env = _env(tmp_path, sqlite_url, redis_url, smtp_sink.url, customers=300)
+    first = _start(env, tmp_path, "first", "scheduler")
+    _wait_for_line(tmp_path / "first.log", "now the planning leader", 30)
+    second = _start(env, tmp_path, "second", "scheduler")
+    worker = _start(env, tmp_path, "worker", "worker", "--threads", "1")
+    processes = [first, second, worker]
+    try:
+        smtp_sink.wait_for(20, timeout=60)
+        # SIGTERM in the middle of the batch: in-flight sends finish, the rest waits in Redis.
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=40) == 0
+        assert len(smtp_sink.messages) < 300
+        first.kill()  # the leader dies without releasing its lock
+        _wait_for_line(tmp_path / "second.log", "now the planning leader", 45)
+        replacement = _start(env, tmp_path, "replacement", "worker", "--threads", "4")
+        processes.append(replacement)
+        smtp_sink.wait_for(300, timeout=120)
+        time.sleep(2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
+    recipients = [m.rcpt_tos[0] for m in smtp_sink.messages]
+    assert len(recipients) == 300 and len(set(recipients)) == 300
