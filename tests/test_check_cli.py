@@ -193,7 +193,7 @@ def test_rules_file_that_is_not_utf8_is_one_error(project: Project) -> None:
     project.rules.write_bytes(b"\xff\xfe defaults: {}\n")
     result = project.check()
     assert result.code == 1
-    assert len(result.lines) == 1 and result.lines[0].startswith(f"{project.rules}: cannot read:")
+    assert len(result.lines) == 1 and result.lines[0].startswith(f"{project.rules}:1: not UTF-8 text")
 
 
 def test_missing_templates_folder_lists_each_unknown_template(project: Project) -> None:
