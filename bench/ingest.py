@@ -3,7 +3,7 @@
 The raw side reads the same file with the csv module and inserts the cells
 as they are (text times, a JSON attributes column), 1000 rows and one commit
 per batch like the importer — no validation, no time zones, no upsert.
-The events API is not measured: worker/web.py has no /api/v1/events yet.
+`api` sends the same events through POST /api/v1/events.
 """
 
 from __future__ import annotations
@@ -77,3 +77,61 @@ def raw(url: str, path: str, kind: str) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     engine.dispose()
     return {"seconds": seconds, "rows": rows, "per_second": rows / seconds}
+
+
+def api(url: str, customers_path: str, events_path: str) -> dict[str, Any]:
+    """Events through ``POST /api/v1/events`` (batches of 1000, two clients) on loopback.
+
+    The customers are imported first (not timed); the web app runs under
+    uvicorn in this process, as `retention web` would.
+    """
+    import threading
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvicorn
+
+    from bench.services import free_port
+    from worker import runtime as runtime_module
+    from worker.settings import Settings
+    from worker.web import create_app
+
+    root = Path(__file__).resolve().parent.parent
+    settings = Settings(database_url=url, api_key="bench", secret_key="bench", rules=root / "rules.yaml",
+                        templates=root / "templates")
+    rt = runtime_module.build(settings)
+    with Session(rt.engine) as session:
+        import_csv(session, Path(customers_path), "customers", batch_size=10_000)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    batches: list[bytes] = []
+    with open(events_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        batch: list[dict[str, Any]] = []
+        for row in reader:
+            batch.append({k: v for k, v in row.items() if v})
+            if len(batch) == BATCH:
+                batches.append(json.dumps({"events": batch}).encode())
+                batch = []
+        if batch:
+            batches.append(json.dumps({"events": batch}).encode())
+
+    def post(body: bytes) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/events", data=body, method="POST",
+            headers={"Authorization": "Bearer bench", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 - loopback
+            return int(json.loads(response.read())["accepted"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        accepted = sum(pool.map(post, batches))
+    seconds = time.perf_counter() - started
+    server.should_exit = True
+    thread.join(timeout=10)
+    rt.close()
+    return {"seconds": seconds, "rows": accepted, "per_second": accepted / seconds}
