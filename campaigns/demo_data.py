@@ -29,6 +29,7 @@ from campaigns.ingest import (
     record_events,
     upsert_customers,
 )
+from campaigns.models import AppSetting
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +229,13 @@ def _activity(
 def _daytime(rng: random.Random, moment: datetime, tz: Any) -> datetime:
     local = moment.astimezone(tz).replace(hour=rng.randint(8, 20), minute=rng.randint(0, 59))
     return local.astimezone(UTC)
+
+
+def demo_anchor(session: Session) -> datetime:
+    """The moment the demo data is built around, fixed at first run so a re-run changes nothing."""
+    stored = session.get(AppSetting, "demo_anchor")
+    if stored is None:
+        stored = AppSetting(key="demo_anchor", value=datetime.now(UTC).isoformat())
+        session.add(stored)
+        session.commit()
+    return datetime.fromisoformat(stored.value)

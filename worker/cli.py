@@ -542,7 +542,7 @@ def demo(
     customers: Annotated[int, typer.Option(help="How many synthetic customers.")] = 3000,
 ) -> None:
     """Synthetic customers into the default database, one pass, a summary, and where the mail went."""
-    from campaigns.demo_data import generate_demo
+    from campaigns.demo_data import demo_anchor, generate_demo
     from worker import daemon
 
     cfg = settings()
@@ -554,7 +554,7 @@ def demo(
         overrides["templates_path"] = shipped / "templates"
     rt = build_runtime(cfg, **overrides)
     with Session(rt.engine) as session:
-        anchor = daemon.demo_anchor(session)
+        anchor = demo_anchor(session)
         with err.status(f"generating {customers} synthetic customers and their activity…"):
             summary = generate_demo(session, customers=customers, now=anchor)
         session.commit()

@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlmodel import Session, col
 
-from campaigns.models import AppSetting, Delivery, DeliveryStatus, utcnow
+from campaigns.models import Delivery, DeliveryStatus, utcnow
 from worker import runtime as runtime_module
 from worker.actors import Actors, declare
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
@@ -178,18 +178,6 @@ def where_mail_went(rt: Runtime) -> str:
     from worker.mail import mask_url
 
     return f"emails went to {mask_url(url)}"
-
-
-def demo_anchor(session: Session) -> Any:
-    """The moment the demo data is built around, fixed at first run so a re-run changes nothing."""
-    from datetime import datetime
-
-    stored = session.get(AppSetting, "demo_anchor")
-    if stored is None:
-        stored = AppSetting(key="demo_anchor", value=utcnow().isoformat())
-        session.add(stored)
-        session.commit()
-    return datetime.fromisoformat(stored.value)
 
 
 # ---------------------------------------------------------------- the daemon
