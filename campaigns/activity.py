@@ -97,22 +97,6 @@ def apply_activity(
     )
 
 
-def refresh_cadence(
-    session: Session, customer_ids: Iterable[int], *, non_activity_events: frozenset[str]
-) -> None:
-    """Recompute cadence_days for these customers from their recent active days."""
-    days = recent_active_days_of(session, customer_ids, non_activity_events=non_activity_events)
-    updates = [{"b_id": customer_id, "b_cadence": median_gap_days(found)}
-               for customer_id, found in days.items()]
-    if updates:
-        session.execute(
-            sa.update(_customer)
-            .where(_customer.c.id == sa.bindparam("b_id"))
-            .values(cadence_days=sa.bindparam("b_cadence")),
-            updates,
-        )
-
-
 def _newest_activity(
     customer: sa.BindParameter[int], non_activity_events: frozenset[str], *, paged: bool = False
 ) -> sa.Select[tuple[int, datetime]]:

@@ -65,12 +65,6 @@ class DeliveryStatus(StrEnum):
     unknown = "unknown"
 
 
-FINAL_STATUSES = frozenset(
-    {DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.bounced,
-     DeliveryStatus.suppressed, DeliveryStatus.held_out, DeliveryStatus.skipped}
-)
-
-
 class Customer(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(index=True, unique=True, max_length=255)

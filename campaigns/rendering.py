@@ -12,7 +12,6 @@ Every failure, at ``retention check`` time or while sending, surfaces as a
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -28,8 +27,6 @@ from jinja2.utils import missing
 
 from campaigns.errors import TemplateError
 from campaigns.models import Customer
-
-logger = logging.getLogger(__name__)
 
 SUBJECT = "subject.j2"
 TEXT_BODY = "body.txt.j2"
