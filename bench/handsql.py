@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from campaigns.rules import Rules
+from campaigns.rules.schema import Rules
 
 IN_FLIGHT = "('queued', 'sending', 'sent', 'held')"
 COOLING = "('queued', 'sending', 'sent', 'held', 'held_out')"

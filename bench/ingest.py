@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from campaigns.csv_import import import_csv
+from campaigns.ingestion.csv_import import import_csv
 from worker.database import make_engine
 
 BATCH = 1000

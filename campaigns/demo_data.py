@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from campaigns.ingest import (
+from campaigns.ingestion.records import (
     CANCEL_EVENT,
     CustomerIn,
     EventIn,

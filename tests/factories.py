@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from campaigns.models import Customer, Event
-from campaigns.rules import Rules, parse_rules
+from campaigns.rules.schema import Rules, parse_rules
 from worker.database import make_engine, upgrade
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday, 13:00 in Berlin

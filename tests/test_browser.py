@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from campaigns.exports import responses
 from campaigns.models import Customer, CustomerStatus, Event, SurveyAnswer, utcnow
+from campaigns.responses.export import responses
 from tests.support.services import skip_or_fail
 from worker import runtime as runtime_module
 from worker.daemon import run_once

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
-from campaigns.conditions import (
+from campaigns.models import Customer, Event
+from campaigns.rules.conditions import (
     Condition,
     EventTest,
     FieldTest,
@@ -32,7 +33,6 @@ from campaigns.conditions import (
     compile_condition,
     parse_when,
 )
-from campaigns.models import Customer, Event
 from worker.database import make_engine
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)

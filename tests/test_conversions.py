@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session
 
-from campaigns.conversions import credit_conversions
 from campaigns.models import Delivery, DeliveryStatus
+from campaigns.planning.conversions import credit_conversions
 from tests.factories import NOW, add_customer, add_event, migrated_engine, rules
 
 RULES = """

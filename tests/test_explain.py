@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from campaigns.explain import explain, past_deliveries
 from campaigns.models import Delivery
-from campaigns.planner import Planner
+from campaigns.planning.explain import explain, past_deliveries
+from campaigns.planning.planner import Planner
 from tests.factories import NOW, add_customer, migrated_engine, rules
 
 RULES = """

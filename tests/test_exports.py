@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from campaigns.exports import responses
 from campaigns.models import Delivery, Interaction, SurveyAnswer
+from campaigns.responses.export import responses
 from tests.factories import NOW, add_customer, migrated_engine
 from tests.test_cli import ROOT, retention
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlmodel import Session, select
 
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.planner import Planner
+from campaigns.planning.planner import Planner
 from tests.factories import NOW, migrated_engine, rules
 
 

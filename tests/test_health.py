@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session
 
-from campaigns.health import at_risk, explain
 from campaigns.models import utcnow
+from campaigns.reports.at_risk import at_risk, explain
 from tests.factories import NOW, add_customer, add_event, migrated_engine
 from tests.test_cli import retention
 

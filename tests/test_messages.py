@@ -11,15 +11,15 @@ from typing import cast
 
 import pytest
 
-from campaigns.errors import PermanentDeliveryError
-from campaigns.messages import (
+from campaigns.delivery.emails import (
     WIRE_POLICY,
     build_email,
     format_address,
     parse_address,
     sender_domain,
 )
-from campaigns.rendering import RenderedMessage, TemplateStore, build_sample_context
+from campaigns.delivery.rendering import RenderedMessage, TemplateStore, build_sample_context
+from campaigns.errors import PermanentDeliveryError
 
 LONG_UNSUBSCRIBE = "https://mail.acme.example/u/" + "eyJkIjo0Mn0.ZmFrZS10b2tlbi1zaWduYXR1cmU" * 3
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from campaigns.errors import TemplateError
-from campaigns.models import Customer
-from campaigns.rendering import (
+from campaigns.delivery.rendering import (
     CUSTOMER_FIELDS,
     TemplateStore,
     build_context,
@@ -18,6 +16,8 @@ from campaigns.rendering import (
     customer_context,
     sample_customer,
 )
+from campaigns.errors import TemplateError
+from campaigns.models import Customer
 
 SHIPPED = Path(__file__).resolve().parent.parent / "templates"
 SHIPPED_NAMES = ["check_in", "exit_survey", "feature_reports", "we_miss_you", "win_back_offer"]

@@ -20,7 +20,7 @@ from tests.test_reports import (
     deliveries,
     lapsing,
 )
-from worker.report_output import report_html
+from worker.report import report_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

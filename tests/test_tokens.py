@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
+from campaigns.delivery.tokens import InvalidToken, Purpose, Signer, links
 from campaigns.errors import ConfigurationError, RetentionError
-from campaigns.tokens import InvalidToken, Purpose, Signer, links
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlmodel import Session, select
 
-from campaigns import responses
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.models import (
     Customer,
     Delivery,
@@ -28,9 +28,9 @@ from campaigns.models import (
     SurveyAnswer,
     utcnow,
 )
-from campaigns.pages import Pages
-from campaigns.rendering import TemplateStore
-from campaigns.responses import SurveyValidationError
+from campaigns.responses.pages import Pages
+from campaigns.responses.recording import SurveyValidationError
+from campaigns.responses import recording as responses
 from tests.factories import add_customer
 from worker import runtime as runtime_module
 from worker.daemon import run_once, start_roles
@@ -319,7 +319,7 @@ def test_bad_tokens_get_a_4xx_page_write_nothing_and_the_server_keeps_serving(
 
 
 def test_token_signed_with_an_unknown_key_is_refused(rt, client):
-    from campaigns.tokens import Signer
+    from campaigns.delivery.tokens import Signer
 
     delivery = add_delivery(rt)
     forged = Signer(["someone-elses-key"]).unsubscribe_token(delivery.id)

@@ -17,9 +17,9 @@ from typing import Any
 import dramatiq
 from sqlmodel import Session
 
+from campaigns.delivery.sending import MAX_ATTEMPTS, Outcome
 from campaigns.errors import TransientDeliveryError
-from campaigns.ingest import CustomerIn, EventIn, parse_records, record_events, upsert_customers
-from campaigns.sending import MAX_ATTEMPTS, Outcome
+from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker import observability, runtime
 from worker.broker import QUEUE
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from campaigns.ingest import CustomerIn, EventIn, parse_records, record_events, upsert_customers
+from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

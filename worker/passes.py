@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from campaigns import outbox
-from campaigns.conversions import credit_conversions
+from campaigns.delivery import outbox
 from campaigns.models import utcnow
-from campaigns.planner import PassResult, Planner
+from campaigns.planning.conversions import credit_conversions
+from campaigns.planning.planner import PassResult, Planner
 from worker import observability
 from worker.runtime import Runtime
 

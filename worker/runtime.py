@@ -16,12 +16,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from campaigns.delivery.rendering import TemplateStore, build_context, sample_customer
+from campaigns.delivery.sending import Sender
+from campaigns.delivery.tokens import Signer
 from campaigns.errors import RulesErrors, SourceError
-from campaigns.pages import Pages
-from campaigns.rendering import TemplateStore, build_context, sample_customer
-from campaigns.rules import Rules, load_rules
-from campaigns.sending import Sender
-from campaigns.tokens import Signer
+from campaigns.responses.pages import Pages
+from campaigns.rules.schema import Rules, load_rules
 from worker.database import ensure_secret_key, make_engine, upgrade
 from worker.mail import Transport, transport_from_url
 from worker.settings import Settings, load_settings

@@ -7,7 +7,7 @@
 - ``GET /c/{token}`` records a click and redirects to the URL inside the
   signed token, never to anything the request says.
 
-The domain work is ``campaigns.responses``; this module verifies tokens, reads
+The domain work is ``campaigns.responses.recording``; this module verifies tokens, reads
 bounded form bodies, maps outcomes to status codes and renders
 ``templates/pages/``.  A bad token or body writes nothing; a database that is
 down answers 503, never a 200 without a durable write.
@@ -33,12 +33,13 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from campaigns import pages, responses
+from campaigns.delivery.tokens import InvalidToken, Purpose
 from campaigns.errors import TemplateError
 from campaigns.models import utcnow
-from campaigns.pages import Pages
-from campaigns.responses import SurveyUnavailable, SurveyValidationError, UnknownDelivery
-from campaigns.tokens import InvalidToken, Purpose
+from campaigns.responses import pages
+from campaigns.responses import recording as responses
+from campaigns.responses.pages import Pages
+from campaigns.responses.recording import SurveyUnavailable, SurveyValidationError, UnknownDelivery
 from worker import observability
 from worker.api import api_router
 from worker.runtime import Runtime

@@ -1,7 +1,7 @@
 """Reports: how many customers we lose, when, which and why, and what the campaigns achieved.
 
 ``build_report`` runs a handful of aggregate queries (GROUP BY, CASE) and returns plain
-dataclasses; formatting lives in ``worker/report_output.py``.  Definitions are in
+dataclasses; formatting lives in ``worker/report/``.  Definitions are in
 ``docs/reports.md`` and in the docstrings of ``losses`` (who is lost, when) and ``lift``.
 """
 
@@ -29,7 +29,7 @@ from campaigns.reports.lift import Lift, two_proportion_lift
 from campaigns.reports.losses import Losses
 from campaigns.reports.periods import PERIODS, Grid, ReportError, make_grid
 from campaigns.reports.surveys import ChoiceCount, QuestionAnswers, TextAnswer, survey_answers
-from campaigns.rules import Rules
+from campaigns.rules.schema import Rules
 
 __all__ = [
     "PERIODS",

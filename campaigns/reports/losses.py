@@ -27,9 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from campaigns.conditions import days_since
 from campaigns.models import Customer, CustomerStatus, UTCDateTime
 from campaigns.reports.periods import bucket
+from campaigns.rules.conditions import days_since
 
 ACTIVE = "active"
 PASSIVE = "passive"

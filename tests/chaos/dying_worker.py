@@ -14,7 +14,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
-from campaigns import sending
+from campaigns.delivery import sending
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlmodel import Session as DbSession
 from sqlmodel import select
 
-from campaigns import outbox
+from campaigns.delivery import outbox
 from campaigns.models import Delivery, utcnow
 from tests.factories import add_customer
 from tests.support.redis import HOST, find_redis_server, free_port, ping

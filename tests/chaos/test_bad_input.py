@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, col, func, select
 
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.models import Customer, Delivery, DeliveryStatus, Event, Interaction, SurveyAnswer, utcnow
-from campaigns.rendering import TemplateStore
 from tests.chaos.support import (
     PYTHON,
     SQLITE_ONLY,
@@ -251,7 +251,7 @@ def test_runaway_template_is_refused_quickly(tmp_path, payload):
     (tmp_path / "t" / "body.txt.j2").write_text(payload + "{{ unsubscribe_url }}")
     script = textwrap.dedent(f"""
         from campaigns.errors import TemplateError
-        from campaigns.rendering import TemplateStore, build_sample_context
+        from campaigns.delivery.rendering import TemplateStore, build_sample_context
         try:
             TemplateStore({str(tmp_path)!r}).render("t", build_sample_context(template="t"))
         except TemplateError:

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
+from campaigns.delivery.outbox import MAX_ATTEMPTS
 from campaigns.models import Customer, DeliveryStatus, Suppression, utcnow
-from campaigns.outbox import MAX_ATTEMPTS
 from tests.chaos.support import (
     SQLITE_ONLY,
     TcpProxy,

@@ -2,7 +2,7 @@
 moments, and deliveries that crash or kill their worker every time (issue 8, scenarios 1, 2, 11).
 
 The line between "may be resent" and "held as unknown" is the hand-over mark the worker
-records right before SMTP DATA (campaigns.outbox.mark_handing_over).
+records right before SMTP DATA (campaigns.delivery.outbox.mark_handing_over).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col
 
+from campaigns.delivery.outbox import MAX_ATTEMPTS
 from campaigns.models import Customer, Delivery, DeliveryStatus, utcnow
-from campaigns.outbox import MAX_ATTEMPTS
 from tests.chaos.support import (
     PYTHON,
     SQLITE_ONLY,

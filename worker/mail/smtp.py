@@ -1,4 +1,4 @@
-"""Mail transports: where a rendered message goes, chosen by ``RETENTION_MAIL_URL``.
+"""SMTP delivery: pooled connections, replies sorted into retry / bounce / misconfiguration.
 
 Every transport answers ``send(message) -> str`` with a short reply worth
 recording on the delivery, and sorts failures into the two outcomes the
@@ -16,18 +16,13 @@ import email.policy
 import email.utils
 import io
 import logging
-import mailbox
-import os
 import re
 import smtplib
 import ssl
-import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Literal, Protocol, TextIO
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Literal
 
 from campaigns.errors import (
     ConfigurationError,
@@ -35,105 +30,11 @@ from campaigns.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from worker.mail.transport import BeforeData, envelope
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMS = (
-    "maildir://PATH (maildir://./outbox, maildir:///var/mail/outbox), "
-    "smtp://[USER:PASSWORD@]HOST[:PORT][?starttls=true&timeout=30&verify=false], "
-    "smtps://[USER:PASSWORD@]HOST[:465][?timeout=30&verify=false], "
-    "console://"
-)
-
 _ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-# Called right before the message content leaves (SMTP DATA, the Maildir write).  The
-# sender records there that mail may have left; raising aborts the send with nothing sent.
-BeforeData = Callable[[], None]
-
-
-class Transport(Protocol):
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        """Deliver one message; return the server's reply or an id to record."""
-        ...
-
-    def close(self) -> None:
-        """Release connections; the transport may still be used afterwards."""
-        ...
-
-
-# -- URLs ---------------------------------------------------------------------
-
-
-def mask_url(url: str) -> str:
-    """``url`` with the password replaced by ``***``, safe for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    # The last "@" ends the credentials even when the password holds a raw "@" or "/".
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}"
-
-
-def transport_from_url(url: str) -> Transport:
-    """Build the transport a mail URL names.
-
-    Supported forms:
-
-    - ``maildir://PATH`` -- write into a Maildir that any mail client opens.
-      ``maildir://./outbox`` is relative to the current directory,
-      ``maildir:///var/mail/outbox`` absolute.  Created when missing.
-    - ``smtp://USER:PASSWORD@HOST:PORT?starttls=true`` -- SMTP, upgraded with
-      STARTTLS when ``starttls=true`` (then the port defaults to 587, else 25).
-      User and password are optional and URL-decoded: percent-encode ``@``,
-      ``:``, ``%`` and the like in them.
-    - ``smtps://USER:PASSWORD@HOST:465`` -- SMTP over implicit TLS.
-    - ``console://`` -- print each message to stdout (dry runs and demos).
-
-    SMTP query options: ``timeout`` (seconds, default 30) bounds every socket
-    operation -- connecting, each command and the message upload.
-    ``verify=false`` skips certificate and host name verification; it is meant
-    for test servers with self-signed certificates and exposes real
-    credentials and mail to interception, so never use it in production.
-
-    Raises ``ConfigurationError`` (naming the URL with its password masked) for
-    an unknown scheme or a malformed URL.
-    """
-    url = url.strip()
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep:
-        raise _url_error(url, "it has no scheme")
-    if scheme == "maildir":
-        return MaildirTransport(_maildir_path(url, rest))
-    if scheme == "console":
-        if rest.strip("/"):
-            raise _url_error(url, "console:// takes no host or path")
-        return ConsoleTransport()
-    if scheme in ("smtp", "smtps"):
-        return SMTPTransport(_smtp_settings(url, scheme, rest))
-    raise _url_error(url, f"unknown scheme {scheme!r}")
-
-
-def _url_error(url: str, reason: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"Invalid mail URL {mask_url(url)!r} (RETENTION_MAIL_URL): {reason}. "
-        f"Supported forms: {SUPPORTED_FORMS}"
-    )
-
-
-def _maildir_path(url: str, rest: str) -> str:
-    path = unquote(rest)
-    if not path:
-        raise _url_error(url, "the maildir path is empty")
-    # Resolve now so a later chdir cannot move the outbox.
-    return os.path.abspath(os.path.expanduser(path))
 
 
 @dataclass(frozen=True)
@@ -151,168 +52,7 @@ class SMTPSettings:
         return f"SMTPSettings({self.url or self.host!r})"
 
 
-def _smtp_settings(url: str, scheme: str, rest: str) -> SMTPSettings:
-    userinfo, at, hostpart = rest.rpartition("@")
-    hostport, _, query = hostpart.partition("?")
-    hostport, _, path = hostport.partition("/")
-    if path:
-        raise _url_error(url, f"an SMTP URL takes no path, got '/{path}'")
-    try:
-        parsed = urlsplit(f"//{hostport}")
-        host, port = parsed.hostname, parsed.port
-    except ValueError as exc:
-        raise _url_error(url, f"bad host or port ({exc})") from None
-    if not host:
-        raise _url_error(url, "the host is missing")
 
-    options: dict[str, str] = {}
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise _url_error(url, f"cannot parse the query {query!r}") from None
-    for key, value in pairs:
-        if key in options:
-            raise _url_error(url, f"option {key!r} is given twice")
-        options[key] = value
-    unknown = sorted(set(options) - {"starttls", "timeout", "verify"})
-    if unknown:
-        raise _url_error(
-            url, f"unknown option(s) {', '.join(unknown)}; known: starttls, timeout, verify"
-        )
-
-    starttls = _bool_option(url, options, "starttls", default=False)
-    if scheme == "smtps" and starttls:
-        raise _url_error(url, "smtps:// is already TLS; drop starttls or use smtp://")
-    security: Literal["plain", "starttls", "tls"] = (
-        "tls" if scheme == "smtps" else "starttls" if starttls else "plain"
-    )
-    try:
-        timeout = float(options.get("timeout", "30"))
-    except ValueError:
-        raise _url_error(url, f"timeout must be seconds, got {options['timeout']!r}") from None
-    if not timeout > 0:
-        raise _url_error(url, "timeout must be a positive number of seconds")
-
-    username = password = None
-    if at:
-        user_raw, colon, password_raw = userinfo.partition(":")
-        username = unquote(user_raw) or None
-        password = unquote(password_raw) if colon else None
-        if password and not username:
-            raise _url_error(url, "a password needs a user name")
-    default_port = {"tls": 465, "starttls": 587, "plain": 25}[security]
-    return SMTPSettings(
-        host=host,
-        port=port or default_port,
-        security=security,
-        username=username,
-        password=password,
-        timeout=timeout,
-        verify=_bool_option(url, options, "verify", default=True),
-        url=mask_url(url),
-    )
-
-
-def _bool_option(url: str, options: dict[str, str], key: str, *, default: bool) -> bool:
-    if key not in options:
-        return default
-    value = options[key].lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise _url_error(url, f"{key} must be true or false, got {options[key]!r}")
-
-
-# -- envelope -----------------------------------------------------------------
-
-
-def envelope(message: EmailMessage) -> tuple[str, list[str]]:
-    """(sender, recipients): Return-Path or From, and every address in To."""
-    sender = ""
-    for header in ("Return-Path", "From"):
-        values = [str(v) for v in message.get_all(header, [])]
-        addresses = [addr for _, addr in email.utils.getaddresses(values) if addr]
-        if addresses:
-            sender = addresses[0]
-            break
-    recipients = [
-        addr
-        for _, addr in email.utils.getaddresses([str(v) for v in message.get_all("To", [])])
-        if addr
-    ]
-    if not sender:
-        raise PermanentDeliveryError(
-            "The message has no From address; set defaults.sender (or the campaign's "
-            "sender) in rules.yaml to 'Name <address@example.com>'"
-        )
-    if not recipients:
-        raise PermanentDeliveryError("The message has no To address; nothing to send")
-    return sender, recipients
-
-
-# -- maildir and console ------------------------------------------------------
-
-
-class MaildirTransport:
-    """Deliver into a Maildir (``new/``), readable by ``mailbox.Maildir`` and mail clients."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._maildir = mailbox.Maildir(path, create=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"Cannot create the Maildir {path!r} ({exc.strerror or exc}); point "
-                "RETENTION_MAIL_URL at a writable directory, e.g. maildir://./outbox"
-            ) from exc
-        # Maildir names unique files with a class-wide counter that is not
-        # thread-safe; two threads could race on the same temporary name.
-        self._lock = threading.Lock()
-
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        envelope(message)  # the same checks as SMTP, so a dry run catches them
-        if before_data is not None:
-            before_data()
-        try:
-            with self._lock:
-                key = self._maildir.add(message)
-        except OSError as exc:
-            raise TransientDeliveryError(
-                f"Cannot write to the Maildir {self.path!r}: {exc.strerror or exc}"
-            ) from exc
-        return f"maildir:{key}"
-
-    def close(self) -> None:
-        self._maildir.close()
-
-    def __repr__(self) -> str:
-        return f"MaildirTransport({self.path!r})"
-
-
-class ConsoleTransport:
-    """Print each message to a stream (stdout by default) for dry runs."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        envelope(message)
-        if before_data is not None:
-            before_data()
-        stream = self._stream or sys.stdout
-        text = message.as_string()
-        with self._lock:  # keep concurrent messages from interleaving
-            stream.write(f"{'-' * 30} message {'-' * 30}\n{text}\n")
-            stream.flush()
-        return "console"
-
-    def close(self) -> None:
-        pass
-
-
-# -- SMTP ---------------------------------------------------------------------
 
 
 class _StaleConnection(Exception):

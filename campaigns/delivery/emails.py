@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
+from campaigns.delivery.rendering import RenderedMessage
 from campaigns.errors import PermanentDeliveryError
-from campaigns.rendering import RenderedMessage
 
 POLICY = email.policy.default.clone(max_line_length=998)
 WIRE_POLICY = email.policy.SMTP.clone(max_line_length=998)

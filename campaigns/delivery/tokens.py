@@ -18,8 +18,8 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from campaigns.durations import format_duration
 from campaigns.errors import ConfigurationError, RetentionError
+from campaigns.rules.durations import format_duration
 
 
 class Purpose(StrEnum):

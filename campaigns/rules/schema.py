@@ -27,10 +27,10 @@ from pydantic import (
     model_validator,
 )
 
-from campaigns.conditions import AnswerTest, Condition, ConditionError, parse_when, walk
-from campaigns.durations import parse_duration
 from campaigns.errors import RulesError, RulesErrors
-from campaigns.yamlsource import Located, YAMLSyntaxError, load_located
+from campaigns.rules.conditions import AnswerTest, Condition, ConditionError, parse_when, walk
+from campaigns.rules.durations import parse_duration
+from campaigns.rules.yamlsource import Located, YAMLSyntaxError, load_located
 
 
 def _duration(value: Any) -> timedelta:

@@ -319,7 +319,7 @@ class TemplateStore:
     def _directories(self) -> list[str]:
         if not self._root_abs.is_dir():
             return []
-        # templates/pages/ holds the web pages (campaigns.pages), not an email.
+        # templates/pages/ holds the web pages (campaigns.responses.pages), not an email.
         return sorted(
             p.name
             for p in self._root_abs.iterdir()

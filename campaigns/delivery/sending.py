@@ -17,14 +17,14 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from campaigns import outbox
+from campaigns.delivery import outbox
+from campaigns.delivery.emails import build_email, sender_domain
+from campaigns.delivery.rendering import TemplateStore, build_context, customer_context
+from campaigns.delivery.sendwindow import customer_zone, next_send_time
+from campaigns.delivery.tokens import Signer, links
 from campaigns.errors import PermanentDeliveryError, RetentionError, TransientDeliveryError
-from campaigns.messages import build_email, sender_domain
 from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
-from campaigns.rendering import TemplateStore, build_context, customer_context
-from campaigns.rules import Campaign, Rules
-from campaigns.sendwindow import customer_zone, next_send_time
-from campaigns.tokens import Signer, links
+from campaigns.rules.schema import Campaign, Rules
 
 log = logging.getLogger(__name__)
 

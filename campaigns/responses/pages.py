@@ -17,8 +17,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from campaigns.delivery.rendering import PAGES_DIR
 from campaigns.errors import TemplateError
-from campaigns.rendering import PAGES_DIR
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from campaigns.models import (
     InteractionKind,
     SurveyAnswer,
 )
-from campaigns.rules import Question, Rules
+from campaigns.rules.schema import Question, Rules
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
-from campaigns.conditions import SqlContext, compile_condition, reference_column
 from campaigns.models import (
     CampaignState,
     Customer,
@@ -37,7 +36,8 @@ from campaigns.models import (
     Suppression,
     UTCDateTime,
 )
-from campaigns.rules import Campaign, FrequencyCap, Rules
+from campaigns.rules.conditions import SqlContext, compile_condition, reference_column
+from campaigns.rules.schema import Campaign, FrequencyCap, Rules
 
 log = logging.getLogger(__name__)
 

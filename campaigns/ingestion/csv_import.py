@@ -1,7 +1,7 @@
 """CSV import of customers and events: streaming, batched, bad rows reported by line.
 
 Rows go through the same records and upserts as the HTTP API and the actors
-(`campaigns.ingest`), so a row means the same thing whichever way it arrives.
+(`campaigns.ingestion.records`), so a row means the same thing whichever way it arrives.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from campaigns.errors import RetentionError
-from campaigns.ingest import (
+from campaigns.ingestion.records import (
     _DATETIME_FIELDS,
     CustomerIn,
     EventIn,

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.conditions import days_since, reference_column
 from campaigns.models import Customer, CustomerStatus, Event, UTCDateTime
+from campaigns.rules.conditions import days_since, reference_column
 
 TREND_WINDOW = timedelta(days=30)
 RECENCY_WEIGHT = 0.7

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from campaigns.activity import apply_activity, cancel_customers, later_of
 from campaigns.errors import ConfigurationError
+from campaigns.ingestion.activity import apply_activity, cancel_customers, later_of
 from campaigns.models import Customer, CustomerStatus, Event
 
 log = logging.getLogger(__name__)

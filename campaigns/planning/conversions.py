@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
-from campaigns.conditions import days_since
 from campaigns.models import Delivery, DeliveryStatus, Event
-from campaigns.rules import Rules
+from campaigns.rules.conditions import days_since
+from campaigns.rules.schema import Rules
 
 CREDITED = (DeliveryStatus.sent, DeliveryStatus.held_out)
 # Windows that closed this long ago are settled; looking further back only costs time.

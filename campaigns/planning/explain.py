@@ -14,7 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.conditions import (
+from campaigns.delivery.sendwindow import customer_zone, next_send_time
+from campaigns.models import Customer, Delivery, Suppression
+from campaigns.planning.planner import IN_FLIGHT, CampaignPlan, Planner
+from campaigns.rules.conditions import (
     Condition,
     EventTest,
     FieldTest,
@@ -23,11 +26,8 @@ from campaigns.conditions import (
     compile_condition,
     describe,
 )
-from campaigns.durations import format_duration
-from campaigns.models import Customer, Delivery, Suppression
-from campaigns.planner import IN_FLIGHT, CampaignPlan, Planner
-from campaigns.rules import Campaign, Rules
-from campaigns.sendwindow import customer_zone, next_send_time
+from campaigns.rules.durations import format_duration
+from campaigns.rules.schema import Campaign, Rules
 
 
 @dataclass(frozen=True)

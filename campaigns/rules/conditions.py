@@ -20,8 +20,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
-from campaigns.durations import parse_duration
 from campaigns.models import Customer, Event, SurveyAnswer, UTCDateTime
+from campaigns.rules.durations import parse_duration
 
 Path = tuple[str | int, ...]
 

@@ -1,0 +1,17 @@
+"""The `retention` command line: ``app`` with every command registered, ``main`` the entry point."""
+
+from __future__ import annotations
+
+import sys
+
+from worker.cli import authoring, data, roles
+from worker.cli.app import app
+
+__all__ = ["app", "authoring", "data", "main", "roles"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,255 @@
+"""Commands for editing rules and templates: check, plan, explain, preview, send-test, approve."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import Session, col, select
+
+from campaigns.delivery.rendering import TemplateStore
+from campaigns.models import Customer, Delivery, utcnow
+from campaigns.planning.planner import Planner
+from campaigns.planning.planner import approve as approve_campaign
+from worker.cli.app import app
+from worker.cli.common import (
+    build_runtime,
+    fail,
+    out,
+    parse_moment,
+    settings,
+    user_errors,
+)
+from worker.runtime import Runtime, check_files
+
+# ---------------------------------------------------------------- check
+
+
+@app.command()
+def check() -> None:
+    """Validate rules.yaml and every template; exit 1 with file:line errors."""
+    cfg = settings()
+    with user_errors():
+        rules, lines = check_files(cfg.rules, TemplateStore(cfg.templates))
+    for line in lines:
+        out.print(line, markup=False, soft_wrap=True)
+    if lines or rules is None:
+        raise typer.Exit(1)
+    out.print(
+        f"OK: {cfg.rules} ({len(rules.campaigns)} campaigns, {len(rules.surveys)} surveys) "
+        f"and {len(TemplateStore(cfg.templates).names())} templates in {cfg.templates}",
+        markup=False,
+    )
+
+
+# ---------------------------------------------------------------- plan
+
+
+VERDICT_COLUMNS = [
+    ("audience", "match"),
+    ("already_sent", "sent before"),
+    ("cooldown", "cooldown"),
+    ("suppressed", "suppr."),
+    ("other_campaign", "other camp."),
+    ("capped", "capped"),
+    ("held_out", "holdout"),
+    ("to_send", "would send"),
+]
+
+
+@app.command()
+def plan(
+    at: Annotated[str | None, typer.Option(help="Plan as if it were this ISO time.")] = None,
+    campaign: Annotated[list[str] | None, typer.Option(help="Only this campaign (repeatable).")] = None,
+    show: Annotated[int, typer.Option(help="List N customers who would get each campaign.")] = 0,
+) -> None:
+    """Dry run: what a pass would do now, per campaign. Writes nothing."""
+    rt = build_runtime()
+    moment = parse_moment(at)
+    with user_errors():
+        for campaign_id in campaign or []:
+            rt.rules.campaign(campaign_id)
+    with Session(rt.engine) as session:
+        result = Planner(rt.rules, now=moment).run(session, campaign_ids=campaign, sample=show)
+        session.rollback()  # the pass ran for real inside this transaction; keep none of it
+    table = Table(title=f"Plan at {moment.isoformat(timespec='seconds')} (dry run)")
+    table.add_column("campaign", no_wrap=True)
+    for _, title in VERDICT_COLUMNS:
+        table.add_column(title, justify="right")
+    notes_by_campaign: list[str] = []
+    for p in result.plans:
+        values = {"audience": p.audience, "to_send": p.to_send, **p.counts}
+        notes = []
+        if not p.due:
+            notes.append(p.not_due_reason or "not due")
+        if p.blast_guard:
+            notes.append(f"HELD by blast guard: {p.blast_guard}; run `retention approve {p.campaign_id}`")
+        if p.over_max_per_pass:
+            notes.append(f"{p.over_max_per_pass} over max_per_pass, next pass")
+        table.add_row(p.campaign_id, *(str(values[key]) for key, _ in VERDICT_COLUMNS))
+        notes_by_campaign.extend(f"{p.campaign_id}: {note}" for note in notes)
+    out.print(table)
+    for note in notes_by_campaign:
+        out.print(note, markup=False, soft_wrap=True)
+    for p in result.plans:
+        if p.sample:
+            out.print(
+                f"[bold]{p.campaign_id}[/bold]: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample)
+            )
+
+
+@app.command()
+def explain(
+    customer: Annotated[str, typer.Argument(help="Customer id (your own id).")],
+    at: Annotated[str | None, typer.Option(help="Explain as if it were this ISO time.")] = None,
+) -> None:
+    """Why this customer would or would not get each campaign now, and their past deliveries."""
+    from campaigns.planning.explain import explain as explain_customer
+    from campaigns.planning.explain import past_deliveries
+
+    rt = build_runtime()
+    moment = parse_moment(at)
+    with Session(rt.engine) as session:
+        row = session.exec(select(Customer).where(col(Customer.external_id) == customer)).first()
+        if row is None:
+            fail(f"no customer with id {customer!r}")
+        verdicts = explain_customer(session, rt.rules, row, now=moment)
+        session.rollback()  # the narrowed pass ran for real; keep none of it
+        history = past_deliveries(session, row)
+        out.print(
+            f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, plan {row.plan or '-'}, "
+            f"last active {row.last_active_at:%Y-%m-%d} "
+            if row.last_active_at
+            else f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, never active"
+        )
+    table = Table(title=f"Campaigns at {moment.isoformat(timespec='seconds')}")
+    for column in ("campaign", "verdict", "why"):
+        table.add_column(column, no_wrap=column != "why")
+    for verdict in verdicts:
+        table.add_row(verdict.campaign_id, verdict.verdict, escape(verdict.reason))
+    out.print(table)
+    if history:
+        past = Table(title="Past deliveries")
+        for column in ("campaign", "status", "planned", "sent", "converted", "error"):
+            past.add_column(column)
+        for d in history:
+            past.add_row(
+                d.campaign_id,
+                d.status,
+                f"{d.created_at:%Y-%m-%d %H:%M}",
+                f"{d.sent_at:%Y-%m-%d %H:%M}" if d.sent_at else "",
+                f"{d.converted_at:%Y-%m-%d}" if d.converted_at else "",
+                escape(d.last_error or ""),
+            )
+        out.print(past)
+    else:
+        out.print("no past deliveries")
+
+
+# ---------------------------------------------------------------- preview / send-test
+
+
+def _customer(session: Session, external_id: str | None) -> Customer:
+    if external_id is None:
+        from campaigns.delivery.rendering import sample_customer
+
+        data = sample_customer()
+        columns = {k: v for k, v in data.items() if k in Customer.model_fields and k != "id"}
+        return Customer(id=0, external_id=data["id"], **columns)
+    customer = session.exec(select(Customer).where(col(Customer.external_id) == external_id)).first()
+    if customer is None:
+        fail(
+            f"no customer with id {external_id!r} "
+            "(import customers first: retention import customers FILE.csv)"
+        )
+    return customer
+
+
+def _compose(
+    rt: Runtime, session: Session, campaign_id: str, customer_id: str | None, variant: str | None = None
+) -> EmailMessage:
+    with user_errors():
+        campaign = rt.rules.campaign(campaign_id)
+        customer = _customer(session, customer_id)
+        template = campaign.templates[0]
+        if variant is not None:
+            labels = {v.label: v.template for v in campaign.variants or ()}
+            if variant not in labels:
+                known = ", ".join(labels) or "none"
+                fail(f"campaign {campaign_id!r} has no variant {variant!r} (variants: {known})")
+            template = labels[variant]
+        delivery = Delivery(
+            id=0,
+            campaign_id=campaign.id,
+            customer_id=customer.id or 0,
+            episode="preview",
+            template=template,
+        )
+        return rt.sender().compose(delivery, customer, campaign, utcnow())
+
+
+@app.command()
+def preview(
+    campaign: Annotated[str, typer.Argument(help="Campaign id from rules.yaml.")],
+    customer: Annotated[str | None, typer.Option(help="Customer id (default: a sample customer).")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the HTML part to this file.")] = None,
+    variant: Annotated[str | None, typer.Option(help="A/B variant to render (default: the first).")] = None,
+) -> None:
+    """Render one message as a customer would receive it."""
+    rt = build_runtime()
+    with Session(rt.engine) as session:
+        message = _compose(rt, session, campaign, customer, variant)
+    for header in ("From", "To", "Subject", "List-Unsubscribe"):
+        out.print(f"[bold]{header}:[/bold] {message[header]}", soft_wrap=True)
+    text = message.get_body(("plain",))
+    out.print()
+    out.print(text.get_content() if text else "", markup=False, soft_wrap=True)
+    html_part = message.get_body(("html",))
+    if html is not None:
+        if html_part is None:
+            fail(f"campaign {campaign!r} has no HTML part (add body.html.j2 to its template)")
+        html.write_text(html_part.get_content(), encoding="utf-8")
+        out.print(f"HTML part written to {html}")
+
+
+@app.command("send-test")
+def send_test(
+    campaign: Annotated[str, typer.Argument(help="Campaign id from rules.yaml.")],
+    to: Annotated[str, typer.Option(help="Address that receives the test.")],
+    customer: Annotated[str | None, typer.Option(help="Render for this customer id.")] = None,
+) -> None:
+    """Send one real test email through the configured transport (not recorded)."""
+    rt = build_runtime()
+    with Session(rt.engine) as session:
+        message = _compose(rt, session, campaign, customer)
+    subject = message["Subject"]
+    del message["To"], message["Subject"]
+    message["To"] = to
+    message["Subject"] = f"[TEST] {subject}"
+    with user_errors():
+        reply = rt.transport.send(message)
+    rt.close()
+    out.print(f"sent a test of {campaign} to {to}: {reply}", markup=False)
+
+
+# ---------------------------------------------------------------- approve / db
+
+
+@app.command()
+def approve(campaign: Annotated[str, typer.Argument(help="Campaign held by the blast guard.")]) -> None:
+    """Release a campaign held by the blast guard."""
+    rt = build_runtime()
+    with user_errors():
+        rt.rules.campaign(campaign)
+    with Session(rt.engine) as session:
+        released = approve_campaign(session, campaign, now=utcnow())
+        session.commit()
+    out.print(
+        f"{campaign}: released {released} held deliveries; they go out with the next pass", markup=False
+    )
+
+

@@ -1,0 +1,104 @@
+"""What every command shares: settings, the runtime, errors turned into one line, times."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from campaigns.errors import ConfigurationError, RetentionError, RulesErrors
+from campaigns.models import utcnow
+from worker import runtime as runtime_module
+from worker.runtime import Runtime
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line and exit 1."""
+    try:
+        yield
+    except RulesErrors as exc:
+        for error in exc.errors:
+            err.print(error.format(), markup=False)
+        raise typer.Exit(1) from None
+    except (RetentionError, ConfigurationError, LookupError) as exc:
+        fail(str(exc).strip("'\""))
+
+
+def settings() -> Settings:
+    with user_errors():
+        return load_settings()
+
+
+def build_runtime(cfg: Settings | None = None, **kwargs: Any) -> Runtime:
+    with user_errors():
+        rt = runtime_module.build(cfg or settings(), **kwargs)
+    runtime_module.install(rt)
+    return rt
+
+
+def parse_moment(value: str | None, option: str = "--at") -> datetime:
+    if value is None:
+        return utcnow()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r} is not an ISO 8601 time (e.g. 2026-11-25T10:00:00+01:00)")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+
+
+FORMATS = ("table", "json", "html")
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            moment = datetime.combine(date.fromisoformat(value), datetime.min.time())
+        except ValueError:
+            fail(f"{option} {value!r} is not an ISO 8601 date (e.g. 2026-01-31 or 2026-01)")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _month_or_moment(value: str | None, option: str) -> datetime | None:
+    # `--from 2026-01` reads naturally for a monthly report; ISO 8601 has no such date.
+    if value is not None and len(value) == 7 and value[4] == "-":
+        value += "-01"
+    return _moment(value, option)
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror} (choose another -o path)")
+    out.print(f"report written to {output}", markup=False)
+
+

@@ -1,0 +1,169 @@
+"""The daemon and its roles (run, scheduler, worker, web), the demo, and migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from sqlmodel import Session, col, select
+
+from campaigns.models import Customer, Delivery, DeliveryStatus
+from worker.cli.app import app, db_app
+from worker.cli.common import (
+    build_runtime,
+    err,
+    fail,
+    out,
+    settings,
+    user_errors,
+)
+from worker.runtime import Runtime
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (also done automatically on start)."""
+    from worker.database import make_engine, upgrade
+
+    cfg = settings()
+    with user_errors():
+        engine = make_engine(cfg.database_url)
+        upgrade(engine)
+    out.print(f"database at {engine.url.render_as_string(hide_password=True)} is up to date", markup=False)
+
+
+
+
+# ---------------------------------------------------------------- run / demo
+
+
+@app.command()
+def run(
+    once: Annotated[bool, typer.Option("--once", help="One pass, deliver what is due, exit.")] = False,
+    workers: Annotated[int, typer.Option(help="Sending threads.")] = 8,
+    no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the web endpoints.")] = False,
+    host: Annotated[str, typer.Option(help="Web host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Web port.")] = 8000,
+) -> None:
+    """The daemon: scheduler + workers (+ web) in one process."""
+    from worker import daemon
+
+    rt = build_runtime()
+    with user_errors():
+        if once:
+            summary = daemon.run_once(rt, workers=workers)
+            _print_summary(rt, summary)
+        else:
+            daemon.serve(rt, workers=workers, web=(None if no_web else (host, port)))
+
+
+@app.command()
+def scheduler() -> None:
+    """Planning only: enqueue due deliveries on Redis for `retention worker` processes."""
+    from worker import daemon
+
+    rt = build_runtime()
+    if not rt.settings.broker_url:
+        fail(
+            "`retention scheduler` needs RETENTION_BROKER_URL=redis://… "
+            "(without a broker, use `retention run`)"
+        )
+    with user_errors():
+        daemon.serve(rt, workers=0, web=None, plan=True, consume=False)
+
+
+@app.command()
+def worker(
+    threads: Annotated[int, typer.Option("--threads", "--workers", help="Sending threads.")] = 8,
+) -> None:
+    """Sending only: consume deliveries from Redis (Dramatiq's CLI works too: see README)."""
+    from worker import daemon
+
+    rt = build_runtime()
+    if not rt.settings.broker_url:
+        fail(
+            "`retention worker` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)"
+        )
+    with user_errors():
+        daemon.serve(rt, workers=threads, web=None, plan=False, consume=True)
+
+
+@app.command()
+def web(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """The HTTP endpoints only (health, metrics, and the links in emails)."""
+    from worker import daemon
+
+    rt = build_runtime()
+    with user_errors():
+        daemon.serve_web(rt, host=host, port=port)
+
+
+def _print_summary(rt: Runtime, summary: Any) -> None:
+    table = Table(title="This pass")
+    for column in ("campaign", "new deliveries", "held out", "sent", "other outcomes"):
+        table.add_column(column, justify="left" if column == "campaign" else "right")
+    for row in summary.rows:
+        table.add_row(
+            row.campaign_id,
+            str(row.planned),
+            str(row.held_out),
+            str(row.sent),
+            ", ".join(f"{k}: {v}" for k, v in row.other.items()) or "-",
+        )
+    out.print(table)
+    if summary.pending:
+        out.print(
+            f"{summary.pending} deliveries still waiting (quiet hours or retries); the next pass sends them",
+            markup=False,
+        )
+    out.print(summary.where, markup=False)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="How many synthetic customers.")] = 3000,
+) -> None:
+    """Synthetic customers into the default database, one pass, a summary, and where the mail went."""
+    from campaigns.demo_data import demo_anchor, generate_demo
+    from worker import daemon
+
+    cfg = settings()
+    shipped = Path(__file__).resolve().parents[2]
+    overrides: dict[str, Path] = {}
+    if not cfg.rules.exists() and (shipped / "rules.yaml").exists():
+        overrides["rules_path"] = shipped / "rules.yaml"
+    if not cfg.templates.exists() and (shipped / "templates").exists():
+        overrides["templates_path"] = shipped / "templates"
+    rt = build_runtime(cfg, **overrides)
+    with Session(rt.engine) as session:
+        anchor = demo_anchor(session)
+        with err.status(f"generating {customers} synthetic customers and their activity…"):
+            summary = generate_demo(session, customers=customers, now=anchor)
+        session.commit()
+    out.print(f"demo data: {summary}", markup=False)
+    with user_errors():
+        result = daemon.run_once(rt, workers=8)
+    _print_summary(rt, result)
+    with Session(rt.engine) as session:
+        rows = session.exec(
+            select(col(Delivery.campaign_id), col(Customer.email))
+            .join(Customer, col(Customer.id) == col(Delivery.customer_id))
+            .where(col(Delivery.status) == DeliveryStatus.sent)
+            .order_by(col(Delivery.id).desc())
+            .limit(5)
+        ).all()
+    if rows:
+        out.print("for example: " + "; ".join(f"{c} → {e}" for c, e in rows), markup=False)
+    out.print(
+        "next: `retention report` shows churn, cohorts and what each campaign achieved; "
+        "`retention explain demo-00007` why one customer gets what; `retention plan` what the next "
+        "pass would do; `retention run` keeps it going.",
+        markup=False,
+    )
+
+
