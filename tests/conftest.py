@@ -29,12 +29,13 @@ campaigns:
 def make_runtime(tmp_path, database_url):
     built = []
 
-    def make(mail_url: str, broker_url: str = "", rules: str = DEFAULT_RULES) -> runtime_module.Runtime:
+    def make(mail_url: str, broker_url: str = "", rules: str = DEFAULT_RULES,
+             templates: Path | None = None) -> runtime_module.Runtime:
         rules_file = tmp_path / "rules.yaml"
         rules_file.write_text(rules)
         settings = Settings(
             database_url=database_url, broker_url=broker_url, mail_url=mail_url,
-            rules=rules_file, templates=ROOT / "templates", secret_key="test-key",
+            rules=rules_file, templates=templates or ROOT / "templates", secret_key="test-key",
             retry_min_backoff_ms=20, retry_max_backoff_ms=100,
         )
         rt = runtime_module.build(settings)

@@ -2,7 +2,11 @@
 
 Layout: ``templates/NAME/subject.j2`` and ``templates/NAME/body.txt.j2`` are
 required, ``templates/NAME/body.html.j2`` is optional and may extend a layout
-at the templates root.  Templates see plain data only (dicts, strings, numbers,
+at the templates root.  ``templates/NAME/LOCALE/`` (``zh-CN``, ``de``) may hold any of
+the three files in another language: each file is looked up for the customer's locale,
+then its language (``zh-CN`` → ``zh``), then the default, file by file.  ``<style>``
+blocks in the HTML part are inlined into ``style`` attributes after rendering, because
+many mail clients drop them.  Templates see plain data only (dicts, strings, numbers,
 datetimes) plus ``track(url)``; the immutable sandbox keeps them from reaching
 Python internals or mutating that data.
 
@@ -13,6 +17,7 @@ Every failure, at ``retention check`` time or while sending, surfaces as a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import css_inline
 import jinja2
 from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError, safe_range
@@ -33,6 +39,14 @@ TEXT_BODY = "body.txt.j2"
 HTML_BODY = "body.html.j2"
 REQUIRED_FILES = (SUBJECT, TEXT_BODY)
 PAGES_DIR = "pages"
+TEMPLATE_FILES = (SUBJECT, TEXT_BODY, HTML_BODY)
+
+# A locale folder's name: a BCP 47-style tag such as "de", "zh-CN", "pt_BR", "sr-Latn-RS".
+_LOCALE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+# Remote stylesheets would make rendering depend on the network; @media rules cannot be
+# inlined and stay in a <style> block for the clients that honour it.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+_STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
 
 # The keys of the ``customer`` dict; sample_customer and customer_context both
 # produce exactly these, so `retention check` catches a misspelling that a
@@ -187,6 +201,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def locale_chain(locale: str | None) -> list[str]:
+    """The locale folders to try, most specific first: ``zh-CN`` → ``[zh-cn, zh]``.
+
+    Lower-cased with ``_`` read as ``-``, so ``zh_CN``, ``zh-cn`` and ``zh-CN`` agree."""
+    tag = (locale or "").strip().replace("_", "-").lower()
+    if not tag or not _LOCALE_TAG.match(tag):
+        return []
+    parts = tag.split("-")
+    return ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def inline_css(html: str) -> str:
+    """Move the rules of ``<style>`` blocks into ``style`` attributes (at-rules stay)."""
+    if not _STYLE_TAG.search(html):
+        return html
+    return str(_INLINER.inline(html))
+
+
 class TemplateStore:
     """The templates directory: list, check and render templates by name."""
 
@@ -221,23 +253,56 @@ class TemplateStore:
         folder = self._root_abs / name
         return all((folder / file).is_file() for file in REQUIRED_FILES)
 
-    def render(self, name: str, context: Mapping[str, Any]) -> RenderedMessage:
-        """Render one message; any failure is a TemplateError located in the file."""
+    def render(self, name: str, context: Mapping[str, Any], *, locale: str | None = None) -> RenderedMessage:
+        """Render one message in ``locale`` (falling back file by file to the default);
+        any failure is a TemplateError located in the file."""
         if not self.exists(name):
             raise TemplateError(
                 f"no template {name!r}: expected {name}/{SUBJECT} and {name}/{TEXT_BODY}"
                 f" (templates here: {', '.join(self.names()) or 'none'})",
                 file=self._display(name),
             )
-        prepared = _prepare(context)
-        subject = _one_line(self._render_file(name, SUBJECT, prepared))
+        files = self.resolve(name, locale)
+        return self._render_resolved(files, _prepare(context))
+
+    def locales(self, name: str) -> list[str]:
+        """The locale folders of one template, as named on disk."""
+        folder = self._root_abs / name
+        if not _valid_name(name) or not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE_TAG.match(p.name))
+
+    def resolve(self, name: str, locale: str | None) -> dict[str, str]:
+        """For each file of the template, the path (relative to the templates root) that
+        a customer with ``locale`` gets; the HTML part only when one exists."""
+        folders = {folder.lower().replace("_", "-"): folder for folder in self.locales(name)}
+        candidates = [folders[tag] for tag in locale_chain(locale) if tag in folders]
+        resolved: dict[str, str] = {}
+        for file in TEMPLATE_FILES:
+            for folder in candidates:
+                if (self._root_abs / name / folder / file).is_file():
+                    resolved[file] = f"{name}/{folder}/{file}"
+                    break
+            else:
+                if (self._root_abs / name / file).is_file():
+                    resolved[file] = f"{name}/{file}"
+        return resolved
+
+    def _render_resolved(self, files: Mapping[str, str], prepared: Mapping[str, Any]) -> RenderedMessage:
+        subject = _one_line(self._render_file(files[SUBJECT], prepared))
         if not subject:
-            raise TemplateError("the subject renders empty", file=self._display(name, SUBJECT))
-        text = self._render_file(name, TEXT_BODY, prepared).strip("\n") + "\n"
+            raise TemplateError("the subject renders empty", file=self._display(files[SUBJECT]))
+        text = self._render_file(files[TEXT_BODY], prepared).strip("\n") + "\n"
         html = None
-        if (self._root_abs / name / HTML_BODY).is_file():
-            html = self._render_file(name, HTML_BODY, prepared)
+        if HTML_BODY in files:
+            html = self._inline(self._render_file(files[HTML_BODY], prepared), files[HTML_BODY])
         return RenderedMessage(subject=subject, text=text, html=html)
+
+    def _inline(self, html: str, path: str) -> str:
+        try:
+            return inline_css(html)
+        except ValueError as exc:  # css_inline.InlineError: unparseable CSS
+            raise TemplateError(f"cannot inline the <style> CSS: {exc}", file=self._display(path)) from exc
 
     def check(
         self,
@@ -246,8 +311,9 @@ class TemplateStore:
         *,
         required_names: tuple[str, ...] = ("unsubscribe_url",),
     ) -> list[TemplateError]:
-        """Every problem of one template: missing files, syntax, undefined names, no
-        unsubscribe link.  Returns them all rather than stopping at the first."""
+        """Every problem of one template, in every locale: missing files, syntax,
+        undefined names, no unsubscribe link.  Returns them all rather than stopping at
+        the first."""
         if not _valid_name(name) or not (self._root_abs / name).is_dir():
             return [
                 TemplateError(
@@ -264,28 +330,47 @@ class TemplateStore:
                         file=self._display(name, file),
                     )
                 )
-        present = [f for f in (SUBJECT, TEXT_BODY, HTML_BODY) if (self._root_abs / name / f).is_file()]
-        parsed = []
-        for file in present:
+        # Each locale is checked as the customers of that locale get it: its own files
+        # where it has them, the default ones elsewhere.
+        checked: set[str] = set()
+        for locale in (None, *self.locales(name)):
+            files = self.resolve(name, locale)
+            errors.extend(self._check_files(files, sample_context, required_names, checked))
+        return errors
+
+    def _check_files(
+        self,
+        files: Mapping[str, str],
+        sample_context: Mapping[str, Any],
+        required_names: tuple[str, ...],
+        checked: set[str],
+    ) -> list[TemplateError]:
+        errors: list[TemplateError] = []
+        parsed = {}
+        for file, path in files.items():
             try:
-                self._env_for(file).get_template(f"{name}/{file}")
+                self._env_for(path).get_template(path)
             except Exception as exc:  # reported to the user, not swallowed
-                errors.append(self._error(exc, name, file))
+                if path not in checked:
+                    errors.append(self._error(exc, path))
             else:
-                parsed.append(file)
+                parsed[file] = path
+            checked.add(path)
 
         # Sentinels in place of the required links: if one never reaches the
         # output, that part of the email lacks the link.
         sentinels = {key: f"https://sentinel.invalid/{key}/f3a9c1" for key in required_names}
         prepared = _prepare({**sample_context, **sentinels})
         outputs: dict[str, str] = {}
-        for file in parsed:
+        for file, path in parsed.items():
             try:
-                outputs[file] = self._render_file(name, file, prepared)
+                outputs[file] = self._render_file(path, prepared)
+                if file == HTML_BODY:
+                    outputs[file] = self._inline(outputs[file], path)
             except TemplateError as exc:
                 errors.append(exc)
         if SUBJECT in outputs and not _one_line(outputs[SUBJECT]):
-            errors.append(TemplateError("the subject renders empty", file=self._display(name, SUBJECT)))
+            errors.append(TemplateError("the subject renders empty", file=self._display(files[SUBJECT])))
         for file in (TEXT_BODY, HTML_BODY):
             for key, sentinel in sentinels.items():
                 if file in outputs and sentinel not in outputs[file]:
@@ -293,7 +378,7 @@ class TemplateStore:
                     errors.append(
                         TemplateError(
                             f"the {_PART_NAMES[file]} part never shows {{{{ {key} }}}}: {reason}",
-                            file=self._display(name, file),
+                            file=self._display(files[file]),
                         )
                     )
         return errors
@@ -309,10 +394,10 @@ class TemplateStore:
             try:
                 self._env_for(path.name).get_template(path.name)
             except Exception as exc:  # reported to the user, not swallowed
-                errors.append(self._error(exc, None, path.name))
+                errors.append(self._error(exc, path.name))
         for name in self._directories():
             errors.extend(self.check(name, make_context(name)))
-        # A broken layout shows up once per template that extends it.
+        # A broken layout shows up once per template (and locale) that extends it.
         unique = {error.format(): error for error in errors}
         return list(unique.values())
 
@@ -326,12 +411,13 @@ class TemplateStore:
             if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR
         )
 
-    def _render_file(self, name: str, file: str, context: Mapping[str, Any]) -> str:
+    def _render_file(self, path: str, context: Mapping[str, Any]) -> str:
+        """Render one file, ``path`` relative to the templates root (``NAME/zh-CN/subject.j2``)."""
         token = _budget.set([RENDER_BUDGET])
         try:
-            return self._env_for(file).get_template(f"{name}/{file}").render(context)
+            return self._env_for(path).get_template(path).render(context)
         except Exception as exc:
-            error = self._error(exc, name, file)
+            error = self._error(exc, path)
             if isinstance(exc, jinja2.UndefinedError) and error.message.startswith("undefined name"):
                 error = TemplateError(
                     f"{error.message} — available: {', '.join(sorted(context))}",
@@ -342,15 +428,16 @@ class TemplateStore:
         finally:
             _budget.reset(token)
 
-    def _env_for(self, file: str) -> _Sandbox:
+    def _env_for(self, path: str) -> _Sandbox:
         # Shared files at the root (layouts, partials) count as HTML unless named .txt.j2.
-        if file == SUBJECT or file.endswith(".txt.j2"):
+        if path.rpartition("/")[2] == SUBJECT or path.endswith(".txt.j2"):
             return self._text_env
         return self._html_env
 
-    def _error(self, exc: Exception, name: str | None, file: str) -> TemplateError:
-        """Locate a jinja (or template-triggered Python) exception in its source file."""
-        default = self._display(name, file) if name else self._display(file)
+    def _error(self, exc: Exception, path: str) -> TemplateError:
+        """Locate a jinja (or template-triggered Python) exception in its source file;
+        ``path`` (relative to the templates root) is where it is reported otherwise."""
+        default = self._display(path)
         if isinstance(exc, jinja2.TemplateSyntaxError):
             where = self._display_template_file(exc.filename) if exc.filename else None
             return TemplateError(exc.message or str(exc), file=where or default, line=exc.lineno)

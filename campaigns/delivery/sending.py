@@ -139,7 +139,7 @@ class Sender:
             survey_url=link.survey_url if campaign.survey else None,
             track=link.track,
         )
-        rendered = self.templates.render(delivery.template, context)
+        rendered = self.templates.render(delivery.template, context, locale=customer.locale)
         sender = campaign.sender or self.rules.defaults.sender
         return build_email(
             rendered=rendered, sender=sender, to=customer.email,

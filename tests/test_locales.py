@@ -1,0 +1,115 @@
+"""Templates per locale (file-by-file fallback) and <style> inlining, through a real SMTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from campaigns.delivery.rendering import TemplateStore, build_sample_context, locale_chain
+from tests.factories import add_customer
+from worker.daemon import run_once
+
+SUBJECT_EN = "We miss you, {{ customer.first_name }}\n"
+TEXT_EN = "Hello {{ customer.first_name }}, come back.\nUnsubscribe: {{ unsubscribe_url }}\n"
+HTML_EN = """<html><head><style>p.lead { color: #3b4cca; font-weight: bold }
+@media (max-width: 600px) { p.lead { font-size: 18px } }</style></head>
+<body><p class="lead">Hello {{ customer.first_name }}</p>
+<a href="{{ unsubscribe_url }}">Unsubscribe</a></body></html>
+"""
+SUBJECT_ZH_CN = "{{ customer.first_name }}，我们想念您\n"
+TEXT_ZH_CN = "{{ customer.first_name }}，您好！欢迎回来。\n退订：{{ unsubscribe_url }}\n"
+SUBJECT_ZH = "（中文）我们想念您\n"
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    return write(tmp_path / "templates", {
+        "we_miss_you/subject.j2": SUBJECT_EN,
+        "we_miss_you/body.txt.j2": TEXT_EN,
+        "we_miss_you/body.html.j2": HTML_EN,
+        # zh-CN translates the subject and the text part; its HTML part falls back.
+        "we_miss_you/zh-CN/subject.j2": SUBJECT_ZH_CN,
+        "we_miss_you/zh-CN/body.txt.j2": TEXT_ZH_CN,
+        # Plain zh only has a subject.
+        "we_miss_you/zh/subject.j2": SUBJECT_ZH,
+    })
+
+
+@pytest.mark.parametrize(("locale", "chain"), [
+    ("zh-CN", ["zh-cn", "zh"]), ("zh_TW", ["zh-tw", "zh"]), ("de", ["de"]),
+    ("sr-Latn-RS", ["sr-latn-rs", "sr-latn", "sr"]), ("", []), (None, []), ("../etc", []),
+], ids=["region", "underscore", "language", "script", "empty", "none", "not-a-tag"])
+def test_locale_chain_goes_from_specific_to_language(locale, chain):
+    assert locale_chain(locale) == chain
+
+
+def test_each_customer_gets_their_language_file_by_file_over_real_smtp(make_runtime, smtp_sink, templates):
+    rt = make_runtime(smtp_sink.url, templates=templates)
+    with Session(rt.engine) as session:
+        for external_id, name, locale in [("c-cn", "小明", "zh-CN"), ("c-tw", "小華", "zh-TW"),
+                                          ("c-en", "Ada", "en"), ("c-none", "Bob", None)]:
+            add_customer(session, inactive_days=45, external_id=external_id, first_name=name,
+                         email=f"{external_id}@example.com", locale=locale)
+        session.commit()
+    summary = run_once(rt, workers=2)
+    assert summary.pending == 0
+    by_rcpt = {m.rcpt_tos[0]: m.parsed for m in smtp_sink.messages}
+    assert len(by_rcpt) == 4
+
+    cn = by_rcpt["c-cn@example.com"]
+    assert cn["Subject"] == "小明，我们想念您"
+    assert "=?utf-8?" in cn.as_bytes().decode("ascii", "replace").lower()  # RFC 2047 on the wire
+    assert cn.get_body(("plain",)).get_content().startswith("小明，您好！欢迎回来。")
+    # No zh-CN HTML: the default HTML part, still with the customer's name.
+    assert "Hello 小明" in cn.get_body(("html",)).get_content()
+
+    tw = by_rcpt["c-tw@example.com"]
+    assert tw["Subject"] == "（中文）我们想念您"  # zh-TW → zh
+    assert tw.get_body(("plain",)).get_content().startswith("Hello 小華, come back.")  # zh → default
+
+    for rcpt in ("c-en@example.com", "c-none@example.com"):
+        assert by_rcpt[rcpt]["Subject"].startswith("We miss you, ")
+
+
+def test_style_blocks_are_inlined_in_the_sent_html(make_runtime, smtp_sink, templates):
+    rt = make_runtime(smtp_sink.url, templates=templates)
+    with Session(rt.engine) as session:
+        add_customer(session, inactive_days=45, first_name="Ada", email="ada@example.com")
+        session.commit()
+    run_once(rt, workers=1)
+    [message] = smtp_sink.messages
+    html = message.parsed.get_body(("html",)).get_content()
+    assert '<p class="lead" style="color: #3b4cca;font-weight: bold;">' in html
+    # Media queries cannot be inlined: they stay for the clients that honour them.
+    assert "@media (max-width: 600px)" in html
+    assert "p.lead { color" not in html
+
+
+def test_check_covers_every_locale_file(templates):
+    write(templates, {
+        "we_miss_you/zh-CN/body.txt.j2": "{{ customer.first_name }，您好\n",  # syntax error
+        "we_miss_you/de/body.html.j2": "<p>Hallo {{ customer.frist_name }}</p>\n",
+        "we_miss_you/fr/body.txt.j2": "Bonjour {{ customer.first_name }}\n",
+    })
+    store = TemplateStore(templates)
+    errors = [e.format() for e in store.check("we_miss_you", build_sample_context(template="we_miss_you"))]
+    assert any("we_miss_you/zh-CN/body.txt.j2:1" in e for e in errors), errors
+    assert any("we_miss_you/de/body.html.j2:1" in e and "frist_name" in e for e in errors), errors
+    # The French text part lacks the unsubscribe link that the default one has.
+    assert any("we_miss_you/fr/body.txt.j2" in e and "unsubscribe_url" in e for e in errors), errors
+
+
+def test_check_accepts_the_translated_templates(templates):
+    store = TemplateStore(templates)
+    assert store.locales("we_miss_you") == ["zh", "zh-CN"]
+    assert store.check("we_miss_you", build_sample_context(template="we_miss_you")) == []
