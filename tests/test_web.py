@@ -28,9 +28,9 @@ from campaigns.models import (
     SurveyAnswer,
     utcnow,
 )
+from campaigns.responses import recording as responses
 from campaigns.responses.pages import Pages
 from campaigns.responses.recording import SurveyValidationError
-from campaigns.responses import recording as responses
 from tests.factories import add_customer
 from worker import runtime as runtime_module
 from worker.daemon import run_once, start_roles
