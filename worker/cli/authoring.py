@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Annotated
@@ -12,9 +13,10 @@ from rich.table import Table
 from sqlmodel import Session, col, select
 
 from campaigns.delivery.rendering import TemplateStore
-from campaigns.models import Customer, Delivery, utcnow
+from campaigns.models import Customer, utcnow
 from campaigns.planning.planner import Planner
 from campaigns.planning.planner import approve as approve_campaign
+from worker import previews
 from worker.cli.app import app
 from worker.cli.common import (
     build_runtime,
@@ -153,53 +155,35 @@ def explain(
 # ---------------------------------------------------------------- preview / send-test
 
 
-def _customer(session: Session, external_id: str | None) -> Customer:
-    if external_id is None:
-        from campaigns.delivery.rendering import sample_customer
-
-        data = sample_customer()
-        columns = {k: v for k, v in data.items() if k in Customer.model_fields and k != "id"}
-        return Customer(id=0, external_id=data["id"], **columns)
-    customer = session.exec(select(Customer).where(col(Customer.external_id) == external_id)).first()
-    if customer is None:
-        fail(
-            f"no customer with id {external_id!r} "
-            "(import customers first: retention import customers FILE.csv)"
-        )
-    return customer
-
-
 def _compose(
     rt: Runtime, session: Session, campaign_id: str, customer_id: str | None, variant: str | None = None
 ) -> EmailMessage:
     with user_errors():
         campaign = rt.rules.campaign(campaign_id)
-        customer = _customer(session, customer_id)
-        template = campaign.templates[0]
-        if variant is not None:
-            labels = {v.label: v.template for v in campaign.variants or ()}
-            if variant not in labels:
-                known = ", ".join(labels) or "none"
-                fail(f"campaign {campaign_id!r} has no variant {variant!r} (variants: {known})")
-            template = labels[variant]
-        delivery = Delivery(
-            id=0,
-            campaign_id=campaign.id,
-            customer_id=customer.id or 0,
-            episode="preview",
-            template=template,
-        )
-        return rt.sender().compose(delivery, customer, campaign, utcnow())
+        customer = previews.find_customer(session, customer_id)
+        template = previews.variant_template(campaign, variant)
+        return previews.compose(rt.sender(), campaign, customer, template=template, now=utcnow())
 
 
 @app.command()
 def preview(
-    campaign: Annotated[str, typer.Argument(help="Campaign id from rules.yaml.")],
+    campaign: Annotated[
+        str | None, typer.Argument(help="Campaign id from rules.yaml (not with --serve).")
+    ] = None,
     customer: Annotated[str | None, typer.Option(help="Customer id (default: a sample customer).")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the HTML part to this file.")] = None,
     variant: Annotated[str | None, typer.Option(help="A/B variant to render (default: the first).")] = None,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Serve a live preview of every campaign that refreshes on each saved edit.")] = False,
+    host: Annotated[str, typer.Option(help="With --serve: address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="With --serve: port to listen on.")] = 8001,
 ) -> None:
-    """Render one message as a customer would receive it."""
+    """Render one message as a customer would receive it (--serve: every campaign, live)."""
+    if serve:
+        _serve_preview(host, port)
+        return
+    if campaign is None:
+        fail("name the campaign to preview (retention preview CAMPAIGN), or use --serve for all of them")
     rt = build_runtime()
     with Session(rt.engine) as session:
         message = _compose(rt, session, campaign, customer, variant)
@@ -216,6 +200,36 @@ def preview(
         out.print(f"HTML part written to {html}")
 
 
+def _serve_preview(host: str, port: int) -> None:
+    import socket
+
+    import uvicorn
+
+    from worker.preview_server import FileWatch, create_preview_app
+
+    rt = build_runtime()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or stop what uses it")
+    watch = FileWatch(rt.settings.rules, rt.settings.templates)
+    watch.start()
+    out.print(f"preview of {len(rt.rules.campaigns)} campaigns on http://{host}:{port}/ "
+              f"(watching {rt.settings.rules} and {rt.settings.templates}; Ctrl-C stops)",
+              markup=False, soft_wrap=True)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per save is ours
+    # Open pages hold an event stream forever: give them a second, then close them.
+    server = uvicorn.Server(uvicorn.Config(create_preview_app(rt, watch), log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        watch.stop()
+        rt.close()
+
+
 @app.command("send-test")
 def send_test(
     campaign: Annotated[str, typer.Argument(help="Campaign id from rules.yaml.")],
@@ -226,12 +240,8 @@ def send_test(
     rt = build_runtime()
     with Session(rt.engine) as session:
         message = _compose(rt, session, campaign, customer)
-    subject = message["Subject"]
-    del message["To"], message["Subject"]
-    message["To"] = to
-    message["Subject"] = f"[TEST] {subject}"
     with user_errors():
-        reply = rt.transport.send(message)
+        reply = rt.transport.send(previews.as_test(message, to))
     rt.close()
     out.print(f"sent a test of {campaign} to {to}: {reply}", markup=False)
 
