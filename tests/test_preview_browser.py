@@ -29,8 +29,10 @@ def preview_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     env = {**os.environ, "RETENTION_DATABASE_URL": f"sqlite:///{tmp_path / 'preview.db'}",
            "RETENTION_SECRET_KEY": "preview-test", "RETENTION_MAIL_URL": f"maildir://{tmp_path / 'outbox'}"}
+    command = [sys.executable, "-c", "from worker.cli import main; main()",
+               "preview", "--serve", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-c", "from worker.cli import main; main()", "preview", "--serve", "--port", str(port)],
+        command,
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -42,7 +44,7 @@ def preview_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 output = process.stdout.read() if process.stdout else ""
-                raise AssertionError(f"preview server did not start: {output}")
+                raise AssertionError(f"preview server did not start: {output}") from None
             time.sleep(0.2)
     try:
         yield base, tmp_path
