@@ -85,7 +85,7 @@ def statements(rules: Rules, backend: str) -> list[tuple[str, str]]:
         held_out = ""
         if campaign.holdout > 0:
             salt = campaign.holdout_salt % 1_000_003
-            cut = int(round(campaign.holdout * 100))
+            cut = round(campaign.holdout * 100)
             bucket = f"(({d['id']} + {salt}) * 2654435761) % 4294967296 % 10000"
             held_out = f"WHEN {bucket} < {cut} THEN 'held_out'"
         status = f"CASE WHEN {capped} THEN 'skipped' {held_out} ELSE 'queued' END"

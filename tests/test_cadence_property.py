@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -57,7 +58,7 @@ def test_incremental_cadence_equals_recomputing_from_all_events(engine, history,
         ]
         # Arrival in any batches, in the order given (old events may come late).
         bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             record_events(session, records[start:end], non_activity_events=NON_ACTIVITY)
             session.commit()
         customer = session.exec(select(Customer)).one()

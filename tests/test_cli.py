@@ -137,7 +137,7 @@ def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, sm
     finally:
         daemon.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        stdout, stderr = daemon.communicate(timeout=60)
+        _stdout, stderr = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, stderr
     assert time.monotonic() - started < 30
     assert "Traceback" not in stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -489,7 +490,7 @@ def test_cadence_lies_between_the_shortest_and_longest_gap(days: list[date]) -> 
     if len(distinct) < 3:
         assert cadence is None
         return
-    gaps = [(b - a).days for a, b in zip(distinct, distinct[1:], strict=False)]
+    gaps = [(b - a).days for a, b in itertools.pairwise(distinct)]
     assert cadence is not None
     assert min(gaps) <= cadence <= max(gaps)
 

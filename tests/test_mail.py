@@ -119,7 +119,7 @@ def test_connection_dropped_by_the_server_is_replaced_and_the_send_retried(smtp,
 def test_451_is_transient_and_the_next_send_on_the_same_transport_succeeds(smtp, smtp_sink):
     smtp_sink.fail_next(1, "451 4.3.0 Try again later")
 
-    with pytest.raises(TransientDeliveryError, match="451 4.3.0 Try again later") as caught:
+    with pytest.raises(TransientDeliveryError, match=r"451 4\.3\.0 Try again later") as caught:
         smtp.send(make_message())
     assert caught.value.code == 451
     assert caught.value.enhanced == "4.3.0"
@@ -149,7 +149,7 @@ def test_unknown_recipient_is_a_permanent_recipient_failure(smtp, smtp_sink):
 def test_temporary_recipient_refusal_is_transient(smtp, smtp_sink):
     smtp_sink.reject_recipient("busy@example.com", "450 4.2.1 Mailbox busy")
 
-    with pytest.raises(TransientDeliveryError, match="450 4.2.1 Mailbox busy") as caught:
+    with pytest.raises(TransientDeliveryError, match=r"450 4\.2\.1 Mailbox busy") as caught:
         smtp.send(make_message(to="busy@example.com"))
     assert (caught.value.code, caught.value.enhanced) == (450, "4.2.1")
 
@@ -196,7 +196,7 @@ def test_message_without_from_is_refused_before_connecting(smtp, smtp_sink):
     message = make_message()
     del message["From"]
 
-    with pytest.raises(PermanentDeliveryError, match="no From address; set defaults.sender"):
+    with pytest.raises(PermanentDeliveryError, match=r"no From address; set defaults\.sender"):
         smtp.send(message)
     assert smtp_sink.connections == 0
 

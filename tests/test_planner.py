@@ -105,7 +105,7 @@ def test_racing_planners_cannot_insert_the_same_delivery_twice(engine, database_
                 barrier.wait()
                 Planner(rules(MISS_YOU), now=NOW).run(session)
                 session.commit()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=planner) for _ in range(2)]

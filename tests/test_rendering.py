@@ -263,7 +263,7 @@ def test_missing_extended_layout_is_reported_at_the_extends_line(root: Path) -> 
         "t/body.txt.j2": GOOD_TEXT,
         "t/body.html.j2": '\n{% extends "layot.html.j2" %}',
     })
-    with pytest.raises(TemplateError, match="no template file 'layot.html.j2'") as caught:
+    with pytest.raises(TemplateError, match=r"no template file 'layot\.html\.j2'") as caught:
         store.render("t", context())
     assert caught.value.file.endswith("t/body.html.j2")
     assert caught.value.line == 2
@@ -371,7 +371,7 @@ def test_empty_subject_is_an_error(root: Path) -> None:
 )
 def test_sandbox_blocks_reaching_python_internals(root: Path, expression: str) -> None:
     store = make_store(root, {"t/subject.j2": "s", "t/body.txt.j2": expression})
-    with pytest.raises(TemplateError, match="^.*unsafe template construct: ") as caught:
+    with pytest.raises(TemplateError, match=r"^.*unsafe template construct: ") as caught:
         store.render("t", context())
     assert "<class" not in str(caught.value)
     assert "__builtins__" not in str(caught.value)

@@ -118,7 +118,7 @@ def test_design_example_loads_with_its_values() -> None:
 
 
 def test_missing_rules_file_says_how_to_point_at_one(tmp_path: Path) -> None:
-    with pytest.raises(RulesErrors, match="file not found .set RETENTION_RULES"):
+    with pytest.raises(RulesErrors, match=r"file not found \(set RETENTION_RULES"):
         load_rules(tmp_path / "rules.yaml")
 
 

@@ -38,7 +38,7 @@ def test_tokens_are_url_safe_and_short(signer: Signer) -> None:
 
 def test_tampered_token_is_refused(signer: Signer) -> None:
     token = signer.unsubscribe_token(42)
-    payload, rest = token.split(".", 1)
+    _payload, rest = token.split(".", 1)
     forged = signer.unsubscribe_token(43).split(".", 1)[0] + "." + rest
     with pytest.raises(InvalidToken, match="invalid unsubscribe token: the signature does not match"):
         signer.load("unsubscribe", forged)

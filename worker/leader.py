@@ -52,7 +52,7 @@ class LeaderLock:
                     log.info("this scheduler is now the planning leader")
                 self._confirmed_at = started
                 return True
-        except Exception as exc:  # noqa: BLE001 - Redis away: we cannot know, so we do not lead
+        except Exception as exc:  # Redis away: we cannot know, so we do not lead
             log.warning("leader lock: Redis unavailable (%s)", exc)
         if self._confirmed_at:
             log.warning("this scheduler lost the planning leadership")
@@ -84,6 +84,6 @@ class LeaderLock:
             self._thread.join(timeout=5)
         try:
             self._release(keys=[self.key], args=[self.token])
-        except Exception:  # noqa: BLE001 - it expires on its own
+        except Exception:  # it expires on its own
             log.debug("leader lock release failed; it expires by itself", exc_info=True)
         self._confirmed_at = 0.0

@@ -8,6 +8,7 @@ recent active days, never from their whole history.
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -38,7 +39,7 @@ def median_gap_days(days: Iterable[date]) -> float | None:
     distinct = sorted(set(days))
     if len(distinct) < MIN_CADENCE_DAYS:
         return None
-    gaps = [(later - earlier).days for earlier, later in zip(distinct, distinct[1:], strict=False)]
+    gaps = [(later - earlier).days for earlier, later in itertools.pairwise(distinct)]
     return float(statistics.median(gaps))
 
 

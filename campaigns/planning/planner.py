@@ -58,7 +58,7 @@ _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
 _HASH_SALT_RANGE = 1_000_003  # keeps (id + salt) * multiplier inside a signed 64-bit integer
 
 
-class epoch_seconds(FunctionElement[int]):  # noqa: N801 - reads like the SQL function it is
+class epoch_seconds(FunctionElement[int]):  # lower-case: reads like the SQL function it is
     type = sa.BigInteger()
     inherit_cache = True
     name = "epoch_seconds"
@@ -66,12 +66,12 @@ class epoch_seconds(FunctionElement[int]):  # noqa: N801 - reads like the SQL fu
 
 @compiles(epoch_seconds, "sqlite")
 def _epoch_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(strftime('%s', {compiler.process(list(element.clauses)[0], **kw)}) AS INTEGER)"
+    return f"CAST(strftime('%s', {compiler.process(next(iter(element.clauses)), **kw)}) AS INTEGER)"
 
 
 @compiles(epoch_seconds)
 def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(list(element.clauses)[0], **kw)}) AS BIGINT)"
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(next(iter(element.clauses)), **kw)}) AS BIGINT)"
 
 
 # One pass's materialized selection (see Planner._materialize); created per connection.
@@ -223,13 +223,13 @@ class Planner:
                 cases.append((self._capped(cap, scope), "capped"))
         if campaign.holdout > 0:
             bucket = _bucket(col(Customer.id), campaign.holdout_salt)
-            cases.append((bucket < int(round(campaign.holdout * 100)), "held_out"))
+            cases.append((bucket < round(campaign.holdout * 100), "held_out"))
         return sa.case(*cases, else_="send")
 
     def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
         """Every customer matching the campaign's conditions, with episode and verdict."""
         episode = self.episode(campaign, fire)
-        query: Any = sa.select(
+        query: sa.Select[*tuple[Any, ...]] = sa.select(
             col(Customer.id).label("customer_id"),
             episode.label("episode"),
             self.verdict(campaign, episode).label("verdict"),

@@ -278,7 +278,7 @@ def _duration(value: Any, path: Path) -> timedelta:
 # ---------------------------------------------------------------- SQL
 
 
-class days_since(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+class days_since(FunctionElement[float]):  # lower-case: reads like the SQL function it is
     """Fractional days from a timestamp column to a moment, in each dialect's own arithmetic."""
 
     type = sa.Float()
@@ -301,7 +301,7 @@ def _days_since_default(element: days_since, compiler: Any, **kw: Any) -> str:
     )
 
 
-class as_number(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+class as_number(FunctionElement[float]):  # lower-case: reads like the SQL function it is
     """Text to a number, or NULL when it is not one (never an error mid-query)."""
 
     type = sa.Float()
@@ -311,13 +311,13 @@ class as_number(FunctionElement[float]):  # noqa: N801 - reads like the SQL func
 
 @compiles(as_number, "sqlite")
 def _as_number_sqlite(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(list(element.clauses)[0], **kw)})"
+    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
     return f"(CASE WHEN {text} = '' OR {text} GLOB '*[^0-9.eE+-]*' THEN NULL ELSE CAST({text} AS REAL) END)"
 
 
 @compiles(as_number)
 def _as_number_default(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(list(element.clauses)[0], **kw)})"
+    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
     return (
         f"(CASE WHEN {text} ~ '^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
         f"THEN CAST({text} AS DOUBLE PRECISION) END)"
@@ -424,20 +424,25 @@ def _negate(expression: ColumnElement[bool]) -> ColumnElement[bool]:
     return sa.not_(sa.func.coalesce(expression, sa.false()))
 
 
-def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+def _compare(column: ColumnElement[Any], op: str, value: Any) -> ColumnElement[bool]:
     if isinstance(value, tuple) and any(isinstance(v, float) for v in value):
         # PostgreSQL would bind a list starting with an integer as INTEGER and round the rest.
         value = tuple(sa.literal(float(v), sa.Float()) for v in value)
+    # SQLAlchemy types the comparison operators of a column of unknown type as Any.
+    compared: ColumnElement[bool]
     if op == "eq":
-        return column == value
+        compared = column == value
+        return compared
     if op == "in":
         return column.in_(value)
     if op == "not_in":
         return sa.or_(column.is_(None), column.not_in(value))
     if op in ("at_least", "after"):
-        return column >= value
+        compared = column >= value
+        return compared
     if op in ("at_most", "before"):
-        return column <= value if op == "at_most" else column < value
+        compared = column <= value if op == "at_most" else column < value
+        return compared
     if op == "between":
         return column.between(*value)
     if op == "exists":

@@ -26,7 +26,7 @@ def main() -> None:
     time.sleep(max(0.0, float(os.environ["CHAOS_START_AT"]) - time.time()))
     run_pass(rt, enqueue, now=datetime.fromisoformat(os.environ["CHAOS_NOW"]))
     rt.close()
-    print(json.dumps(enqueued))  # noqa: T201 - the test reads it
+    print(json.dumps(enqueued))  # the test reads it
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
     quarter = value / 4
-    magnitude = 10 ** math.floor(math.log10(quarter))
+    magnitude = 10.0 ** math.floor(math.log10(quarter))
     steps = (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)
     return 4 * next(s * magnitude for s in steps if s * magnitude >= quarter * 0.999999)
 
