@@ -27,8 +27,8 @@ from typing import Any
 
 import css_inline
 import jinja2
-from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.utils import missing
 
