@@ -65,6 +65,14 @@ class TransientDeliveryError(DeliveryError):
     """Worth retrying later: SMTP 4xx, dropped connection, timeout."""
 
 
+class AmbiguousDeliveryError(DeliveryError):
+    """The message content went out, but the server's verdict never came back.
+
+    The server may hold the message; sending it again could mail the customer twice,
+    so the delivery is recorded as ``unknown`` and never retried automatically.
+    """
+
+
 class PermanentDeliveryError(DeliveryError):
     """Never retried: SMTP 5xx."""
 

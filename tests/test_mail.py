@@ -290,6 +290,7 @@ def test_smtp_url_defaults():
     assert (settings.username, settings.password, settings.timeout, settings.verify) == (
         None, None, 30.0, True,
     )
+    assert settings.data_timeout == 600.0  # RFC 5321 4.5.3.2.6, apart from the command timeout
 
 
 def test_starttls_defaults_to_the_submission_port_and_credentials_are_url_decoded():
@@ -315,6 +316,7 @@ def test_smtps_defaults_to_port_465():
         ("smtp://user:s3cret@mail.example.com?tls=yes", "unknown option(s) tls"),
         ("smtp://user:s3cret@mail.example.com?timeout=soon", "timeout must be seconds"),
         ("smtp://user:s3cret@mail.example.com?timeout=0", "timeout must be a positive"),
+        ("smtp://user:s3cret@mail.example.com?data_timeout=-1", "data_timeout must be a positive"),
         ("smtp://user:s3cret@mail.example.com?starttls=maybe", "starttls must be true or false"),
         ("smtps://user:s3cret@mail.example.com?starttls=true", "smtps:// is already TLS"),
         ("smtp://user:s3cret@mail.example.com/inbox", "takes no path"),
@@ -322,7 +324,7 @@ def test_smtps_defaults_to_port_465():
         ("console://somewhere", "takes no host or path"),
     ],
     ids=["unknown-scheme", "no-scheme", "bad-port", "no-host", "unknown-option", "bad-timeout",
-         "zero-timeout", "bad-bool", "smtps-with-starttls", "path", "empty-maildir",
+         "zero-timeout", "negative-data-timeout", "bad-bool", "smtps-with-starttls", "path", "empty-maildir",
          "console-with-host"],
 )
 def test_bad_url_is_a_configuration_error_that_masks_the_password(url, reason):

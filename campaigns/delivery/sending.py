@@ -22,7 +22,12 @@ from campaigns.delivery.emails import build_email, sender_domain
 from campaigns.delivery.rendering import TemplateStore, build_context, customer_context
 from campaigns.delivery.sendwindow import customer_zone, next_send_time
 from campaigns.delivery.tokens import Signer, links
-from campaigns.errors import PermanentDeliveryError, RetentionError, TransientDeliveryError
+from campaigns.errors import (
+    AmbiguousDeliveryError,
+    PermanentDeliveryError,
+    RetentionError,
+    TransientDeliveryError,
+)
 from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
 from campaigns.rules.schema import Campaign, Rules
 
@@ -49,6 +54,7 @@ class Outcome(StrEnum):
     retry = "retry"  # transient failure: the broker should retry with backoff
     failed = "failed"
     bounced = "bounced"
+    unknown = "unknown"  # the content went out, the verdict did not come back: never resent
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,14 @@ class Sender:
         except _TakenOver as exc:
             log.warning("%s; not sending it", exc)
             return Outcome.skipped
+        except AmbiguousDeliveryError as exc:
+            # The same policy as for a worker that dies in this window: a customer may miss
+            # one email, none gets two.
+            log.error("delivery %s (%s) may or may not have been delivered; marked `unknown`, "
+                      "not resent: %s", delivery.id, delivery.campaign_id, exc)
+            outbox.finish(session, delivery, DeliveryStatus.unknown, now=self.clock(),
+                          error=str(exc)[:2000], message_id=message_id)
+            return Outcome.unknown
         except TransientDeliveryError as exc:
             now = self.clock()
             if delivery.attempts >= self.max_attempts:

@@ -17,6 +17,7 @@ from tests.chaos.support import (
     TcpProxy,
     add_inactive,
     deliveries,
+    env_for,
     statuses,
     wait_until,
 )
@@ -131,3 +132,72 @@ def test_smtp_outage_longer_than_the_retries_loses_nothing_and_sending_resumes(
     assert len(smtp_sink.messages) == 5
     assert len({m.rcpt_tos[0] for m in smtp_sink.messages}) == 5
     assert suppressed_addresses(rt) == []
+
+
+def _slow_first_reply(sink, seconds: float) -> None:
+    """The server stores the first message, then waits ``seconds`` before its 250."""
+    replies = iter([seconds])
+    sink.reply_delay = lambda: next(replies, 0.0)
+
+
+def _two_passes(rt, processes, mail_url: str) -> list:
+    """Two `retention run --once` processes, one after the other, as two scheduled passes are."""
+    env = env_for(rt, RETENTION_MAIL_URL=mail_url)
+    outputs = []
+    for _ in range(2):
+        once = processes.retention("run", "--once", "--workers", "2", env=env)
+        assert once.popen.wait(60) == 0, once.output
+        outputs.append(once.output)
+    return outputs
+
+
+@SQLITE_ONLY
+def test_slow_final_reply_is_waited_for_as_rfc_5321_allows_and_sent_once(
+    make_runtime, chaos_sink, processes
+):
+    rt = make_runtime(chaos_sink.url)
+    add_inactive(rt, 2)
+    _slow_first_reply(chaos_sink, 8.0)  # longer than the command timeout, well within 10 minutes
+    _two_passes(rt, processes, chaos_sink.url + "?timeout=3")
+    assert statuses(rt) == {"sent": 2}
+    assert sorted(chaos_sink.received_ids()) == sorted(r.message_id for r in deliveries(rt))
+    assert len(chaos_sink.data_started) == 2  # one DATA per delivery: nothing retried
+
+
+@SQLITE_ONLY
+def test_final_reply_that_never_comes_is_unknown_and_the_message_is_never_sent_again(
+    make_runtime, chaos_sink, processes
+):
+    rt = make_runtime(chaos_sink.url)
+    add_inactive(rt, 2)
+    _slow_first_reply(chaos_sink, 8.0)
+    first, _ = _two_passes(rt, processes, chaos_sink.url + "?timeout=3&data_timeout=4")
+    assert statuses(rt) == {"sent": 1, "unknown": 1}
+    [ambiguous] = [r for r in deliveries(rt) if r.status == DeliveryStatus.unknown]
+    assert "no reply within 4s (data_timeout" in (ambiguous.last_error or "")
+    assert "may or may not have been delivered; marked `unknown`" in first
+    # Exactly one copy of each: the server's copy of the ambiguous one is the only one.
+    assert sorted(chaos_sink.received_ids()) == sorted(r.message_id for r in deliveries(rt))
+    assert len(chaos_sink.data_started) == 2
+
+
+@SQLITE_ONLY
+def test_connection_dropped_after_the_content_is_unknown_not_retried(
+    make_runtime, chaos_sink, processes
+):
+    rt = make_runtime(chaos_sink.url)
+    add_inactive(rt, 1)
+    chaos_sink.hold("accepted")  # the server has the message and has not said so yet
+    env = env_for(rt, RETENTION_MAIL_URL=chaos_sink.url + "?timeout=5")
+    once = processes.retention("run", "--once", "--workers", "1", env=env)
+    assert chaos_sink.reached.wait(30), once.output
+    chaos_sink.disconnect_all()
+    chaos_sink.resume()
+    assert once.popen.wait(60) == 0, once.output
+    again = processes.retention("run", "--once", "--workers", "1", env=env)
+    assert again.popen.wait(60) == 0, again.output
+    [row] = deliveries(rt)
+    assert row.status == DeliveryStatus.unknown, row
+    assert "the message content was sent, then the connection" in (row.last_error or "")
+    assert chaos_sink.received_ids() == [row.message_id]
+    assert len(chaos_sink.data_started) == 1

@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from typing import Literal
 
 from campaigns.errors import (
+    AmbiguousDeliveryError,
     ConfigurationError,
     DeliveryError,
     PermanentDeliveryError,
@@ -35,6 +36,11 @@ from worker.mail.transport import BeforeData, envelope
 log = logging.getLogger(__name__)
 
 _ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+_LEADING_PERIOD = re.compile(rb"(?m)^\.")
+
+# RFC 5321 4.5.3.2.6: a client should wait 10 minutes for the reply that ends DATA, since
+# servers often scan or store the message before answering.
+DATA_REPLY_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,8 @@ class SMTPSettings:
     security: Literal["plain", "starttls", "tls"] = "plain"
     username: str | None = None
     password: str | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # every command
+    data_timeout: float = DATA_REPLY_TIMEOUT  # the reply once the message content has gone out
     verify: bool = True
     url: str = ""  # masked, for messages
 
@@ -57,6 +64,10 @@ class SMTPSettings:
 
 class _StaleConnection(Exception):
     """Internal: the connection died before the message was handed over."""
+
+
+class _HandedOver(Exception):
+    """Internal: the connection failed after the whole message content went out."""
 
 
 class SMTPTransport:
@@ -139,6 +150,12 @@ class SMTPTransport:
             raise
         except _StaleConnection:
             raise
+        except _HandedOver as exc:
+            self._discard()
+            raise AmbiguousDeliveryError(
+                f"{self._where()}: the message content was sent, then {exc}; the server may "
+                "have accepted it, so it is not sent again"
+            ) from exc.__cause__
         except smtplib.SMTPServerDisconnected as exc:
             self._discard()
             detail = _describe_disconnect(exc, self.settings)
@@ -199,13 +216,37 @@ class SMTPTransport:
 
         if before_data is not None:
             before_data()  # the last moment at which nothing of the message has left
-        try:
-            code, reply = conn.data(content)
-        except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-            code, reply = exc.smtp_code, exc.smtp_error
+        code, reply = self._data(conn, content)
         if code != 250:
             raise self._reply_error(code, reply, "refused the message")
         return _short(code, reply)
+
+    def _data(self, conn: smtplib.SMTP, content: bytes) -> tuple[int, bytes]:
+        """smtplib's DATA, with its own wait for the final reply, and a line where mail has left.
+
+        Up to the end of the upload the server cannot hold the message (it keeps only a
+        message that ends with "<CRLF>.<CRLF>"), so a failure there is an ordinary
+        temporary one.  After it, a timeout or a dropped connection says nothing about
+        whether the server took the message: ``_HandedOver``.
+        """
+        conn.putcmd("data")
+        code, reply = conn.getreply()
+        if code != 354:
+            return code, reply
+        payload = _LEADING_PERIOD.sub(b"..", content)
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        conn.send(payload + b".\r\n")
+        sock = conn.sock
+        if sock is not None:
+            sock.settimeout(self.settings.data_timeout)
+        try:
+            return conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _HandedOver(_describe_after_data(exc, self.settings)) from exc
+        finally:
+            if conn.sock is not None:
+                conn.sock.settimeout(self.settings.timeout)
 
     def _reply_error(self, code: int, reply: bytes | str, what: str) -> DeliveryError:
         if code == 421:  # the server closes the channel after 421
@@ -359,6 +400,17 @@ def _describe_disconnect(exc: smtplib.SMTPServerDisconnected, settings: SMTPSett
     if isinstance(cause, OSError):
         return _describe_os_error(cause, settings)
     return f"connection lost ({exc})"
+
+
+def _describe_after_data(exc: BaseException, settings: SMTPSettings) -> str:
+    # smtplib wraps socket errors (a timeout too) in SMTPServerDisconnected, itself an OSError.
+    cause = exc.__context__ if isinstance(exc, smtplib.SMTPServerDisconnected) else exc
+    if isinstance(cause, TimeoutError):
+        return (f"no reply within {settings.data_timeout:g}s (data_timeout; RFC 5321 "
+                "allows a server 600s for this reply)")
+    if isinstance(cause, OSError):
+        return f"the connection failed ({type(cause).__name__}: {cause})"
+    return f"the connection was lost before the reply ({exc})"
 
 
 def _certificate_error(settings: SMTPSettings, exc: ssl.SSLCertVerificationError) -> Exception:

@@ -10,13 +10,13 @@ from campaigns.errors import (
     ConfigurationError,
 )
 from worker.mail.local import ConsoleTransport, MaildirTransport
-from worker.mail.smtp import SMTPSettings, SMTPTransport
+from worker.mail.smtp import DATA_REPLY_TIMEOUT, SMTPSettings, SMTPTransport
 from worker.mail.transport import Transport
 
 SUPPORTED_FORMS = (
     "maildir://PATH (maildir://./outbox, maildir:///var/mail/outbox), "
-    "smtp://[USER:PASSWORD@]HOST[:PORT][?starttls=true&timeout=30&verify=false], "
-    "smtps://[USER:PASSWORD@]HOST[:465][?timeout=30&verify=false], "
+    "smtp://[USER:PASSWORD@]HOST[:PORT][?starttls=true&timeout=30&data_timeout=600&verify=false], "
+    "smtps://[USER:PASSWORD@]HOST[:465][?timeout=30&data_timeout=600&verify=false], "
     "console://"
 )
 
@@ -56,6 +56,9 @@ def transport_from_url(url: str) -> Transport:
 
     SMTP query options: ``timeout`` (seconds, default 30) bounds every socket
     operation -- connecting, each command and the message upload.
+    ``data_timeout`` (seconds, default 600 as RFC 5321 asks) bounds the wait
+    for the reply after the message content; when it runs out, the server may
+    have the message, so the delivery is recorded as ``unknown``, not retried.
     ``verify=false`` skips certificate and host name verification; it is meant
     for test servers with self-signed certificates and exposes real
     credentials and mail to interception, so never use it in production.
@@ -117,11 +120,10 @@ def _smtp_settings(url: str, scheme: str, rest: str) -> SMTPSettings:
         if key in options:
             raise _url_error(url, f"option {key!r} is given twice")
         options[key] = value
-    unknown = sorted(set(options) - {"starttls", "timeout", "verify"})
+    known = ("starttls", "timeout", "data_timeout", "verify")
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise _url_error(
-            url, f"unknown option(s) {', '.join(unknown)}; known: starttls, timeout, verify"
-        )
+        raise _url_error(url, f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
     starttls = _bool_option(url, options, "starttls", default=False)
     if scheme == "smtps" and starttls:
@@ -129,12 +131,8 @@ def _smtp_settings(url: str, scheme: str, rest: str) -> SMTPSettings:
     security: Literal["plain", "starttls", "tls"] = (
         "tls" if scheme == "smtps" else "starttls" if starttls else "plain"
     )
-    try:
-        timeout = float(options.get("timeout", "30"))
-    except ValueError:
-        raise _url_error(url, f"timeout must be seconds, got {options['timeout']!r}") from None
-    if not timeout > 0:
-        raise _url_error(url, "timeout must be a positive number of seconds")
+    timeout = _seconds_option(url, options, "timeout", default=30.0)
+    data_timeout = _seconds_option(url, options, "data_timeout", default=DATA_REPLY_TIMEOUT)
 
     username = password = None
     if at:
@@ -151,9 +149,20 @@ def _smtp_settings(url: str, scheme: str, rest: str) -> SMTPSettings:
         username=username,
         password=password,
         timeout=timeout,
+        data_timeout=data_timeout,
         verify=_bool_option(url, options, "verify", default=True),
         url=mask_url(url),
     )
+
+
+def _seconds_option(url: str, options: dict[str, str], key: str, *, default: float) -> float:
+    try:
+        seconds = float(options.get(key, default))
+    except ValueError:
+        raise _url_error(url, f"{key} must be seconds, got {options[key]!r}") from None
+    if not seconds > 0:
+        raise _url_error(url, f"{key} must be a positive number of seconds")
+    return seconds
 
 
 def _bool_option(url: str, options: dict[str, str], key: str, *, default: bool) -> bool:
