@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from campaigns.planning.planner import BUCKETS, HASH_PRIME, hash_coefficients
 from campaigns.rules.schema import Rules
 
 IN_FLIGHT = "('queued', 'sending', 'sent', 'held')"
@@ -84,9 +85,10 @@ def statements(rules: Rules, backend: str) -> list[tuple[str, str]]:
                   "AND coalesce(d.sent_at, d.created_at) > :cap_since) >= :cap_max")
         held_out = ""
         if campaign.holdout > 0:
-            salt = campaign.holdout_salt % 1_000_003
-            cut = round(campaign.holdout * 100)
-            bucket = f"(({d['id']} + {salt}) * 2654435761) % 4294967296 % 10000"
+            a, b, c = hash_coefficients(campaign.holdout_purpose)
+            cut = round(campaign.holdout * BUCKETS / 100)
+            x, p = f"({d['id']} % {HASH_PRIME})", HASH_PRIME
+            bucket = f"(({a} * ({x} * {x} % {p}) % {p} + {b} * {x} % {p} + {c}) % {p}) % {BUCKETS}"
             held_out = f"WHEN {bucket} < {cut} THEN 'held_out'"
         status = f"CASE WHEN {capped} THEN 'skipped' {held_out} ELSE 'queued' END"
         sql = f"""

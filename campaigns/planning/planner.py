@@ -11,6 +11,7 @@ what it shows is exactly what a real pass would do.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,8 +55,9 @@ VERDICTS = (
     "held_out",
     "send",
 )
-_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
-_HASH_SALT_RANGE = 1_000_003  # keeps (id + salt) * multiplier inside a signed 64-bit integer
+# A prime just under 2**31: x*x and a*x stay inside a signed 64-bit integer on every backend.
+HASH_PRIME = 2_147_483_647
+BUCKETS = 10_000
 
 
 class epoch_seconds(FunctionElement[int]):  # lower-case: reads like the SQL function it is
@@ -85,17 +87,28 @@ _PLAN_SELECTION = sa.Table(
 )
 
 
-def _bucket(customer_id: Any, salt: int) -> ColumnElement[int]:
-    """0–9999 from a multiplicative hash of the customer id and a per-campaign salt.
+def hash_coefficients(purpose: str) -> tuple[int, int, int]:
+    """(a, b, c) of the quadratic hash for one purpose (``holdout:ID``, ``variant:ID``, ...)."""
+    digest = hashlib.blake2b(purpose.encode(), digest_size=24).digest()
+    a, b, c = (int.from_bytes(digest[i : i + 8], "big") for i in (0, 8, 16))
+    return a % (HASH_PRIME - 1) + 1, b % HASH_PRIME, c % HASH_PRIME
 
-    Plain integer arithmetic, identical on SQLite and PostgreSQL, so a customer
-    lands in the same holdout group or variant on every pass and every machine.
+
+def _bucket(customer_id: Any, purpose: str) -> ColumnElement[int]:
+    """0–9999 from ``(a·x² + b·x + c) mod p``, with a, b, c drawn from the purpose's name.
+
+    Each purpose (holdout, variant split, ...) has its own random-looking quadratic, so the
+    splits are statistically independent of each other: a linear hash would make one split
+    the other shifted by a constant, and a holdout would then skew the variants.  Plain
+    integer arithmetic below 2**63, identical on SQLite and PostgreSQL, so a customer lands
+    in the same group on every pass and every machine.
     """
     big = sa.BigInteger()
-    mixed = (sa.cast(customer_id, big) + sa.literal(salt % _HASH_SALT_RANGE, big)) * sa.literal(
-        _HASH_MULTIPLIER, big
-    )
-    return mixed % sa.literal(4294967296, big) % 10000
+    a, b, c = (sa.literal(v, big) for v in hash_coefficients(purpose))
+    prime = sa.literal(HASH_PRIME, big)
+    x = sa.cast(customer_id, big) % prime
+    mixed = (a * (x * x % prime) % prime + b * x % prime + c) % prime
+    return mixed % BUCKETS
 
 
 @dataclass
@@ -151,14 +164,28 @@ class Planner:
         """The cron fire time this pass answers, or None when the schedule is not due."""
         if campaign.schedule is None:
             return None
-        zone = ZoneInfo(self.rules.defaults.timezone)
-        previous: datetime = croniter(campaign.schedule, self.now.astimezone(zone)).get_prev(datetime)
+        # croniter's get_prev is strictly before its start: start just after this minute began,
+        # so a pass at exactly 10:00 answers the 10:00 fire.
+        previous: datetime = croniter(
+            campaign.schedule, self._this_minute() + timedelta(seconds=1)
+        ).get_prev(datetime)
         since = (
             state.last_pass_at
             if state and state.last_pass_at
             else (self.now - 2 * self.rules.defaults.check_every)
         )
         return previous if previous > since else None
+
+    def _this_minute(self) -> datetime:
+        local = self.now.astimezone(ZoneInfo(self.rules.defaults.timezone))
+        return local.replace(second=0, microsecond=0)
+
+    def next_fire(self, campaign: Campaign) -> datetime | None:
+        """The schedule's first fire after this minute, in the default time zone."""
+        if campaign.schedule is None:
+            return None
+        fire: datetime = croniter(campaign.schedule, self._this_minute()).get_next(datetime)
+        return fire
 
     def episode(self, campaign: Campaign, fire: datetime | None) -> ColumnElement[str]:
         if campaign.once:
@@ -222,8 +249,8 @@ class Planner:
             if cap is not None:
                 cases.append((self._capped(cap, scope), "capped"))
         if campaign.holdout > 0:
-            bucket = _bucket(col(Customer.id), campaign.holdout_salt)
-            cases.append((bucket < round(campaign.holdout * 100), "held_out"))
+            bucket = _bucket(col(Customer.id), campaign.holdout_purpose)
+            cases.append((bucket < round(campaign.holdout * BUCKETS / 100), "held_out"))
         return sa.case(*cases, else_="send")
 
     def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
@@ -278,7 +305,9 @@ class Planner:
         fire = self.scheduled_fire(campaign, state)
         if campaign.schedule is not None and fire is None:
             plan.due = False
-            plan.not_due_reason = f"schedule {campaign.schedule!r} not due"
+            upcoming = self.next_fire(campaign)
+            when = f"; next fire {upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else ""
+            plan.not_due_reason = f"schedule {campaign.schedule!r} not due{when}"
             return plan
 
         selection = self._materialize(session, self.selection(campaign, fire))
@@ -355,12 +384,12 @@ class Planner:
         """(template, variant) per row: a deterministic weighted split for A/B tests."""
         if campaign.variants is None:
             return sa.literal(campaign.template), sa.null()
-        bucket = _bucket(selection.c.customer_id, campaign.variant_salt)
+        bucket = _bucket(selection.c.customer_id, campaign.variant_purpose)
         total = sum(v.weight for v in campaign.variants)
         bounds, cumulative = [], 0
         for variant in campaign.variants[:-1]:
             cumulative += variant.weight
-            bounds.append((bucket < round(cumulative * 10000 / total), variant))
+            bounds.append((bucket < round(cumulative * BUCKETS / total), variant))
         last = campaign.variants[-1]
         template = sa.case(*((b, sa.literal(v.template)) for b, v in bounds), else_=sa.literal(last.template))
         label = sa.case(*((b, sa.literal(v.label)) for b, v in bounds), else_=sa.literal(last.label))

@@ -7,7 +7,6 @@ vanished would mail customers every pass.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from datetime import time, timedelta
 from difflib import get_close_matches
 from email.utils import parseaddr
@@ -225,13 +224,14 @@ class Campaign(Strict):
         return self._condition
 
     @property
-    def holdout_salt(self) -> int:
-        return zlib.crc32(self.id.encode())
+    def holdout_purpose(self) -> str:
+        """Names this campaign's holdout hash; each purpose hashes independently of the others."""
+        return f"holdout:{self.id}"
 
     @property
-    def variant_salt(self) -> int:
+    def variant_purpose(self) -> str:
         # Independent of the holdout split, so variants are balanced inside the treated group.
-        return zlib.crc32(f"{self.id}:variant".encode())
+        return f"variant:{self.id}"
 
     @property
     def templates(self) -> list[str]:

@@ -6,7 +6,7 @@ import html
 from collections.abc import Iterable, Sequence
 
 from campaigns.reports import Report
-from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, MIN_OUTCOMES, NOT_ENOUGH_DATA
+from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, NOT_ENOUGH_DATA
 from worker.report.formatting import (
     ACCENT,
     ACTIVE_COLOR,
@@ -158,8 +158,8 @@ def _campaigns_html(report: Report) -> str:
     return (
         "<section><h2>Campaigns</h2>" + chart + table
         + f"<p class='muted'>Lift = conversion rate of sent minus held-out deliveries, in percentage points, "
-          f"with a {CONFIDENCE:.0%} unpooled Wald interval. {NOT_ENOUGH_DATA.capitalize()} when a group has "
-          f"fewer than {MIN_GROUP} deliveries, or fewer than {MIN_OUTCOMES} conversions or non-conversions."
+          f"with a {CONFIDENCE:.0%} Newcombe hybrid score interval. {NOT_ENOUGH_DATA.capitalize()} when a "
+          f"group has fewer than {MIN_GROUP} deliveries."
           "</p></section>"
     )
 

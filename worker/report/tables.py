@@ -11,7 +11,7 @@ from rich.text import Text
 
 from campaigns.reports import Funnel, PeriodChurn, Report
 from campaigns.reports.at_risk import AtRiskReport
-from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, MIN_OUTCOMES, NOT_ENOUGH_DATA
+from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, NOT_ENOUGH_DATA
 from worker.report.formatting import (
     _pct,
 )
@@ -127,8 +127,7 @@ def _campaign_table(funnels: Sequence[Funnel]) -> Table:
     return _table(
         "Campaigns", CAMPAIGN_COLUMNS, _campaign_rows(funnels, reasons=False),
         caption=(f"Lift = conversion rate of sent minus held-out, in percentage points. "
-                 f"{NOT_ENOUGH_DATA}: a group under {MIN_GROUP}, or under {MIN_OUTCOMES} "
-                 "conversions or non-conversions."),
+                 f"{CONFIDENCE:.0%} Newcombe score interval; {NOT_ENOUGH_DATA}: a group under {MIN_GROUP}."),
     )
 
 
