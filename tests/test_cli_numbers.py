@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from tests.test_cli import retention, workdir  # noqa: F401 - the shared fixture
 
 
@@ -14,3 +16,36 @@ def test_cron_campaign_is_due_at_its_exact_minute_and_plan_says_when_it_fires_ne
     assert "not due; next fire 2026-12-01 10:00 CET" in plan_at("2026-12-01T09:30:00+01:00")
     assert "not due" not in plan_at("2026-12-01T10:00:00+01:00")
     assert "not due" not in plan_at("2026-12-01T10:01:00+01:00")
+
+
+def lapsed_customers_csv(workdir, *rows: str) -> None:
+    (workdir / "customers.csv").write_text(
+        "id,email,first_name,plan,status,timezone,last_active_at\n" + "".join(f"{r}\n" for r in rows)
+    )
+
+
+def write_rules(workdir, defaults: str = "", campaign: str = "") -> None:
+    (workdir / "rules.yaml").write_text(
+        'defaults:\n  sender: "Acme <hello@acme.example>"\n  timezone: UTC\n' + defaults
+        + "campaigns:\n  - id: we-miss-you\n    template: we_miss_you\n"
+        + "    when: {status: active, days_inactive: {at_least: 30}}\n" + campaign
+    )
+
+
+def sent_messages(workdir) -> int:
+    new = workdir / "outbox" / "new"
+    return len(list(new.iterdir())) if new.is_dir() else 0
+
+
+def test_a_delivery_waiting_for_quiet_hours_follows_the_rules_in_force(workdir):  # noqa: F811
+    now = datetime.now(UTC)
+    quiet = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=3):%H:%M}"
+    write_rules(workdir, defaults=f'  quiet_hours: "{quiet}"\n')
+    lapsed_customers_csv(workdir, f"c1,ada@example.com,Ada,pro,active,UTC,{now - timedelta(days=60):%Y-%m-%d}")
+    retention(workdir, "import", "customers", "customers.csv")
+    first = retention(workdir, "run", "--once")
+    assert "1 deliveries still waiting" in first.stdout
+    assert sent_messages(workdir) == 0
+    write_rules(workdir)  # marketing removes quiet hours
+    retention(workdir, "run", "--once")
+    assert sent_messages(workdir) == 1

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session
 
 from campaigns.delivery import outbox
+from campaigns.delivery.sendwindow import rewait
 from campaigns.models import utcnow
 from campaigns.planning.conversions import credit_conversions
 from campaigns.planning.planner import PassResult, Planner
@@ -70,6 +71,7 @@ def run_pass(
         check_leadership()
         enqueued = enqueue(result.queued_ids) if result.queued_ids else 0
         with Session(rt.engine) as session:
+            rewait(session, rt.rules, now=now)  # before the sweep, which enqueues what became due
             stale = outbox.stale_queued(session, now=now, stale_after=stale_after)
             abandoned = outbox.abandon_stale_sending(session, now=now, after=SENDING_TIMEOUT)
         if abandoned:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from campaigns.delivery import outbox
 from campaigns.delivery.emails import build_email, sender_domain
 from campaigns.delivery.rendering import TemplateStore, build_context, customer_context
-from campaigns.delivery.sendwindow import customer_zone, next_send_time
+from campaigns.delivery.sendwindow import customer_zone, next_send_time, waiting_note
 from campaigns.delivery.tokens import Signer, links
 from campaigns.errors import (
     AmbiguousDeliveryError,
@@ -128,7 +128,7 @@ class Sender:
         )
         if wait_until is not None:
             outbox.release(session, delivery, now=now, due_at=wait_until, enqueued=False,
-                           error=f"waiting for the send window until {wait_until.isoformat()}")
+                           error=waiting_note(wait_until))
             return Outcome.deferred
         return Composed(delivery, customer, campaign, self.compose(delivery, customer, campaign, now))
 
