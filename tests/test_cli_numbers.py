@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from tests.test_cli import retention, workdir  # noqa: F401 - the shared fixture
 
@@ -18,22 +19,23 @@ def test_cron_campaign_is_due_at_its_exact_minute_and_plan_says_when_it_fires_ne
     assert "not due" not in plan_at("2026-12-01T10:01:00+01:00")
 
 
-def lapsed_customers_csv(workdir, *rows: str) -> None:
-    (workdir / "customers.csv").write_text(
+def lapsed_customers_csv(folder: Path, *rows: str) -> None:
+    (folder / "customers.csv").write_text(
         "id,email,first_name,plan,status,timezone,last_active_at\n" + "".join(f"{r}\n" for r in rows)
     )
 
 
-def write_rules(workdir, defaults: str = "", campaign: str = "") -> None:
-    (workdir / "rules.yaml").write_text(
+def write_rules(folder: Path, defaults: str = "", campaign: str = "",
+                when: str = "{status: active, days_inactive: {at_least: 30}}") -> None:
+    (folder / "rules.yaml").write_text(
         'defaults:\n  sender: "Acme <hello@acme.example>"\n  timezone: UTC\n' + defaults
         + "campaigns:\n  - id: we-miss-you\n    template: we_miss_you\n"
-        + "    when: {status: active, days_inactive: {at_least: 30}}\n" + campaign
+        + f"    when: {when}\n" + campaign
     )
 
 
-def sent_messages(workdir) -> int:
-    new = workdir / "outbox" / "new"
+def sent_messages(folder: Path) -> int:
+    new = folder / "outbox" / "new"
     return len(list(new.iterdir())) if new.is_dir() else 0
 
 
@@ -41,7 +43,8 @@ def test_a_delivery_waiting_for_quiet_hours_follows_the_rules_in_force(workdir):
     now = datetime.now(UTC)
     quiet = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=3):%H:%M}"
     write_rules(workdir, defaults=f'  quiet_hours: "{quiet}"\n')
-    lapsed_customers_csv(workdir, f"c1,ada@example.com,Ada,pro,active,UTC,{now - timedelta(days=60):%Y-%m-%d}")
+    lapsed = now - timedelta(days=60)
+    lapsed_customers_csv(workdir, f"c1,ada@example.com,Ada,pro,active,UTC,{lapsed:%Y-%m-%d}")
     retention(workdir, "import", "customers", "customers.csv")
     first = retention(workdir, "run", "--once")
     assert "1 deliveries still waiting" in first.stdout
@@ -49,3 +52,14 @@ def test_a_delivery_waiting_for_quiet_hours_follows_the_rules_in_force(workdir):
     write_rules(workdir)  # marketing removes quiet hours
     retention(workdir, "run", "--once")
     assert sent_messages(workdir) == 1
+
+
+def test_boolean_attributes_from_csv_compare_like_json(workdir):  # noqa: F811
+    write_rules(workdir, when="{attributes.beta: true}")
+    (workdir / "customers.csv").write_text(
+        "id,email,beta\nc1,ada@example.com,true\nc2,bob@example.com,false\nc3,cy@example.com,TRUE\n"
+    )
+    retention(workdir, "import", "customers", "customers.csv")
+    shown = retention(workdir, "plan", "--show", "10").stdout
+    assert "c1 <ada@example.com>" in shown and "c3 <cy@example.com>" in shown
+    assert "c2 <" not in shown

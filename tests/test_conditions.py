@@ -510,3 +510,19 @@ def test_numeric_test_on_imported_text_attributes(
         Person(attributes={}),
     ]
     assert selected(engine, crowd, {"attributes.seats": {"at_least": 10}}) == {"c0"}
+
+
+def test_booleans_and_numbers_compare_alike_from_json_and_from_csv_text(engine: Engine) -> None:
+    crowd = [
+        Person(attributes={"beta": True, "tier": 3}),  # sent as JSON
+        Person(attributes={"beta": "true", "tier": "3"}),  # imported from CSV
+        Person(attributes={"beta": False, "tier": 4}),
+        Person(attributes={"beta": "FALSE", "tier": "4"}),
+        Person(attributes={"beta": "maybe"}),  # neither: no error mid-query either
+        Person(attributes={}),
+    ]
+    assert selected(engine, crowd, {"attributes.beta": True}) == {"c0", "c1"}
+    assert selected(engine, crowd, {"attributes.beta": False}) == {"c2", "c3"}
+    assert selected(engine, crowd, {"not": {"attributes.beta": True}}) == {"c2", "c3", "c4", "c5"}
+    assert selected(engine, crowd, {"attributes.tier": "3"}) == {"c0", "c1"}
+    assert selected(engine, crowd, {"attributes.tier": 4}) == {"c2", "c3"}

@@ -400,3 +400,23 @@ def test_breakdown_keeps_the_20_largest_groups_and_sums_the_rest_as_other(engine
     assert [g.value for g in groups] == [f"t{size:02d}" for size in range(20)] + ["(other)"]
     other = groups[-1]
     assert (other.customers_at_start, other.lost) == (sum(30 - s for s in range(20, 25)) + 1, 1)
+
+
+def test_a_loss_dated_before_signup_counts_as_zero_tenure_and_captions_say_what_runs(tmp_path, sqlite_url):
+    engine = migrated_engine(sqlite_url)
+    with Session(engine) as session:
+        customers(session, 8)
+        cancelled(session, 1, OCT + timedelta(days=5), signed_up=OCT + timedelta(days=25))  # bad data
+        cancelled(session, 1, OCT + timedelta(days=20), signed_up=OCT)  # 20 days
+        session.commit()
+    engine.dispose()
+    (tmp_path / "rules.yaml").write_text("campaigns: []\n")
+    env = {"RETENTION_DATABASE_URL": sqlite_url}
+    result = retention(tmp_path, "report", "--from", "2026-10", "--to", "2026-10", "--format", "json",
+                       env=env)
+    tenure = json.loads(result.stdout)["tenure_at_churn"]
+    assert tenure["mean_days"] == 10.0  # (0 + 20) / 2, not (-20 + 20) / 2
+    finished = retention(tmp_path, "report", "--from", "2026-10", "--to", "2026-10", env=env).stdout
+    assert "still running" not in finished and "Churn = lost during the period" in finished
+    running = retention(tmp_path, "report", "--from", "2026-10", env=env).stdout
+    assert "* still running" in running

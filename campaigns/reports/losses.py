@@ -131,7 +131,8 @@ class Losses:
                 p.kind,
                 p.sb,
                 sa.case((p.lb < p.sb, p.sb), else_=p.lb).label("lb"),
-                p.tenure,
+                # A loss dated before signup (bad data) counts as lost at signup, like its bucket.
+                sa.case((p.tenure < 0, 0.0), else_=p.tenure).label("tenure"),
                 tenure_bucket.label("tb"),
             )
             .subquery("per_customer")

@@ -373,6 +373,35 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
     return _compile_field(condition, ctx)
 
 
+class attribute_text(FunctionElement[str]):  # lower-case: reads like the SQL function it is
+    """An attribute as the text a CSV cell would hold: JSON true is 'true', 42 is '42'.
+
+    Attributes arrive typed from the API (JSON booleans and numbers) and as text from CSV;
+    comparing both as text makes `attributes.beta: true` mean the same whatever the source.
+    """
+
+    type = sa.String()
+    inherit_cache = True
+    name = "attribute_text"
+
+
+@compiles(attribute_text, "sqlite")
+def _attribute_text_sqlite(element: attribute_text, compiler: Any, **kw: Any) -> str:
+    document, key = (compiler.process(c, **kw) for c in element.clauses)
+    path = f"'$.\"' || {key} || '\"'"
+    # json_extract gives 1/0 for JSON booleans; json_type tells them from numbers.
+    return (
+        f"(CASE json_type({document}, {path}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+        f"ELSE CAST(json_extract({document}, {path}) AS TEXT) END)"
+    )
+
+
+@compiles(attribute_text)
+def _attribute_text_default(element: attribute_text, compiler: Any, **kw: Any) -> str:
+    document, key = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(CAST({document} AS JSON) ->> {key})"
+
+
 def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
     field, op, value = test.field, test.operator, test.value
     if field in DAY_FIELDS:
@@ -395,20 +424,21 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
         return sa.and_(usable, _compare(ratio, op, value))
     match = _ATTRIBUTE.match(field)
     if match:
-        element = col(Customer.attributes)[match.group(1)]
+        text = attribute_text(col(Customer.attributes), sa.literal(match.group(1)))
         if op == "exists":
-            present = sa.and_(element.as_string().is_not(None))
+            present = sa.and_(text.is_not(None))
             return present if value else sa.not_(present)
         sample = value[0] if isinstance(value, tuple) else value
         if isinstance(sample, bool):
-            column = element.as_boolean()
-        elif isinstance(sample, int | float):
+            # "true", "TRUE" and True alike; anything else is neither true nor false.
+            normalized: ColumnElement[Any] = sa.func.lower(sa.func.trim(text))
+            value = tuple(str(v).lower() for v in value) if isinstance(value, tuple) else str(value).lower()
+            return _compare(normalized, op, value)
+        if isinstance(sample, int | float):
             # Imported CSV cells are text: a cell like "n/a" is no number, not an error.
-            column = as_number(element.as_string())
-        else:
-            column = element.as_string()
-        return _compare(column, op, value)
-    column = CUSTOMER_FIELDS[field]
+            return _compare(as_number(text), op, value)
+        return _compare(text, op, value)
+    column: ColumnElement[Any] = CUSTOMER_FIELDS[field]
     if field == "email":
         column = sa.func.lower(column)
         value = (

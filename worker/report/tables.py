@@ -85,7 +85,8 @@ def report_tables(report: Report) -> Group:
     )]
     parts.append(_table(
         f"Churn per {report.period}", PERIOD_COLUMNS, _period_rows(report.periods, "*"),
-        caption="* still running: numbers so far. Churn = lost during the period / customers at its start.",
+        caption=("* still running: numbers so far. " if any(p.partial for p in report.periods) else "")
+        + "Churn = lost during the period / customers at its start.",
     ))
     if report.period != "month":
         parts.append(_table("Churn per month (seasonality)", ["month", "at start", "lost", "churn"], (
