@@ -438,7 +438,7 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
             # Imported CSV cells are text: a cell like "n/a" is no number, not an error.
             return _compare(as_number(text), op, value)
         return _compare(text, op, value)
-    column: ColumnElement[Any] = CUSTOMER_FIELDS[field]
+    column = cast(ColumnElement[Any], CUSTOMER_FIELDS[field])
     if field == "email":
         column = sa.func.lower(column)
         value = (
