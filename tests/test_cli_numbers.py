@@ -63,3 +63,59 @@ def test_boolean_attributes_from_csv_compare_like_json(workdir):  # noqa: F811
     shown = retention(workdir, "plan", "--show", "10").stdout
     assert "c1 <ada@example.com>" in shown and "c3 <cy@example.com>" in shown
     assert "c2 <" not in shown
+
+
+def table_row(output: str, campaign_id: str) -> list[str]:
+    """The cells of a campaign's row in a rich table."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")]
+        if campaign_id in cells:
+            return [c for c in cells if c]
+    raise AssertionError(f"no row for {campaign_id} in:\n{output}")
+
+
+def three_lapsed_customers(folder: Path, plan: str = "free") -> None:
+    lapsed = datetime.now(UTC) - timedelta(days=60)
+    lapsed_customers_csv(folder, *(f"c{i},c{i}@example.com,C{i},{plan},active,UTC,{lapsed:%Y-%m-%d}"
+                                    for i in (1, 2, 3)))
+    retention(folder, "import", "customers", "customers.csv")
+
+
+def test_blast_guard_hold_is_shown_as_held_everywhere(workdir):  # noqa: F811
+    write_rules(workdir, defaults="  blast_guard: {first_pass: 1}\n")
+    three_lapsed_customers(workdir)
+    plan = retention(workdir, "plan").stdout
+    assert table_row(plan, "we-miss-you")[-1] == "0"  # would send: nothing while held
+    assert "3 deliveries would wait for `retention approve we-miss-you`" in plan
+
+    run = retention(workdir, "run", "--once").stdout
+    assert "held by the blast guard: 3" in table_row(run, "we-miss-you")[-1]
+    assert "we-miss-you: HELD by the blast guard: first pass matches 3" in run
+
+    explained = retention(workdir, "explain", "c1").stdout
+    assert table_row(explained, "we-miss-you")[1] == "held"
+    assert "held by the blast guard" in explained and "already_sent" not in explained
+    again = retention(workdir, "plan").stdout
+    assert "we-miss-you: planned before: 3 held" in again
+
+
+def test_over_cap_skips_are_not_counted_as_held_out_and_explain_names_them(workdir):  # noqa: F811
+    second = (
+        "    priority: 10\n"
+        "  - id: second\n    template: check_in\n    when: {status: active}\n"
+        "  - id: grouped\n    template: check_in\n"
+        "    when: {any: [{plan: pro}, {event: {name: login, within: 12h}}]}\n"
+    )
+    write_rules(workdir, defaults="  frequency_cap: {max: 1, per: 7d}\n", campaign=second)
+    three_lapsed_customers(workdir)
+    retention(workdir, "run", "--once")  # we-miss-you first; `second` waits for the next pass
+    run = retention(workdir, "run", "--once").stdout
+    row = table_row(run, "second")
+    assert row[1:3] == ["3", "0"], row  # 3 new deliveries, 0 held out
+    assert "skipped (over the cap): 3" in row[-1]
+
+    explained = retention(workdir, "explain", "c1").stdout
+    assert table_row(explained, "second")[1] == "capped"
+    assert "over the frequency cap" in explained
+    assert "within 12h" in explained and "within 0d" not in explained
+    assert "plan is 'free'" in explained and "event login: no such event" in explained

@@ -73,7 +73,8 @@ def test_explain_names_the_sends_that_cap_a_customer_and_quiet_hours(engine):
         Planner(rules(RULES), now=NOW).run(session)
         session.commit()
     later = verdicts(engine, free_id, now=NOW + timedelta(days=1))
-    assert later["gentle"].verdict == "already_sent"
+    # Planned but never sent: explain says so instead of "already_sent".
+    assert later["gentle"].verdict == "queued" and "not sent yet" in later["gentle"].reason
     assert later["urgent"].verdict == "no_match" and "plan = pro (is 'free')" in later["urgent"].reason
     with Session(engine) as session:
         session.execute(sa.update(Delivery).values(episode="older"))

@@ -45,6 +45,7 @@ class OnceSummary:
     rows: list[CampaignSummary]
     pending: int
     where: str
+    held: list[tuple[str, str]] = field(default_factory=list)  # (campaign, why) held by the blast guard
 
 
 @dataclass
@@ -85,11 +86,14 @@ def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT
         stale_after = timedelta(0) if is_in_process(roles.broker) else DEFAULT_STALE_AFTER
         report = run_pass(rt, roles.enqueue, stale_after=stale_after)
         ids = report.result.queued_ids + report.swept_ids
-        pending = _wait_until_settled(rt, ids, timeout)
+        _wait_until_settled(rt, ids, timeout)
     finally:
         roles.stop()
         rt.transport.close()
-    return OnceSummary(rows=_summarize(rt, report.result, ids), pending=pending, where=where_mail_went(rt))
+    return OnceSummary(
+        rows=_summarize(rt, report.result, ids), pending=still_waiting(rt), where=where_mail_went(rt),
+        held=[(p.campaign_id, p.blast_guard) for p in report.result.plans if p.blast_guard],
+    )
 
 
 def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
@@ -154,14 +158,28 @@ def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary
                 .group_by(col(Delivery.campaign_id), col(Delivery.status))
             ):
                 statuses[campaign_id][status] += count
-        for plan in result.plans:
-            held_out = plan.inserted - len(plan.queued_ids)
-            rows[plan.campaign_id].held_out = held_out if not plan.blast_guard else 0
     for campaign_id, counter in statuses.items():
         row = rows.setdefault(campaign_id, CampaignSummary(campaign_id))
         row.sent = counter.pop(DeliveryStatus.sent, 0)
         row.other = dict(counter)
+    for plan in result.plans:
+        row = rows[plan.campaign_id]
+        row.held_out = plan.recorded.get(DeliveryStatus.held_out, 0)
+        # Recorded by the planner, never queued: name them, or the columns do not add up.
+        for status, label in ((DeliveryStatus.skipped, "skipped (over the cap)"),
+                              (DeliveryStatus.held, "held by the blast guard")):
+            if plan.recorded.get(status):
+                row.other[label] = plan.recorded[status]
     return list(rows.values())
+
+
+def still_waiting(rt: Runtime) -> int:
+    """Deliveries of any pass not sent yet: waiting for the send window, a retry, or a worker."""
+    with Session(rt.engine) as session:
+        return int(session.scalar(
+            sa.select(sa.func.count()).select_from(Delivery)
+            .where(col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)))
+        ) or 0)
 
 
 def where_mail_went(rt: Runtime) -> str:

@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.delivery.sendwindow import customer_zone, next_send_time
-from campaigns.models import Customer, Delivery, Suppression
+from campaigns.delivery.sendwindow import WAITING, customer_zone, next_send_time
+from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression
 from campaigns.planning.planner import IN_FLIGHT, CampaignPlan, Planner
 from campaigns.rules.conditions import (
+    AnswerTest,
     Condition,
     EventTest,
     FieldTest,
@@ -25,6 +26,7 @@ from campaigns.rules.conditions import (
     SqlContext,
     compile_condition,
     describe,
+    walk,
 )
 from campaigns.rules.durations import format_duration
 from campaigns.rules.schema import Campaign, Rules
@@ -140,16 +142,43 @@ def _word(
     last = session.scalars(
         sa.select(Delivery)
         .where(col(Delivery.customer_id) == customer.id, col(Delivery.campaign_id) == campaign.id)
-        .order_by(col(Delivery.created_at).desc())
+        .order_by(col(Delivery.created_at).desc(), col(Delivery.id).desc())
     ).first()
     when = f"{last.status} on {last.created_at:%Y-%m-%d}" if last else "earlier"
     if kind == "cooldown" and campaign.cooldown is not None and last is not None:
         return verdict(
             "cooldown",
-            f"last one {when}; cooldown {campaign.cooldown.days}d ends "
+            f"last one {when}; cooldown {format_duration(campaign.cooldown)} ends "
             f"{last.created_at + campaign.cooldown:%Y-%m-%d}",
         )
-    return verdict("already_sent", f"already planned for this episode ({when})")
+    if last is None:  # pragma: no cover - the verdict says a delivery exists
+        return verdict("already_planned", "already planned for this episode")
+    return verdict(*_existing(last, campaign, now))
+
+
+def _existing(delivery: Delivery, campaign: Campaign, now: datetime) -> tuple[str, str]:
+    """(verdict, reason) for this episode's delivery, named by what became of it."""
+    on = f"{delivery.created_at:%Y-%m-%d}"
+    status = delivery.status
+    if status == DeliveryStatus.sent:
+        sent = delivery.sent_at or delivery.created_at
+        return "already_sent", f"already sent for this episode ({sent:%Y-%m-%d})"
+    if status == DeliveryStatus.queued:
+        if delivery.due_at > now and (delivery.last_error or "").startswith(WAITING):
+            return "waiting", f"planned on {on}, {delivery.last_error}"
+        return "queued", f"planned on {on}, queued and not sent yet"
+    if status == DeliveryStatus.sending:
+        return "sending", f"planned on {on}, being sent now"
+    if status == DeliveryStatus.held:
+        return "held", (
+            f"planned on {on}, held by the blast guard; `retention approve {campaign.id}` releases it"
+        )
+    if status == DeliveryStatus.skipped:
+        return "capped", f"skipped on {on}: it was over the frequency cap (over_cap: skip ends the episode)"
+    if status == DeliveryStatus.held_out:
+        return "held_out", f"in the control group for this episode since {on}: recorded, never sent"
+    error = f": {delivery.last_error}" if delivery.last_error else ""
+    return str(status), f"planned on {on}, {status}{error}"
 
 
 def _holds(
@@ -180,6 +209,11 @@ def _failed_conditions(
 def _actual(test: Condition, customer: Customer, now: datetime) -> str:
     if isinstance(test, EventTest):
         return "no such event" if test.present else "has that event"
+    if isinstance(test, Group):
+        # The customer's values for every test inside, so `any:` / `not:` say why.
+        values = dict.fromkeys(f"{_subject(t)} {_actual(t, customer, now)}" for t in walk(test)
+                               if not isinstance(t, Group))
+        return "; ".join(values) or "not met"
     if not isinstance(test, FieldTest):
         return "not met"
     field = test.field
@@ -204,6 +238,16 @@ def _actual(test: Condition, customer: Customer, now: datetime) -> str:
     return f"is {value!r}"
 
 
+def _subject(test: Condition) -> str:
+    if isinstance(test, FieldTest):
+        return test.field
+    if isinstance(test, EventTest):
+        return f"event {test.name}:"
+    if isinstance(test, AnswerTest):
+        return f"answer {test.survey}.{test.question}:"
+    return ""
+
+
 def _capped_by(session: Session, rules: Rules, campaign: Campaign, customer: Customer, now: datetime) -> str:
     cap = campaign.frequency_cap or rules.defaults.frequency_cap
     recent = session.scalars(
@@ -217,7 +261,7 @@ def _capped_by(session: Session, rules: Rules, campaign: Campaign, customer: Cus
         .limit(5)
     ).all()
     listed = ", ".join(f"{d.campaign_id} {d.status} {d.created_at:%Y-%m-%d}" for d in recent)
-    limit = f"{cap.max} per {cap.per.days}d" if cap else "the cap"
+    limit = f"{cap.max} per {format_duration(cap.per)}" if cap else "the cap"
     return f"over the frequency cap ({limit}) after: {listed or 'earlier sends'}"
 
 

@@ -122,6 +122,8 @@ class CampaignPlan:
     over_max_per_pass: int = 0
     blast_guard: str | None = None  # why the new deliveries are held, if they are
     inserted: int = 0
+    recorded: dict[str, int] = field(default_factory=dict)  # new rows of this pass by status
+    earlier: dict[str, int] = field(default_factory=dict)  # "already_sent" rows by their status
     queued_ids: list[int] = field(default_factory=list)
     sample: list[tuple[str, str]] = field(default_factory=list)  # (external id, email)
 
@@ -131,8 +133,17 @@ class CampaignPlan:
         return sum(self.counts.values())
 
     @property
-    def to_send(self) -> int:
+    def sendable(self) -> int:
+        """Deliveries this pass creates for sending, whether released now or held."""
         return self.counts["send"] - self.over_max_per_pass
+
+    @property
+    def to_send(self) -> int:
+        return 0 if self.blast_guard else self.sendable
+
+    @property
+    def held(self) -> int:
+        return self.sendable if self.blast_guard else 0
 
 
 @dataclass
@@ -345,8 +356,12 @@ class Planner:
         else:
             state.last_audience = plan.audience
             held_audience = None
+        if plan.counts["already_sent"]:
+            plan.earlier = self._earlier(session, campaign, selection)
         inserted = self._insert(session, campaign, selection, held=bool(plan.blast_guard))
         plan.inserted = len(inserted)
+        for _, status in inserted:
+            plan.recorded[status] = plan.recorded.get(status, 0) + 1
         plan.queued_ids = [i for i, status in inserted if status == DeliveryStatus.queued]
         if held_audience is not None:
             state.approved_audience = held_audience  # what `approve` accepts as the new baseline
@@ -379,6 +394,22 @@ class Planner:
             )
         )
         return _PLAN_SELECTION
+
+    def _earlier(self, session: Session, campaign: Campaign, selection: sa.Table) -> dict[str, int]:
+        """What became of the deliveries that make customers "already_sent", by status."""
+        rows = session.execute(
+            sa.select(col(Delivery.status), sa.func.count())
+            .join(
+                selection,
+                sa.and_(
+                    selection.c.customer_id == col(Delivery.customer_id),
+                    selection.c.episode == col(Delivery.episode),
+                ),
+            )
+            .where(col(Delivery.campaign_id) == campaign.id, selection.c.verdict == "already_sent")
+            .group_by(col(Delivery.status))
+        )
+        return {str(status): int(count) for status, count in rows}
 
     def _variant_columns(self, campaign: Campaign, selection: sa.FromClause) -> tuple[Any, Any]:
         """(template, variant) per row: a deterministic weighted split for A/B tests."""

@@ -21,7 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
 from campaigns.models import Customer, Event, SurveyAnswer, UTCDateTime
-from campaigns.rules.durations import parse_duration
+from campaigns.rules.durations import format_duration, parse_duration
 
 Path = tuple[str | int, ...]
 
@@ -520,7 +520,7 @@ def describe(condition: Condition) -> str:
         )
         return f"answer {condition.survey}.{condition.question} {condition.operator} {value}"
     if isinstance(condition, EventTest):
-        within = f" within {condition.within.days}d" if condition.within else ""
+        within = f" within {format_duration(condition.within)}" if condition.within else ""
         return f"{'has' if condition.present else 'has no'} event {condition.name}{within}"
     words = {
         "eq": "=",

@@ -53,7 +53,7 @@ def check() -> None:
 
 VERDICT_COLUMNS = [
     ("audience", "match"),
-    ("already_sent", "sent before"),
+    ("already_sent", "planned before"),
     ("cooldown", "cooldown"),
     ("suppressed", "suppr."),
     ("other_campaign", "other camp."),
@@ -89,7 +89,11 @@ def plan(
         if not p.due:
             notes.append(p.not_due_reason or "not due")
         if p.blast_guard:
-            notes.append(f"HELD by blast guard: {p.blast_guard}; run `retention approve {p.campaign_id}`")
+            notes.append(f"HELD by blast guard: {p.blast_guard}; {p.held} deliveries would wait for "
+                         f"`retention approve {p.campaign_id}`")
+        if p.earlier:
+            listed = ", ".join(f"{count} {status}" for status, count in sorted(p.earlier.items()))
+            notes.append(f"planned before: {listed}")
         if p.over_max_per_pass:
             notes.append(f"{p.over_max_per_pass} over max_per_pass, next pass")
         table.add_row(p.campaign_id, *(str(values[key]) for key, _ in VERDICT_COLUMNS))

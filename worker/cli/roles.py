@@ -116,9 +116,13 @@ def _print_summary(rt: Runtime, summary: Any) -> None:
             ", ".join(f"{k}: {v}" for k, v in row.other.items()) or "-",
         )
     out.print(table)
+    for campaign_id, why in summary.held:
+        out.print(f"{campaign_id}: HELD by the blast guard: {why}; run `retention approve {campaign_id}`",
+                  markup=False, soft_wrap=True)
     if summary.pending:
         out.print(
-            f"{summary.pending} deliveries still waiting (quiet hours or retries); the next pass sends them",
+            f"{summary.pending} deliveries still waiting (send window, retries), this pass's and "
+            "earlier ones; a later pass sends them",
             markup=False,
         )
     out.print(summary.where, markup=False)
