@@ -53,8 +53,14 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def served(tmp_path, database_url, smtp_sink) -> Iterator[tuple[runtime_module.Runtime, str]]:
-    """A Runtime on the shipped rules and templates, and the base URL uvicorn serves it on."""
+    """A Runtime on the shipped rules and templates, and the base URL uvicorn serves it on.
+
+    The shipped templates have no pages/: the survey form and the unsubscribe button are the
+    built-in pages, as for a user whose templates folder is their own.
+    """
     import uvicorn
+
+    assert not (ROOT / "templates" / "pages").exists()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts: no race for the port

@@ -142,3 +142,16 @@ def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, sm
     assert time.monotonic() - started < 30
     assert "Traceback" not in stderr
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["ada@example.com"]]
+
+
+def test_init_writes_the_examples_and_never_overwrites_without_force(tmp_path):
+    retention(tmp_path, "init", "new")
+    assert (tmp_path / "new" / "rules.yaml").read_text() == (ROOT / "rules.yaml").read_text()
+    (tmp_path / "new" / "rules.yaml").write_text("campaigns: []\n")
+    again = retention(tmp_path, "init", "new", check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        "error: new/rules.yaml, new/templates already exist: nothing was written (--force overwrites them)"]
+    assert (tmp_path / "new" / "rules.yaml").read_text() == "campaigns: []\n"
+    retention(tmp_path, "init", "new", "--force")
+    assert (tmp_path / "new" / "rules.yaml").read_text() == (ROOT / "rules.yaml").read_text()

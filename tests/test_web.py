@@ -573,6 +573,7 @@ def test_database_down_answers_503_and_never_a_false_success(rt, client, databas
 def test_broken_page_template_still_unsubscribes_with_a_plain_page(make_runtime, tmp_path):
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
+    (templates / "pages").mkdir()
     (templates / "pages" / "unsubscribed.html.j2").write_text("{% extends 'base.html.j2' %}{{ oops }")
     rt = make_runtime(templates=templates)
     delivery = add_delivery(rt)
@@ -583,6 +584,43 @@ def test_broken_page_template_still_unsubscribes_with_a_plain_page(make_runtime,
     assert customer(rt, delivery.customer_id).unsubscribed_at is not None
     [error] = Pages(templates).check()
     assert error.format().endswith("pages/unsubscribed.html.j2:1: unexpected '}'")
+
+
+def test_own_templates_without_pages_get_the_built_in_survey_form_and_unsubscribe_button(
+    make_runtime, tmp_path,
+):
+    templates = tmp_path / "own"
+    shutil.copytree(ROOT / "templates" / "exit_survey", templates / "exit_survey")
+    assert not (templates / "pages").exists()
+    rt = make_runtime(templates=templates)
+    delivery = add_delivery(rt)
+    survey = f"/s/{rt.signer.survey_token(delivery.id)}"
+    unsubscribe = f"/u/{rt.signer.unsubscribe_token(delivery.id)}"
+    with TestClient(create_app(rt), base_url=PUBLIC_URL) as client:
+        form = client.get(survey)
+        assert form.status_code == 200
+        assert f'action="{survey}"' in form.text and 'name="reason" value="price"' in form.text
+        assert "cannot be shown" not in text_of(form)
+        assert "Thank you for your answers" in text_of(client.post(survey, data={"reason": "price"}))
+        confirm = client.get(unsubscribe)
+        assert f'action="{unsubscribe}"' in confirm.text and "<button" in confirm.text
+        assert "You are unsubscribed" in text_of(client.post(unsubscribe))
+    assert {a.answer for a in rows(rt, SurveyAnswer)} == {"price"}
+    assert customer(rt, delivery.customer_id).unsubscribed_at is not None
+
+
+def test_a_page_in_templates_pages_replaces_only_that_built_in_page(make_runtime, tmp_path):
+    templates = tmp_path / "templates"
+    (templates / "pages").mkdir(parents=True)
+    (templates / "pages" / "unsubscribed.html.j2").write_text(
+        "{% extends 'base.html.j2' %}{% block content %}Bye {{ email }} from Acme{% endblock %}")
+    rt = make_runtime(templates=templates)
+    delivery = add_delivery(rt)
+    unsubscribe = f"/u/{rt.signer.unsubscribe_token(delivery.id)}"
+    with TestClient(create_app(rt), base_url=PUBLIC_URL) as client:
+        assert "<button" in client.get(unsubscribe).text  # still the built-in confirm page
+        assert "from Acme" in text_of(client.post(unsubscribe))
+    assert Pages(templates).check() == []
 
 
 def test_shipped_pages_render_with_what_the_server_passes():

@@ -129,8 +129,7 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
             required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
             errors.extend(templates.check(template, context, required_names=required))
     errors.extend(templates.check_all())
-    if (templates.root / "pages").is_dir():  # without it the web serves plain built-in pages
-        errors.extend(Pages(templates.root).check())
+    errors.extend(Pages(templates.root).check())  # the user's overrides among the built-in pages
     lines = []
     for error in errors:
         line = error.format()

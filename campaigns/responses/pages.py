@@ -1,9 +1,11 @@
 """The web pages customers see after clicking a link: unsubscribe, survey, thanks, errors.
 
-They live in ``templates/pages/`` so marketing restyles them like the emails,
-but they render in an environment of their own: HTML-autoescaped, sandboxed,
-strict about undefined names, and unaware of the email context.  Every page
-extends ``base.html.j2``.
+The built-in ones ship inside this package (``builtin_pages/``), so a user's own
+templates folder needs none of them; a file in ``templates/pages/`` replaces the
+built-in page of the same name, one by one, so marketing restyles them like the
+emails.  They render in an environment of their own: HTML-autoescaped,
+sandboxed, strict about undefined names, and unaware of the email context.
+Every page extends ``base.html.j2`` (overriding only that one restyles all).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from campaigns.delivery.rendering import PAGES_DIR
 from campaigns.errors import TemplateError
 
 log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).parent / "builtin_pages"
 
 BASE = "base.html.j2"
 UNSUBSCRIBE_CONFIRM = "unsubscribe_confirm.html.j2"
@@ -47,12 +51,14 @@ SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
 
 
 class Pages:
-    """Renders ``templates/pages/NAME``; any failure is a TemplateError located in the file."""
+    """Renders ``templates/pages/NAME``, else the built-in page; any failure is a TemplateError
+    located in the file."""
 
     def __init__(self, templates_root: Path) -> None:
         self.root = Path(os.path.normpath(Path(templates_root, PAGES_DIR).absolute()))
         self._env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(str(self.root)),
+            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(self.root)),
+                                        jinja2.FileSystemLoader(str(BUILTIN_DIR))]),
             undefined=jinja2.StrictUndefined,
             autoescape=True,
             trim_blocks=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -134,16 +133,16 @@ def demo(
 ) -> None:
     """Synthetic customers into the default database, one pass, a summary, and where the mail went."""
     from campaigns.demo_data import demo_anchor, generate_demo
-    from worker import daemon
+    from worker import daemon, examples
 
     cfg = settings()
-    shipped = Path(__file__).resolve().parents[2]
-    overrides: dict[str, Path] = {}
-    if not cfg.rules.exists() and (shipped / "rules.yaml").exists():
-        overrides["rules_path"] = shipped / "rules.yaml"
-    if not cfg.templates.exists() and (shipped / "templates").exists():
-        overrides["templates_path"] = shipped / "templates"
-    rt = build_runtime(cfg, **overrides)
+    # In an empty directory (a fresh install) the demo starts from the examples, as `retention
+    # init` would, so that `report`, `plan` and `explain` work there afterwards.
+    if not cfg.rules.exists() and not cfg.templates.exists():
+        examples.write_into_place(rules=cfg.rules, templates=cfg.templates)
+        out.print(f"wrote the example {cfg.rules} and {cfg.templates}/ to try (`retention init` does "
+                  "the same)", markup=False)
+    rt = build_runtime(cfg)
     with Session(rt.engine) as session:
         anchor = demo_anchor(session)
         with err.status(f"generating {customers} synthetic customers and their activity…"):
