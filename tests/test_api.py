@@ -101,3 +101,34 @@ def test_concurrent_batches_store_every_accepted_event_exactly_once(api):
     with Session(rt.engine) as session:
         stored = session.exec(select(Event.client_id)).all()
     assert sorted(stored) == sorted(f"e{i}" for i in range(0, 12 * 50 + 50))
+
+
+def test_duplicates_and_future_events_are_counted_as_such(api):
+    from datetime import UTC, datetime, timedelta
+
+    rt, client = api
+    body = client.post("/api/v1/customers", headers=KEY, json={"customers": [
+        {"id": "c1", "email": "ada@example.com"},
+        {"id": "c2", "email": "bob@example.com"},
+        {"id": "c1", "email": "ada@example.com", "plan": "pro"},  # the same customer again
+        {"id": "c3", "email": "cy@example.com"},
+    ]}).json()
+    assert (body["accepted"], body["inserted"], body["updated"], body["duplicates"]) == (4, 3, 0, 1)
+    again = client.post("/api/v1/customers", headers=KEY, json={"customers": [
+        {"id": "c1", "email": "ada@example.com", "plan": "pro"},
+        {"id": "c2", "email": "bob@example.com", "plan": "team"},
+    ]}).json()
+    assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 1, 1)
+
+    soon = datetime.now(UTC) + timedelta(minutes=5)  # a fast clock, within the tolerance
+    events = client.post("/api/v1/events", headers=KEY, json={"events": [
+        {"customer_id": "c1", "event": "login", "occurred_at": "2099-01-01T00:00:00Z"},
+        {"customer_id": "c2", "event": "login", "occurred_at": soon.isoformat()},
+    ]}).json()
+    assert (events["accepted"], events["inserted"]) == (1, 1)
+    [error] = events["errors"]
+    assert error["index"] == 0
+    assert error["error"].startswith("events[0].occurred_at: 2099-01-01T00:00:00Z is in the future")
+    with Session(rt.engine) as session:
+        ada = session.exec(select(Customer).where(Customer.external_id == "c1")).one()
+        assert ada.last_active_at is None  # the 2099 event changed nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,3 +120,31 @@ def test_over_cap_skips_are_not_counted_as_held_out_and_explain_names_them(workd
     assert "over the frequency cap" in explained
     assert "within 12h" in explained and "within 0d" not in explained
     assert "plan is 'free'" in explained and "event login: no such event" in explained
+
+
+def test_reimporting_a_customers_file_keeps_a_later_cancellation_and_says_unchanged(workdir):  # noqa: F811
+    (workdir / "customers.csv").write_text(
+        "id,email,status,signed_up_at,last_active_at\n"
+        "c1,ada@example.com,active,2026-01-10,2026-10-01\n"
+        "c2,bob@example.com,active,2026-01-10,2026-10-01\n"
+    )
+    first = retention(workdir, "import", "customers", "customers.csv").stdout
+    assert "2 new, 0 updated, 0 unchanged" in first
+    (workdir / "events.csv").write_text("customer_id,event,occurred_at\nc1,cancelled,2026-10-15T09:00:00Z\n")
+    events = retention(workdir, "import", "events", "events.csv").stdout
+    assert "1 new" in events and "updated" not in events  # events are never updated
+
+    again = retention(workdir, "import", "customers", "customers.csv").stdout  # yesterday's export
+    assert "0 new, 0 updated, 2 unchanged" in again
+    report = json.loads(retention(workdir, "report", "--from", "2026-10", "--to", "2026-10",
+                                  "--format", "json").stdout)
+    assert report["totals"]["lost_active"] == 1  # the cancellation survived the re-import
+
+    # Newer evidence reactivates: the customer was active after cancelling.
+    (workdir / "back.csv").write_text(
+        "id,email,status,last_active_at\nc1,ada@example.com,active,2026-11-02\n"
+    )
+    back = retention(workdir, "import", "customers", "back.csv").stdout
+    assert "1 updated" in back
+    explained = retention(workdir, "explain", "c1").stdout
+    assert "<ada@example.com> active" in explained

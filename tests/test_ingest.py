@@ -150,7 +150,7 @@ def test_importing_the_same_customers_twice_changes_nothing(
 
     session.expire_all()
     after = [c.model_dump(exclude={"updated_at"}) for c in session.exec(select(Customer))]
-    assert (again.inserted, again.updated) == (0, 2)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
     assert after == before
 
 

@@ -103,6 +103,8 @@ def api_router(rt: Runtime) -> APIRouter:
             bad,
             inserted=result.inserted if result else 0,
             updated=result.updated if result else 0,
+            unchanged=result.unchanged if result else 0,
+            duplicates=result.duplicates if result else 0,
         )
 
     @router.post("/events", dependencies=[Depends(authorized)])

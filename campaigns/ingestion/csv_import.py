@@ -57,6 +57,7 @@ class ImportReport:
     rows: int = 0  # data records read (good and rejected)
     inserted: int = 0
     updated: int = 0
+    unchanged: int = 0  # known customers the file changed nothing about
     duplicates: int = 0
     rejected_count: int = 0
     # (line, message) for the first MAX_REPORTED_REJECTS bad records; line is where the
@@ -257,6 +258,8 @@ def _write_batch(
         upserted = upsert_customers(session, records)
         report.inserted += upserted.inserted
         report.updated += upserted.updated
+        report.unchanged += upserted.unchanged
+        report.duplicates += upserted.duplicates
         return
     recorded = record_events(session, records, non_activity_events=non_activity_events)
     report.inserted += recorded.inserted

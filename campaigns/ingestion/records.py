@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from campaigns.errors import ConfigurationError
 from campaigns.ingestion.activity import apply_activity, cancel_customers, later_of
@@ -35,6 +36,9 @@ from campaigns.models import Customer, CustomerStatus, Event
 log = logging.getLogger(__name__)
 
 CANCEL_EVENT = "cancelled"
+# Events dated later than this after the server's clock are refused: an event from the future
+# would make its customer active forever.  The margin covers clocks that run a little fast.
+FUTURE_TOLERANCE = timedelta(minutes=15)
 _IN_CHUNK = 900  # keys per IN (...) list: below SQLite's old 999-variable limit
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
@@ -271,6 +275,8 @@ def parse_records(
 class UpsertResult:
     inserted: int = 0
     updated: int = 0
+    unchanged: int = 0  # known customers whose record changed nothing
+    duplicates: int = 0  # the same customer again later in the batch (its fields were merged)
 
 
 @dataclass
@@ -343,17 +349,19 @@ def upsert_customers(
     """
     stamp = now or datetime.now(UTC)
     pending: dict[str, dict[str, Any]] = {}
+    duplicates = 0
     for record in records:
         values = record.present_values()
         previous = pending.get(record.external_id)
         if previous is not None:  # the same customer twice in one batch: later fields win
+            duplicates += 1
             attributes = {**previous.get("attributes", {}), **values.get("attributes", {})}
             values = {**previous, **values}
             if attributes:
                 values["attributes"] = attributes
         pending[record.external_id] = values
     if not pending:
-        return UpsertResult()
+        return UpsertResult(duplicates=duplicates)
     known = _known_customers(session, pending)
 
     groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
@@ -373,22 +381,60 @@ def upsert_customers(
         }
         groups[frozenset(values)].append(row)
 
+    written: set[str] = set()
     for present, rows in groups.items():
         insert = _dialect_insert(session, _customer)
         excluded = insert.excluded
-        updates: dict[str, Any] = {"updated_at": excluded.updated_at}
+        updates: dict[str, Any] = {}
+        changes: list[ColumnElement[bool]] = []
         for name in present - {"external_id"}:
             if name == "attributes":
                 updates[name] = _merged_attributes(session, _customer.c.attributes, excluded[name])
-            elif name == "last_active_at":
+                changes.append(_attributes_change(session, _customer.c.attributes, updates[name]))
+                continue
+            if name == "last_active_at":
                 updates[name] = later_of(_customer.c.last_active_at, excluded.last_active_at)
+            elif name == "status":
+                updates[name] = _kept_cancellation(excluded)
             else:
                 updates[name] = excluded[name]
-        session.execute(
-            insert.on_conflict_do_update(index_elements=["external_id"], set_=updates), rows
-        )
-    updated = sum(1 for external_id in pending if external_id in known)
-    return UpsertResult(inserted=len(pending) - updated, updated=updated)
+            changes.append(_customer.c[name].is_distinct_from(updates[name]))
+        updates["updated_at"] = excluded.updated_at
+        # A row whose values would all stay the same is left alone, and counted as unchanged.
+        statement = insert.on_conflict_do_update(
+            index_elements=["external_id"], set_=updates, where=sa.or_(*changes) if changes else sa.false()
+        ).returning(_customer.c.external_id)
+        written.update(session.execute(statement, rows).scalars())
+    inserted = sum(1 for external_id in pending if external_id not in known)
+    updated = sum(1 for external_id in written if external_id in known)
+    return UpsertResult(inserted=inserted, updated=updated, unchanged=len(known) - updated,
+                        duplicates=duplicates)
+
+
+def _kept_cancellation(excluded: Any) -> ColumnElement[Any]:
+    """The status to store: a record's ``active`` does not undo a cancellation recorded later.
+
+    A daily export re-run says "active" for a customer who cancelled since it was made; only
+    newer evidence reactivates: the record's own last_active_at after the cancellation.
+    """
+    stored = _customer.c
+    undone_by_old_data = sa.and_(
+        excluded.status == CustomerStatus.active.value,
+        stored.status == CustomerStatus.cancelled.value,
+        stored.cancelled_at.is_not(None),
+        sa.or_(excluded.last_active_at.is_(None), excluded.last_active_at <= stored.cancelled_at),
+    )
+    return sa.case((undone_by_old_data, stored.status), else_=excluded.status)
+
+
+def _attributes_change(session: Session, existing: Any, merged: Any) -> ColumnElement[bool]:
+    if session.get_bind().dialect.name == "sqlite":
+        # json() is the stored text in json_patch's own spelling: equal text, equal object.
+        return sa.func.json(sa.func.coalesce(existing, sa.literal_column("'{}'"))).is_distinct_from(merged)
+    jsonb = postgresql.JSONB
+    return sa.cast(sa.func.coalesce(existing, sa.literal_column("'{}'")), jsonb).is_distinct_from(
+        sa.cast(merged, jsonb)
+    )
 
 
 def derived_client_id(customer_id: str, name: str, occurred_at: datetime, properties: Any) -> str:
@@ -428,6 +474,13 @@ def record_events(
             ))
             continue
         occurred_at = to_utc(record.occurred_at, customer.timezone)
+        if occurred_at > stamp + FUTURE_TOLERANCE:
+            result.errors.append((
+                index,
+                f"occurred_at: {occurred_at:%Y-%m-%dT%H:%M:%SZ} is in the future (now "
+                f"{stamp:%Y-%m-%dT%H:%M:%SZ}); send when the event happened, with its UTC offset",
+            ))
+            continue
         client_id = record.client_id or derived_client_id(
             record.customer_id, record.event, occurred_at, record.properties
         )

@@ -69,8 +69,10 @@ def _import(kind: Literal["customers", "events"], file: Path, rejects: Path | No
         err.print(f"{file}:{line}: {message}", markup=False, soft_wrap=True)
     if report.rejected_count > len(report.rejected):
         err.print(f"… and {report.rejected_count - len(report.rejected)} more", markup=False)
+    # Events are stored once and never updated: only customers have updated / unchanged rows.
+    changed = f"{report.updated} updated, {report.unchanged} unchanged, " if kind == "customers" else ""
     summary = (
-        f"{kind}: {report.rows} rows, {report.inserted} new, {report.updated} updated, "
+        f"{kind}: {report.rows} rows, {report.inserted} new, {changed}"
         f"{report.duplicates} duplicates skipped, {report.rejected_count} rejected"
     )
     if report.rejected_count:
