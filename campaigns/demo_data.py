@@ -73,6 +73,12 @@ class DemoSummary:
     cancelled_recently: int = 0  # 2-48 hours before `now`
     drifting: int = 0  # last activity 30-200 days before `now`
     plans: dict[str, int] = field(default_factory=dict)
+    people: list[_Person] = field(default_factory=list, repr=False)
+
+    def describe(self) -> str:
+        plans = ", ".join(f"{count} {plan}" for plan, count in sorted(self.plans.items()))
+        return (f"{self.customers} customers ({plans}), {self.events} events ({self.events_inserted} new); "
+                f"{self.cancelled} cancelled, {self.drifting} drifting away")
 
 
 @dataclass
@@ -81,6 +87,8 @@ class _Person:
     record: dict[str, Any]
     events: list[dict[str, Any]]
     fate: str  # "active", "drifting", "cancelled", "cancelled_recently"
+    cadence: float = 7.0
+    zone: str | None = None
 
 
 def generate_demo(
@@ -95,12 +103,9 @@ def generate_demo(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware, e.g. datetime.now(UTC)")
     now = now.astimezone(UTC)
-    rng = random.Random(seed)
-    recent = set(rng.sample(range(customers), min(customers, RECENT_CANCELS)))
-    people = [_person(rng, number, now, recently_cancelled=number in recent)
-              for number in range(customers)]
+    people = demo_people(customers=customers, now=now, seed=seed)
 
-    summary = DemoSummary(customers=customers)
+    summary = DemoSummary(customers=customers, people=people)
     summary.plans = dict(Counter(p.record["plan"] for p in people))
     fates = Counter(p.fate for p in people)
     summary.cancelled = fates["cancelled"] + fates["cancelled_recently"]
@@ -128,6 +133,13 @@ def generate_demo(
         summary.drifting,
     )
     return summary
+
+
+def demo_people(*, customers: int, now: datetime, seed: int) -> list[_Person]:
+    """The synthetic customers and their history up to ``now``; the same for the same seed."""
+    rng = random.Random(seed)
+    recent = set(rng.sample(range(customers), min(customers, RECENT_CANCELS)))
+    return [_person(rng, number, now, recently_cancelled=number in recent) for number in range(customers)]
 
 
 def _record(
@@ -196,7 +208,7 @@ def _person(rng: random.Random, number: int, now: datetime, *, recently_cancelle
         events.append({"id": f"{external_id}-cancel", "customer_id": external_id,
                        "event": CANCEL_EVENT, "occurred_at": cancelled_at,
                        "properties": {"reason": rng.choice(("price", "not_needed", "other"))}})
-    return _Person(external_id, record, events, fate)
+    return _Person(external_id, record, events, fate, cadence=cadence, zone=zone)
 
 
 def _activity(

@@ -24,11 +24,11 @@ def workdir(tmp_path):
 
 
 def retention(workdir: Path, *args: str, env: dict[str, str] | None = None,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
+              check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     environment.update({"COLUMNS": "200", **(env or {})})
     result = subprocess.run([str(RETENTION), *args], cwd=workdir, env=environment, text=True,
-                            capture_output=True, timeout=300)
+                            capture_output=True, timeout=timeout)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -44,8 +44,9 @@ def count_deliveries(workdir: Path) -> int:
 
 
 def test_demo_fills_a_maildir_and_a_second_run_sends_nothing_new(workdir):
-    result = retention(workdir, "demo", "--customers", "400")
+    result = retention(workdir, "demo", "--quick", "--customers", "400")
     assert "outbox" in result.stdout
+    assert "DemoSummary(" not in result.stdout
     box = mailbox.Maildir(workdir / "outbox", create=False)
     sent = len(box)
     assert sent > 20
@@ -61,6 +62,33 @@ def test_demo_fills_a_maildir_and_a_second_run_sends_nothing_new(workdir):
     plan = retention(workdir, "plan", "--show", "2")
     assert "we-miss-you" in plan.stdout
     assert count_deliveries(workdir) == deliveries  # plan writes nothing
+
+
+@pytest.mark.timeout(900)  # a quarter of daily passes: about a minute on an idle machine
+def test_demo_lives_a_quarter_and_reports_a_significant_lift(workdir):
+    result = retention(workdir, "demo", "--customers", "800", timeout=800)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("A quarter at a synthetic company: ")
+    assert "churn per month (active + passive):" in lines
+    significant = [line for line in lines if line.strip().endswith(" significant")]
+    assert significant, result.stdout
+    assert any(line.startswith("why they left (") for line in lines), result.stdout
+    assert not any(len(line) > 100 for line in lines), result.stdout
+    assert "Summary(" not in result.stdout and "{'" not in result.stdout  # no Python reprs
+    html = (workdir / "demo-report.html").read_text(encoding="utf-8")
+    assert "significant" in html and "price" in html
+    # The emails really went out, through the shipped templates; bounces were suppressed.
+    assert len(mailbox.Maildir(workdir / "outbox", create=False)) > 500
+    engine = sa.create_engine(f"sqlite:///{workdir / 'retention.db'}")
+    with engine.connect() as connection:
+        statuses = dict(connection.execute(
+            sa.text("SELECT status, count(*) FROM delivery GROUP BY status")).all())
+        suppressed = connection.execute(sa.text("SELECT count(*) FROM suppression")).scalar_one()
+        answers = connection.execute(sa.text("SELECT count(*) FROM surveyanswer")).scalar_one()
+    engine.dispose()
+    assert statuses.get("bounced", 0) > 0 and suppressed >= statuses["bounced"]
+    assert statuses.get("held_out", 0) > 0
+    assert answers > 0
 
 
 def test_preview_renders_a_sample_customer_and_writes_html(workdir):

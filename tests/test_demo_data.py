@@ -118,3 +118,18 @@ def test_demo_addresses_are_plain_ascii_versions_of_the_names() -> None:
 def test_the_demo_needs_an_aware_now(engine: Engine) -> None:
     with Session(engine) as session, pytest.raises(ValueError, match="now must be timezone-aware"):
         generate_demo(session, customers=1, now=datetime(2025, 3, 1))
+
+
+def test_the_simulated_quarter_is_the_same_for_the_same_seed():
+    from campaigns.demo_behaviour import Behaviour
+    from campaigns.demo_data import demo_people
+
+    def quarter(seed: int) -> list[dict]:
+        behaviour = Behaviour(demo_people(customers=300, now=NOW, seed=seed), seed=seed)
+        events = []
+        for day in range(30):
+            events += behaviour.day(NOW + timedelta(days=day), {})
+        return events
+
+    assert quarter(3) == quarter(3)
+    assert quarter(3) != quarter(4)

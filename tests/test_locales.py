@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from campaigns.delivery.rendering import TemplateStore, build_sample_context, locale_chain
+from campaigns.delivery.rendering import TemplateStore, build_sample_context
+from campaigns.locales import locale_chain
 from tests.factories import add_customer
 from worker.daemon import run_once
 
@@ -113,3 +114,72 @@ def test_check_accepts_the_translated_templates(templates):
     store = TemplateStore(templates)
     assert store.locales("we_miss_you") == ["zh", "zh-CN"]
     assert store.check("we_miss_you", build_sample_context(template="we_miss_you")) == []
+
+
+SURVEY_RULES = """
+defaults:
+  sender: "Acme <hello@acme.example>"
+  timezone: UTC
+campaigns:
+  - id: exit-survey
+    template: exit_survey
+    trigger: {event: cancelled, after: 1h}
+    survey: why_you_left
+surveys:
+  why_you_left:
+    - id: reason
+      ask: What made you cancel?
+      choices: [price, quality, not_needed]
+      translations:
+        zh-CN: {ask: 您为什么取消？, choices: {price: 价格, quality: 质量, not_needed: 不再需要}}
+        zh: {ask: （中文）您为什么取消？}
+    - id: missing
+      ask: Was there a feature you missed?
+      type: text
+"""
+
+
+@pytest.mark.parametrize(("locale", "ask", "label"), [
+    ("zh-CN", "您为什么取消？", "价格"),
+    ("zh_cn", "您为什么取消？", "价格"),
+    ("zh-TW", "（中文）您为什么取消？", "Price"),  # zh-TW → zh: a translated question, default labels
+    ("de", "What made you cancel?", "Price"),
+    (None, "What made you cancel?", "Price"),
+], ids=["zh-CN", "underscore", "zh-TW-falls-back-to-zh", "untranslated", "no-locale"])
+def test_survey_questions_are_asked_in_the_customers_language(make_runtime, locale, ask, label):
+    from fastapi.testclient import TestClient
+
+    from campaigns.models import Delivery, DeliveryStatus, utcnow
+    from worker.web import create_app
+
+    rt = make_runtime("console://", rules=SURVEY_RULES)
+    with Session(rt.engine) as session:
+        customer = add_customer(session, locale=locale)
+        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="e1",
+                            status=DeliveryStatus.sent, template="exit_survey", sent_at=utcnow())
+        session.add(delivery)
+        session.commit()
+        session.refresh(delivery)
+    with TestClient(create_app(rt), base_url="http://retention.test") as client:
+        page = client.get(f"/s/{rt.signer.survey_token(delivery.id)}")
+        assert page.status_code == 200
+        assert ask in page.text
+        assert label in page.text
+        assert "Was there a feature you missed?" in page.text  # untranslated questions stay as written
+        # A wrong answer shows the form again, still in the customer's language.
+        again = client.post(f"/s/{rt.signer.survey_token(delivery.id)}", data={"reason": "nope"})
+        assert again.status_code == 422
+        assert ask in again.text
+
+
+def test_a_translation_of_an_unknown_choice_is_a_located_error(tmp_path):
+    from campaigns.errors import RulesErrors
+    from campaigns.rules.schema import load_rules
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(SURVEY_RULES.replace("not_needed: 不再需要", "too_slow: 太慢"), encoding="utf-8")
+    with pytest.raises(RulesErrors) as caught:
+        load_rules(path)
+    [error] = caught.value.errors
+    assert error.format().startswith(f"{path}:")
+    assert "too_slow" in error.format() and "price, quality, not_needed" in error.format()

@@ -201,8 +201,8 @@ def create_app(rt: Runtime) -> FastAPI:
             result = await in_session(lambda s: _open_survey(
                 lambda: responses.submit_survey(s, rules, delivery_id, answers, now=now)))
         except SurveyValidationError as exc:
-            questions = rules.surveys.get(exc.survey_id, ())
-            shown = [_question(q, (answers.get(q.id) or [""])[0]) for q in questions]
+            again = await in_session(lambda s: responses.survey_form(s, rules, delivery_id))
+            shown = [_question(q, (answers.get(q.id) or [""])[0]) for q in again.questions]
             return render(pages.SURVEY, {"action": request.url.path, "questions": shown,
                                          "answered_before": False, "errors": exc.errors},
                           status=422, fallback=("Please check your answers", str(exc)))
@@ -280,10 +280,10 @@ def _open_survey(call: Callable[[], T]) -> T:
                       "Thank you for wanting to answer; this survey no longer takes responses.") from exc
 
 
-def _question(question: Any, value: str) -> dict[str, Any]:
+def _question(question: responses.FormQuestion, value: str) -> dict[str, Any]:
     return {"id": question.id, "ask": question.ask, "kind": question.kind,
             "choices": list(question.choices or ()), "required": question.required,
-            "max_length": question.max_length, "value": value}
+            "max_length": question.max_length, "value": value, "labels": question.labels}
 
 
 _URL_SAFE = string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%"

@@ -33,6 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.utils import missing
 
 from campaigns.errors import TemplateError
+from campaigns.locales import LOCALE_TAG, locale_chain, normalize
 from campaigns.models import Customer
 
 SUBJECT = "subject.j2"
@@ -42,8 +43,6 @@ REQUIRED_FILES = (SUBJECT, TEXT_BODY)
 PAGES_DIR = "pages"
 TEMPLATE_FILES = (SUBJECT, TEXT_BODY, HTML_BODY)
 
-# A locale folder's name: a BCP 47-style tag such as "de", "zh-CN", "pt_BR", "sr-Latn-RS".
-_LOCALE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 # Remote stylesheets would make rendering depend on the network; @media rules cannot be
 # inlined and stay in a <style> block for the clients that honour it.
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
@@ -202,17 +201,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def locale_chain(locale: str | None) -> list[str]:
-    """The locale folders to try, most specific first: ``zh-CN`` → ``[zh-cn, zh]``.
-
-    Lower-cased with ``_`` read as ``-``, so ``zh_CN``, ``zh-cn`` and ``zh-CN`` agree."""
-    tag = (locale or "").strip().replace("_", "-").lower()
-    if not tag or not _LOCALE_TAG.match(tag):
-        return []
-    parts = tag.split("-")
-    return ["-".join(parts[:i]) for i in range(len(parts), 0, -1)]
-
-
 def inline_css(html: str) -> str:
     """Move the rules of ``<style>`` blocks into ``style`` attributes (at-rules stay)."""
     if not _STYLE_TAG.search(html):
@@ -271,12 +259,12 @@ class TemplateStore:
         folder = self._root_abs / name
         if not _valid_name(name) or not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _LOCALE_TAG.match(p.name))
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and LOCALE_TAG.match(p.name))
 
     def resolve(self, name: str, locale: str | None) -> dict[str, str]:
         """For each file of the template, the path (relative to the templates root) that
         a customer with ``locale`` gets; the HTML part only when one exists."""
-        folders = {folder.lower().replace("_", "-"): folder for folder in self.locales(name)}
+        folders = {normalize(folder): folder for folder in self.locales(name)}
         candidates = [folders[tag] for tag in locale_chain(locale) if tag in folders]
         resolved: dict[str, str] = {}
         for file in TEMPLATE_FILES:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -80,12 +80,13 @@ class ClickResult:
 @dataclass(frozen=True)
 class FormQuestion:
     id: str
-    ask: str
+    ask: str  # in the customer's language when rules.yaml translates it
     kind: str  # "choice" or "text"
     choices: tuple[str, ...]
     required: bool
     max_length: int
     previous: str | None  # the stored answer, to prefill the form
+    labels: dict[str, str] = field(default_factory=dict)  # choice → its translated label
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class SurveyForm:
     survey_id: str
     campaign_id: str
     questions: tuple[FormQuestion, ...]
+    locale: str | None = None  # the customer's, for the page around the questions
 
     @property
     def answered_before(self) -> bool:
@@ -181,14 +183,16 @@ def survey_form(session: Session, rules: Rules, delivery_id: int) -> SurveyForm:
         .where(col(SurveyAnswer.customer_id) == delivery.customer_id,
                col(SurveyAnswer.survey_id) == survey_id)
     )}
-    return SurveyForm(
-        survey_id=survey_id, campaign_id=delivery.campaign_id,
-        questions=tuple(
-            FormQuestion(id=q.id, ask=q.ask, kind=q.kind, choices=q.choices or (),
-                         required=q.required, max_length=q.max_length, previous=previous.get(q.id))
-            for q in questions
-        ),
-    )
+    customer = session.get(Customer, delivery.customer_id)
+    locale = customer.locale if customer is not None else None
+    form = []
+    for q in questions:
+        ask, labels = q.in_locale(locale)
+        form.append(FormQuestion(id=q.id, ask=ask, kind=q.kind, choices=q.choices or (),
+                                 required=q.required, max_length=q.max_length,
+                                 previous=previous.get(q.id), labels=labels))
+    return SurveyForm(survey_id=survey_id, campaign_id=delivery.campaign_id, questions=tuple(form),
+                      locale=locale)
 
 
 def submit_survey(

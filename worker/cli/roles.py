@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from campaigns.models import Customer, Delivery, DeliveryStatus
 from worker.cli.app import app, db_app
 from worker.cli.common import (
+    _write,
     build_runtime,
     err,
     fail,
@@ -102,6 +103,28 @@ def web(
         daemon.serve_web(rt, host=host, port=port)
 
 
+def _demo_quarter(rt: Runtime, customers: int, report_path: Path) -> None:
+    from campaigns.demo_data import demo_anchor
+    from campaigns.reports import build_report
+    from worker import report as report_output
+    from worker.daemon import where_mail_went
+    from worker.demo import simulate_quarter, story
+
+    with Session(rt.engine) as session:
+        anchor = demo_anchor(session)
+    with err.status(f"simulating a quarter of {customers} customers, day by day…"), user_errors():
+        quarter = simulate_quarter(rt, customers=customers, end=anchor)
+    with Session(rt.engine) as session, user_errors():
+        result = build_report(session, rt.rules, now=anchor, start=quarter.start, end=anchor)
+    for line in story(quarter, result):
+        out.print(line, markup=False, soft_wrap=True)
+    _write(report_output.report_html(result), report_path)
+    out.print(where_mail_went(rt), markup=False, soft_wrap=True)
+    out.print("next: `retention report` for the full tables; `retention explain demo-00007` why one "
+              "customer gets what; `retention preview --serve` to edit the emails live.",
+              markup=False, soft_wrap=True)
+
+
 def _print_summary(rt: Runtime, summary: Any) -> None:
     table = Table(title="This pass")
     for column in ("campaign", "new deliveries", "held out", "sent", "other outcomes"):
@@ -129,9 +152,13 @@ def _print_summary(rt: Runtime, summary: Any) -> None:
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="How many synthetic customers.")] = 3000,
+    customers: Annotated[int, typer.Option(help="How many synthetic customers.")] = 1500,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="One pass over today's synthetic customers instead of a simulated quarter.")] = False,
+    report: Annotated[Path, typer.Option(help="Where the quarter's HTML report goes.")]
+    = Path("demo-report.html"),
 ) -> None:
-    """Synthetic customers into the default database, one pass, a summary, and where the mail went."""
+    """A simulated quarter: daily activity, passes, emails, answers; then a summary and a report."""
     from campaigns.demo_data import demo_anchor, generate_demo
     from worker import daemon, examples
 
@@ -143,12 +170,15 @@ def demo(
         out.print(f"wrote the example {cfg.rules} and {cfg.templates}/ to try (`retention init` does "
                   "the same)", markup=False)
     rt = build_runtime(cfg)
+    if not quick:
+        _demo_quarter(rt, customers, report)
+        return
     with Session(rt.engine) as session:
         anchor = demo_anchor(session)
         with err.status(f"generating {customers} synthetic customers and their activity…"):
             summary = generate_demo(session, customers=customers, now=anchor)
         session.commit()
-    out.print(f"demo data: {summary}", markup=False)
+    out.print(f"demo data: {summary.describe()}", markup=False)
     with user_errors():
         result = daemon.run_once(rt, workers=8)
     _print_summary(rt, result)
