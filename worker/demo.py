@@ -219,11 +219,16 @@ def story(summary: QuarterSummary, report: Report) -> list[str]:
         lines.append(f"    {verdict}")
     for question in report.surveys:
         if question.kind == "choice" and question.answered:
-            spread = ", ".join(f"{c.choice} {c.share:.0f} %" for c in question.choices if c.count)
-            lines.extend(textwrap.wrap(
-                f"why they left ({question.answered} answers to {question.question!r}): {spread}",
-                width=80, subsequent_indent="  "))
-    return lines
+            spread = ", ".join(f"{c.choice} {c.share:.0f}%" for c in question.choices if c.count)
+            lines.append(f"why they left ({question.answered} answers to {question.question!r}): {spread}")
+    return [wrapped for line in lines for wrapped in _wrap(line)]
+
+
+def _wrap(line: str, width: int = 80) -> list[str]:
+    if not line.strip():
+        return [line]
+    indent = line[: len(line) - len(line.lstrip())]
+    return textwrap.wrap(line, width=width, subsequent_indent=indent + "  ", break_on_hyphens=False)
 
 
 def _goal(summary: QuarterSummary, campaign_id: str) -> bool:

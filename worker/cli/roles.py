@@ -119,9 +119,12 @@ def _demo_quarter(rt: Runtime, customers: int, report_path: Path) -> None:
     for line in story(quarter, result):
         out.print(line, markup=False, soft_wrap=True)
     _write(report_output.report_html(result), report_path)
-    out.print(where_mail_went(rt), markup=False, soft_wrap=True)
-    out.print("next: `retention report` for the full tables; `retention explain demo-00007` why one "
-              "customer gets what; `retention preview --serve` to edit the emails live.",
+    import textwrap
+
+    for line in textwrap.wrap(where_mail_went(rt), width=80, break_on_hyphens=False):
+        out.print(line, markup=False, soft_wrap=True)
+    out.print("next: `retention report` for the full tables; `retention explain demo-00007`\n"
+              "why one customer gets what; `retention preview --serve` to edit the emails live.",
               markup=False, soft_wrap=True)
 
 
