@@ -84,7 +84,7 @@ def test_demo_lives_a_quarter_and_reports_a_significant_lift(workdir):
         statuses = dict(connection.execute(
             sa.text("SELECT status, count(*) FROM delivery GROUP BY status")).all())
         suppressed = connection.execute(sa.text("SELECT count(*) FROM suppression")).scalar_one()
-        answers = connection.execute(sa.text("SELECT count(*) FROM surveyanswer")).scalar_one()
+        answers = connection.execute(sa.text("SELECT count(*) FROM survey_answer")).scalar_one()
     engine.dispose()
     assert statuses.get("bounced", 0) > 0 and suppressed >= statuses["bounced"]
     assert statuses.get("held_out", 0) > 0

@@ -183,3 +183,20 @@ def test_a_translation_of_an_unknown_choice_is_a_located_error(tmp_path):
     [error] = caught.value.errors
     assert error.format().startswith(f"{path}:")
     assert "too_slow" in error.format() and "price, quality, not_needed" in error.format()
+
+
+def test_the_shipped_templates_speak_simplified_chinese(make_runtime, smtp_sink):
+    rt = make_runtime(smtp_sink.url)
+    with Session(rt.engine) as session:
+        add_customer(session, inactive_days=45, first_name="小明", email="cn@example.com", locale="zh-CN")
+        add_customer(session, inactive_days=45, first_name="Ada", email="tw@example.com", locale="zh-TW")
+        session.commit()
+    run_once(rt, workers=1)
+    by_rcpt = {m.rcpt_tos[0]: m.parsed for m in smtp_sink.messages}
+    cn = by_rcpt["cn@example.com"]
+    assert cn["Subject"] == "小明，Acme 想念您"
+    assert "好久没在 Acme 见到您了" in cn.get_body(("plain",)).get_content()
+    html = cn.get_body(("html",)).get_content()
+    assert 'lang="zh-CN"' in html and "一键退订" in html and "Unsubscribe" not in html
+    # zh-TW has no folder of its own and no plain zh one: the default English files.
+    assert by_rcpt["tw@example.com"]["Subject"] == "Ada, we miss you at Acme"

@@ -36,9 +36,10 @@ ERROR = "error.html.j2"
 # What each page is rendered with, for `check()`: the same names the web layer passes.
 _SAMPLE_QUESTIONS = [
     {"id": "reason", "ask": "What made you cancel?", "kind": "choice",
-     "choices": ["price", "not_needed"], "required": True, "max_length": 2000, "value": "price"},
+     "choices": ["price", "not_needed"], "required": True, "max_length": 2000, "value": "price",
+     "labels": {"price": "Too expensive"}},
     {"id": "missing", "ask": "Was there a feature you missed?", "kind": "text", "choices": [],
-     "required": False, "max_length": 2000, "value": ""},
+     "required": False, "max_length": 2000, "value": "", "labels": {}},
 ]
 SAMPLE_CONTEXTS: dict[str, dict[str, Any]] = {
     UNSUBSCRIBE_CONFIRM: {"email": "ada@example.com", "action": "/u/sample", "already": False},
