@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -158,8 +159,8 @@ def demo(
     customers: Annotated[int, typer.Option(help="How many synthetic customers.")] = 1500,
     quick: Annotated[bool, typer.Option(
         "--quick", help="One pass over today's synthetic customers instead of a simulated quarter.")] = False,
-    report: Annotated[Path, typer.Option(help="Where the quarter's HTML report goes.")]
-    = Path("demo-report.html"),
+    report: Annotated[Path | None, typer.Option(
+        help="Where the quarter's HTML report goes (default: demo-report.html).")] = None,
 ) -> None:
     """A simulated quarter: daily activity, passes, emails, answers; then a summary and a report."""
     from campaigns.demo_data import demo_anchor, generate_demo
@@ -174,7 +175,7 @@ def demo(
                   "the same)", markup=False)
     rt = build_runtime(cfg)
     if not quick:
-        _demo_quarter(rt, customers, report)
+        _demo_quarter(rt, customers, report or Path("demo-report.html"))
         return
     with Session(rt.engine) as session:
         anchor = demo_anchor(session)
