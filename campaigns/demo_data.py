@@ -30,6 +30,7 @@ from campaigns.ingestion.records import (
     upsert_customers,
 )
 from campaigns.models import AppSetting
+from campaigns.sql import chunks
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,8 @@ def generate_demo(
     summary.cancelled_recently = fates["cancelled_recently"]
     summary.drifting = fates["drifting"]
 
-    for start in range(0, len(people), BATCH):
-        chunk = [CustomerIn.model_validate(p.record) for p in people[start : start + BATCH]]
+    for group in chunks(people, BATCH):
+        chunk = [CustomerIn.model_validate(p.record) for p in group]
         upsert_customers(session, chunk, now=now)
         session.commit()
 

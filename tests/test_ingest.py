@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
+from campaigns.errors import CsvFormatError
 from campaigns.ingestion.activity import median_gap_days, recent_active_days
-from campaigns.ingestion.csv_import import CsvFormatError, ImportReport, import_csv
+from campaigns.ingestion.csv_import import ImportReport, import_csv
 from campaigns.ingestion.records import (
     CustomerIn,
     EventIn,

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session
 
+from campaigns.errors import ReportError
 from campaigns.models import Customer, Delivery, Interaction, SurveyAnswer
 from campaigns.reports import build_report, two_proportion_lift
 from campaigns.reports.lift import NOT_ENOUGH_DATA, NOT_SIGNIFICANT, SIGNIFICANT, newcombe_interval
-from campaigns.reports.periods import ReportError, make_grid
+from campaigns.reports.periods import make_grid
 from tests.factories import NOW, migrated_engine, rules
 from tests.test_cli import retention
 

@@ -173,7 +173,7 @@ MISTAKES = [
     ),
     pytest.param(
         "  timezone: Europe/Berlin ", "  timezone: Europe/Berlim ", 3, 3,
-        ["unknown time zone 'Europe/Berlim'", "IANA name like Europe/Berlin"],
+        ["unknown time zone 'Europe/Berlim'", "IANA name such as 'Europe/Berlin'"],
         id="unknown-time-zone",
     ),
     pytest.param(

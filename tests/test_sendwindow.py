@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from campaigns.delivery.sendwindow import customer_zone, next_send_time
+from campaigns.delivery.sendwindow import next_send_time
 from campaigns.rules.schema import QuietHours
+from campaigns.timezones import customer_zone
 
 NIGHT = QuietHours(start=time(21), end=time(8))
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from campaigns.delivery.tokens import InvalidToken, Purpose, Signer, links
-from campaigns.errors import ConfigurationError, RetentionError
+from campaigns.delivery.tokens import Purpose, Signer, links
+from campaigns.errors import ConfigurationError, InvalidToken, RetentionError
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlmodel import Session, select
 
 from campaigns.delivery.rendering import TemplateStore
+from campaigns.errors import SurveyValidationError
 from campaigns.models import (
     Customer,
     Delivery,
@@ -30,7 +31,6 @@ from campaigns.models import (
 )
 from campaigns.responses import recording as responses
 from campaigns.responses.pages import Pages
-from campaigns.responses.recording import SurveyValidationError
 from tests.factories import add_customer
 from worker import runtime as runtime_module
 from worker.daemon import run_once, start_roles

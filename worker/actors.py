@@ -22,11 +22,10 @@ from campaigns.errors import TransientDeliveryError
 from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker import observability, runtime
 from worker.broker import QUEUE
+from worker.settings import DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_BACKOFF_MS = 15_000
-DEFAULT_MAX_BACKOFF_MS = 3_600_000
 
 
 def deliver(delivery_id: int) -> None:

@@ -14,13 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
+from worker.http_io import BadContentLength, BodyTooLarge, DatabaseUnavailable, in_session, read_body
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,14 @@ def api_router(rt: Runtime) -> APIRouter:
             )
 
     async def items(request: Request, key: str) -> list[Any]:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB: send smaller batches")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise HTTPException(413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            raise HTTPException(
+                413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB: send smaller batches"
+            ) from None
+        except BadContentLength:
+            raise HTTPException(400, "the Content-Length header is not a number") from None
         try:
             data = json.loads(body)
         except json.JSONDecodeError as exc:
@@ -69,17 +68,10 @@ def api_router(rt: Runtime) -> APIRouter:
             raise HTTPException(413, f"at most {MAX_ITEMS} {key} per call, got {len(data[key])}")
         return list(data[key])
 
-    async def in_session(work: Callable[[Session], T]) -> T:
-        def run() -> T:
-            with Session(rt.engine) as session:
-                result = work(session)
-                session.commit()
-                return result
-
+    async def stored(work: Callable[[Session], T]) -> T:
         try:
-            return await run_in_threadpool(run)
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
-            log.error("ingestion API: database unavailable (%s)", type(exc).__name__)
+            return await in_session(rt.engine, work, commit=True)
+        except DatabaseUnavailable:
             raise HTTPException(
                 503, "database unavailable: nothing was stored, retry later", headers={"Retry-After": "30"}
             ) from None
@@ -96,7 +88,7 @@ def api_router(rt: Runtime) -> APIRouter:
     async def customers(request: Request) -> JSONResponse:
         raw = await items(request, "customers")
         good, bad = parse_records(CustomerIn, raw)
-        result = await in_session(lambda s: upsert_customers(s, good)) if good else None
+        result = await stored(lambda s: upsert_customers(s, good)) if good else None
         return answer(
             "customers",
             len(raw),
@@ -114,7 +106,7 @@ def api_router(rt: Runtime) -> APIRouter:
         invalid = {i for i, _ in bad}
         places = [i for i in range(len(raw)) if i not in invalid]  # good[k] came from raw[places[k]]
         non_activity = frozenset(rt.rules.defaults.non_activity_events)
-        result = await in_session(lambda s: record_events(s, good, non_activity_events=non_activity))
+        result = await stored(lambda s: record_events(s, good, non_activity_events=non_activity))
         bad.extend((places[i], message) for i, message in result.errors)
         return answer("events", len(raw), bad, inserted=result.inserted, duplicates=result.duplicates)
 

@@ -11,6 +11,8 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
 from dramatiq.middleware import Middleware
 
+from campaigns.sql import chunks
+
 log = logging.getLogger(__name__)
 
 QUEUE = "retention"
@@ -43,8 +45,8 @@ def enqueue_many(actor: dramatiq.Actor[[int], None], ids: list[int]) -> int:
     """
     broker = actor.broker
     if isinstance(broker, RedisBroker):
-        for start in range(0, len(ids), ENQUEUE_CHUNK):
-            _enqueue_redis_chunk(broker, actor, ids[start : start + ENQUEUE_CHUNK])
+        for chunk in chunks(ids, ENQUEUE_CHUNK):
+            _enqueue_redis_chunk(broker, actor, list(chunk))
         return len(ids)
     for delivery_id in ids:
         actor.send(delivery_id)

@@ -19,6 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlmodel import Session, col
 
 from campaigns.models import Delivery, DeliveryStatus, utcnow
+from campaigns.sql import chunks
 from worker import runtime as runtime_module
 from worker.actors import Actors, declare
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
@@ -108,13 +109,13 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
     while ids:
         with Session(rt.engine) as session:
             pending = 0
-            for start in range(0, len(ids), 1000):
+            for chunk in chunks(ids):
                 pending += (
                     session.scalar(
                         sa.select(sa.func.count())
                         .select_from(Delivery)
                         .where(
-                            col(Delivery.id).in_(ids[start : start + 1000]),
+                            col(Delivery.id).in_(chunk),
                             sa.or_(
                                 col(Delivery.status) == DeliveryStatus.sending,
                                 sa.and_(
@@ -138,12 +139,12 @@ def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
                 sa.select(sa.func.count())
                 .select_from(Delivery)
                 .where(
-                    col(Delivery.id).in_(ids[start : start + 1000]),
+                    col(Delivery.id).in_(chunk),
                     col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
                 )
             )
             or 0
-            for start in range(0, len(ids), 1000)
+            for chunk in chunks(ids)
         )
 
 
@@ -151,10 +152,10 @@ def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary
     rows = {p.campaign_id: CampaignSummary(p.campaign_id, planned=p.inserted) for p in result.plans}
     statuses: dict[str, Counter[str]] = defaultdict(Counter)
     with Session(rt.engine) as session:
-        for start in range(0, len(ids), 1000):
+        for chunk in chunks(ids):
             for campaign_id, status, count in session.execute(
                 sa.select(col(Delivery.campaign_id), col(Delivery.status), sa.func.count())
-                .where(col(Delivery.id).in_(ids[start : start + 1000]))
+                .where(col(Delivery.id).in_(chunk))
                 .group_by(col(Delivery.campaign_id), col(Delivery.status))
             ):
                 statuses[campaign_id][status] += count

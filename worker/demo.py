@@ -143,7 +143,7 @@ def _respond(session: Session, rt: Runtime, behaviour: Behaviour, summary: Quart
             unsubscribe(session, delivery_id, now=later)
             session.commit()
             summary.unsubscribed += 1
-    except (RetentionError, LookupError) as exc:
+    except RetentionError as exc:  # rules.campaign raises UnknownCampaign, one of them
         log.warning("demo: could not record a response to delivery %s: %s", delivery_id, exc)
         session.rollback()
 

@@ -13,6 +13,7 @@ from email.message import EmailMessage
 import sqlalchemy as sa
 from sqlmodel import Session, col, or_, select
 
+from campaigns.addresses import parse_address
 from campaigns.delivery.rendering import sample_customer
 from campaigns.delivery.sending import Sender
 from campaigns.errors import RetentionError
@@ -88,10 +89,13 @@ def compose(sender: Sender, campaign: Campaign, customer: Customer, *, template:
 
 
 def as_test(message: EmailMessage, to: str) -> EmailMessage:
-    """The same message addressed to ``to``, its subject marked ``[TEST]``."""
+    """The same message addressed to ``to``, its subject marked ``[TEST]``.
+
+    Raises InvalidAddress for a ``to`` that no message can be composed for.
+    """
     subject = message["Subject"]
     del message["To"], message["Subject"]
-    message["To"] = to
+    message["To"] = parse_address(to)
     message["Subject"] = f"[TEST] {subject}"
     return message
 

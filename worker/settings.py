@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from campaigns.errors import ConfigurationError
 
+# Backoff between retries of a temporary SMTP failure (Dramatiq doubles it each time).
+DEFAULT_MIN_BACKOFF_MS = 15_000
+DEFAULT_MAX_BACKOFF_MS = 3_600_000
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -28,9 +32,8 @@ class Settings(BaseSettings):
     api_key: str = ""
     rules: Path = Path("rules.yaml")
     templates: Path = Path("templates")
-    # Backoff between retries of a temporary SMTP failure (Dramatiq doubles it each time).
-    retry_min_backoff_ms: int = Field(default=15_000, ge=0)
-    retry_max_backoff_ms: int = Field(default=3_600_000, ge=0)
+    retry_min_backoff_ms: int = Field(default=DEFAULT_MIN_BACKOFF_MS, ge=0)
+    retry_max_backoff_ms: int = Field(default=DEFAULT_MAX_BACKOFF_MS, ge=0)
     # How long SIGTERM waits for in-flight sends (systemd's default stop timeout is 90 s).
     shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=600)
     log_format: str = Field(default="text", pattern="^(text|json)$")

@@ -23,24 +23,27 @@ from html import escape
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from campaigns.delivery.tokens import InvalidToken, Purpose
-from campaigns.errors import TemplateError
+from campaigns.delivery.tokens import Purpose
+from campaigns.errors import (
+    InvalidToken,
+    SurveyUnavailable,
+    SurveyValidationError,
+    TemplateError,
+    UnknownDelivery,
+)
 from campaigns.models import utcnow
 from campaigns.responses import pages
 from campaigns.responses import recording as responses
 from campaigns.responses.pages import Pages
-from campaigns.responses.recording import SurveyUnavailable, SurveyValidationError, UnknownDelivery
-from worker import observability
+from worker import http_io, observability
 from worker.api import api_router
 from worker.runtime import Runtime
 
@@ -121,18 +124,13 @@ def create_app(rt: Runtime) -> FastAPI:
         return int(payload["delivery_id"])
 
     async def in_session(work: Callable[[Session], T]) -> T:
-        def run() -> T:
-            with Session(rt.engine) as session:
-                return work(session)
-
         try:
-            return await run_in_threadpool(run)
+            return await http_io.in_session(rt.engine, work)
         except UnknownDelivery as exc:
             log.info("link to a deleted delivery: %s", exc)
             raise Problem(404, "This link no longer works",
                           "We could not find what this link points to. It may have been removed.") from None
-        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
-            log.error("database unavailable while answering a link: %s", type(exc).__name__)
+        except http_io.DatabaseUnavailable:
             raise Problem(503, "Please try again in a minute",
                           "We could not save or look this up just now. Nothing was changed; "
                           "please try again shortly.") from None
@@ -233,17 +231,12 @@ def create_app(rt: Runtime) -> FastAPI:
 
 async def read_form(request: Request) -> FormData:
     """The request's form, refusing bodies over MAX_BODY_BYTES without reading them whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Problem(400, "Bad request", "The request's Content-Length is not a number.")
-        if int(declared) > MAX_BODY_BYTES:
-            raise _too_large()
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _too_large()
+    try:
+        body = await http_io.read_body(request, MAX_BODY_BYTES)
+    except http_io.BadContentLength:
+        raise Problem(400, "Bad request", "The request's Content-Length is not a number.") from None
+    except http_io.BodyTooLarge:
+        raise _too_large() from None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not body and content_type not in FORM_TYPES:
         return FormData()  # a bare POST: nothing to parse
@@ -257,7 +250,7 @@ async def read_form(request: Request) -> FormData:
         if sent:
             return {"type": "http.disconnect"}
         sent = True
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     try:
         return await Request(request.scope, replay).form(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
+from campaigns.addresses import parse_address
 from campaigns.delivery.rendering import RenderedMessage
 from campaigns.errors import PermanentDeliveryError
 
@@ -33,26 +34,6 @@ _RESERVED_HEADERS = frozenset(
         "List-Unsubscribe-Post", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
     )
 )
-
-
-def parse_address(text: str) -> Address:
-    """Parse ``"Acme <hello@acme.example>"`` or ``hello@acme.example``.
-
-    Raises ValueError naming the value; rules validation can use this for
-    ``defaults.sender``.
-    """
-    if "\r" in text or "\n" in text:
-        raise ValueError(f"invalid email address {text!r}: it contains a line break")
-    name, addr = email.utils.parseaddr(text)
-    local, _, domain = addr.rpartition("@")
-    if not local or not domain or any(c.isspace() for c in addr):
-        raise ValueError(
-            f"invalid email address {text!r}: write name@domain or \"Name <name@domain>\""
-        )
-    try:
-        return Address(display_name=name, addr_spec=addr)
-    except (ValueError, IndexError) as exc:
-        raise ValueError(f"invalid email address {text!r}: {exc}") from exc
 
 
 def format_address(name: str | None, address: str) -> str:

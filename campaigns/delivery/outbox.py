@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus, Suppression
+from campaigns.sql import chunks
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +231,10 @@ def stale_queued(
             .limit(limit)
         )
     )
-    for start in range(0, len(ids), 1000):
+    for chunk in chunks(ids):
         session.execute(
             sa.update(Delivery)
-            .where(col(Delivery.id).in_(ids[start : start + 1000]))
+            .where(col(Delivery.id).in_(chunk))
             .values(enqueued_at=now)
             .execution_options(synchronize_session=False)
         )

@@ -32,6 +32,7 @@ from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.utils import missing
 
+from campaigns.delivery.template_errors import template_location
 from campaigns.errors import TemplateError
 from campaigns.locales import LOCALE_TAG, locale_chain, normalize
 from campaigns.models import Customer
@@ -426,20 +427,12 @@ class TemplateStore:
     def _error(self, exc: Exception, path: str) -> TemplateError:
         """Locate a jinja (or template-triggered Python) exception in its source file;
         ``path`` (relative to the templates root) is where it is reported otherwise."""
-        default = self._display(path)
-        if isinstance(exc, jinja2.TemplateSyntaxError):
-            where = self._display_template_file(exc.filename) if exc.filename else None
-            return TemplateError(exc.message or str(exc), file=where or default, line=exc.lineno)
-        where, line = None, None
-        traceback = exc.__traceback__
-        # Jinja rewrites the traceback so template frames carry the template's
-        # file name and line; the innermost one is where it went wrong.
-        while traceback is not None:
-            shown = self._display_template_file(traceback.tb_frame.f_code.co_filename)
-            if shown is not None:
-                where, line = shown, traceback.tb_lineno
-            traceback = traceback.tb_next
-        return TemplateError(_describe(exc, self._display_root), file=where or default, line=line)
+        where, line = template_location(exc, self._display_template_file)
+        message = (
+            exc.message or str(exc) if isinstance(exc, jinja2.TemplateSyntaxError)
+            else _describe(exc, self._display_root)
+        )
+        return TemplateError(message, file=where or self._display(path), line=line)
 
     def _display_template_file(self, filename: str) -> str | None:
         path = Path(os.path.normpath(filename))

@@ -13,33 +13,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from enum import StrEnum
-from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from campaigns.delivery import outbox
 from campaigns.delivery.emails import build_email, sender_domain
 from campaigns.delivery.rendering import TemplateStore, build_context, customer_context
-from campaigns.delivery.sendwindow import customer_zone, next_send_time, waiting_note
+from campaigns.delivery.sendwindow import next_send_time, waiting_note
 from campaigns.delivery.tokens import Signer, links
+from campaigns.delivery.transport import Transport
 from campaigns.errors import (
     AmbiguousDeliveryError,
     PermanentDeliveryError,
     RetentionError,
     TransientDeliveryError,
+    UnknownCampaign,
 )
 from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
 from campaigns.rules.schema import Campaign, Rules
+from campaigns.timezones import customer_zone
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = outbox.MAX_ATTEMPTS
-
-
-class Transport(Protocol):
-    def send(
-        self, message: EmailMessage, *, before_data: Callable[[], None] | None = None
-    ) -> str: ...
 
 
 class _TakenOver(Exception):
@@ -113,7 +109,7 @@ class Sender:
             return Outcome.suppressed
         try:
             campaign = self.rules.campaign(delivery.campaign_id)
-        except LookupError:
+        except UnknownCampaign:
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
                           error="campaign no longer in rules.yaml")
             return Outcome.failed
@@ -147,9 +143,18 @@ class Sender:
         )
         rendered = self.templates.render(delivery.template, context, locale=customer.locale)
         sender = campaign.sender or self.rules.defaults.sender
+        try:
+            domain = sender_domain(sender)
+        except ValueError as exc:
+            # Loaded rules passed the same check; rules built otherwise must fail here, once.
+            path = (
+                ("campaigns", self.rules.campaigns.index(campaign), "sender")
+                if campaign.sender else ("defaults", "sender")
+            )
+            raise self.rules.error_at(path, str(exc)) from None
         return build_email(
             rendered=rendered, sender=sender, to=customer.email,
-            message_id=message_id_for(delivery, sender_domain(sender)),
+            message_id=message_id_for(delivery, domain),
             unsubscribe_url=link.unsubscribe_url,
             headers={"X-Retention-Campaign": campaign.id},
             date=now,

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from campaigns.errors import UnknownCampaign
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.rules.schema import QuietHours, Rules
+from campaigns.rules.schema import WEEKDAYS, QuietHours, Rules
+from campaigns.timezones import customer_zone
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # The start of `last_error` on a delivery deferred by the send window (see sending.py).
 WAITING = "waiting for the send window"
 
 
 def waiting_note(until: datetime) -> str:
     return f"{WAITING} until {until.isoformat()}"
-
-
-def customer_zone(timezone: str | None, default: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(timezone) if timezone else ZoneInfo(default)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(default)
 
 
 def next_send_time(
@@ -92,7 +86,7 @@ def rewait(session: Session, rules: Rules, *, now: datetime) -> int:
     for campaign_id, timezone in pairs:
         try:
             send_days = rules.campaign(campaign_id).send_days
-        except LookupError:
+        except UnknownCampaign:
             continue  # the sender fails it: the campaign is gone from rules.yaml
         until = next_send_time(now, customer_zone(timezone, rules.defaults.timezone),
                                rules.defaults.quiet_hours, send_days)

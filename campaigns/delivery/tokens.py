@@ -18,7 +18,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from campaigns.errors import ConfigurationError, RetentionError
+from campaigns.errors import ConfigurationError, InvalidToken
 from campaigns.rules.durations import format_duration
 
 
@@ -26,16 +26,6 @@ class Purpose(StrEnum):
     unsubscribe = "unsubscribe"
     survey = "survey"
     click = "click"
-
-
-class InvalidToken(RetentionError):
-    """A link token that does not verify.  ``reason`` is one of "tampered",
-    "wrong_purpose", "expired" or "malformed"; the web layer answers 4xx."""
-
-    def __init__(self, message: str, *, purpose: str, reason: str) -> None:
-        self.purpose = purpose
-        self.reason = reason
-        super().__init__(message)
 
 
 class Signer:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaigns.models import Customer, CustomerStatus, Event
+from campaigns.sql import chunks
 
 # A cadence describes recent habits: the gaps between the last CADENCE_DAYS + 1 active days.
 CADENCE_DAYS = 20
@@ -174,8 +175,7 @@ def recent_active_days_of(
     ids = list(dict.fromkeys(customer_ids))
     lateral = session.get_bind().dialect.name == "postgresql"
     width = _LATERAL_WIDTH if lateral else _UNION_WIDTH
-    for start in range(0, len(ids), width):
-        chunk = ids[start : start + width]
+    for chunk in chunks(ids, width):
         statement: sa.Executable
         params: dict[str, Any]
         if lateral:

@@ -17,7 +17,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from campaigns.errors import RetentionError
+from campaigns.errors import CsvFormatError
 from campaigns.ingestion.records import (
     _DATETIME_FIELDS,
     CustomerIn,
@@ -30,10 +30,6 @@ from campaigns.ingestion.records import (
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_REJECTS = 1000
-
-
-class CsvFormatError(RetentionError):
-    """The CSV file as a whole cannot be imported (missing column, not UTF-8, broken quoting)."""
 
 
 # ---------------------------------------------------------------- values

@@ -15,23 +15,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaigns.errors import ConfigurationError
+from campaigns.addresses import is_mailbox
 from campaigns.ingestion.activity import apply_activity, cancel_customers, later_of
 from campaigns.models import Customer, CustomerStatus, Event
+from campaigns.sql import chunks, dialect_insert
+from campaigns.timezones import check_timezone
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,10 @@ CANCEL_EVENT = "cancelled"
 # Events dated later than this after the server's clock are refused: an event from the future
 # would make its customer active forever.  The margin covers clocks that run a little fast.
 FUTURE_TOLERANCE = timedelta(minutes=15)
-_IN_CHUNK = 900  # keys per IN (...) list: below SQLite's old 999-variable limit
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
 
-# Deliberately simple: one @, no spaces, a dot in the domain.  The mail server is the real judge.
-_EMAIL = re.compile(r"^[^@\s\"<>,;]+@[^@\s\"<>,;.][^@\s\"<>,;]*\.[^@\s\"<>,;.]{2,}$")
 
 
 def parse_datetime(value: object) -> datetime:
@@ -70,16 +68,6 @@ def to_utc(value: datetime, zone: str | None) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=ZoneInfo(zone) if zone else UTC)
     return value.astimezone(UTC)
-
-
-def check_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {value!r} (use an IANA name such as 'Europe/Berlin')"
-        ) from None
-    return value
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -141,7 +129,7 @@ class CustomerIn(BaseModel):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if not _EMAIL.match(value):
+        if not is_mailbox(value):
             raise ValueError(f"not an email address ({value!r})")
         return value
 
@@ -288,17 +276,6 @@ class EventResult:
     unknown_customers: list[str] = field(default_factory=list)
 
 
-def _dialect_insert(session: Session, table: sa.Table) -> Any:
-    name = session.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite.insert(table)
-    if name == "postgresql":
-        return postgresql.insert(table)
-    raise ConfigurationError(
-        f"ingest supports SQLite and PostgreSQL, not {name!r}: set RETENTION_DATABASE_URL to one"
-    )
-
-
 def _merged_attributes(session: Session, existing: Any, incoming: Any) -> Any:
     # Key by key; SQLite's merge-patch also merges nested objects, PostgreSQL's || does not.
     empty: Any = sa.literal_column("'{}'")
@@ -309,11 +286,6 @@ def _merged_attributes(session: Session, existing: Any, incoming: Any) -> Any:
         sa.cast(incoming, jsonb)
     )
     return sa.cast(merged, sa.JSON)
-
-
-def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _known_customers(
@@ -327,7 +299,7 @@ def _known_customers(
     """
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
             _customer.c.external_id.in_(chunk)
         )
@@ -383,7 +355,7 @@ def upsert_customers(
 
     written: set[str] = set()
     for present, rows in groups.items():
-        insert = _dialect_insert(session, _customer)
+        insert = dialect_insert(session, _customer)
         excluded = insert.excluded
         updates: dict[str, Any] = {}
         changes: list[ColumnElement[bool]] = []
@@ -494,7 +466,7 @@ def record_events(
     if not rows:
         return result
 
-    insert = _dialect_insert(session, _event)
+    insert = dialect_insert(session, _event)
     statement = insert.on_conflict_do_nothing(index_elements=["client_id"]).returning(
         _event.c.client_id
     )

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from campaigns.models import Delivery, DeliveryStatus, Event
-from campaigns.rules.conditions import days_since
 from campaigns.rules.schema import Rules
+from campaigns.sql import days_since
 
 CREDITED = (DeliveryStatus.sent, DeliveryStatus.held_out)
 # Windows that closed this long ago are settled; looking further back only costs time.

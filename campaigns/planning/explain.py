@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.delivery.sendwindow import WAITING, customer_zone, next_send_time
-from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression
+from campaigns.delivery.sendwindow import WAITING, next_send_time
+from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, UTCDateTime
 from campaigns.planning.planner import IN_FLIGHT, CampaignPlan, Planner
 from campaigns.rules.conditions import (
+    DAY_FIELDS,
     AnswerTest,
     Condition,
     EventTest,
@@ -26,10 +28,13 @@ from campaigns.rules.conditions import (
     SqlContext,
     compile_condition,
     describe,
+    reference_column,
     walk,
 )
 from campaigns.rules.durations import format_duration
 from campaigns.rules.schema import Campaign, Rules
+from campaigns.sql import days_since
+from campaigns.timezones import customer_zone
 
 
 @dataclass(frozen=True)
@@ -202,16 +207,16 @@ def _failed_conditions(
         return "does not match"
     tests = list(condition.items) if isinstance(condition, Group) and condition.kind == "all" else [condition]
     failed = [t for t in tests if not _holds(session, t, customer, now, rules)]
-    words = [f"{describe(t)} ({_actual(t, customer, now)})" for t in failed]
+    words = [f"{describe(t)} ({_actual(session, t, customer, now)})" for t in failed]
     return "fails: " + "; ".join(words) if words else "does not match"
 
 
-def _actual(test: Condition, customer: Customer, now: datetime) -> str:
+def _actual(session: Session, test: Condition, customer: Customer, now: datetime) -> str:
     if isinstance(test, EventTest):
         return "no such event" if test.present else "has that event"
     if isinstance(test, Group):
         # The customer's values for every test inside, so `any:` / `not:` say why.
-        values = dict.fromkeys(f"{_subject(t)} {_actual(t, customer, now)}" for t in walk(test)
+        values = dict.fromkeys(f"{_subject(t)} {_actual(session, t, customer, now)}" for t in walk(test)
                                if not isinstance(t, Group))
         return "; ".join(values) or "not met"
     if not isinstance(test, FieldTest):
@@ -219,19 +224,14 @@ def _actual(test: Condition, customer: Customer, now: datetime) -> str:
     field = test.field
     if field.startswith("attributes."):
         return f"is {customer.attributes.get(field.split('.', 1)[1])!r}"
-    reference = {
-        "days_inactive": customer.last_active_at or customer.signed_up_at or customer.created_at,
-        "days_since_signup": customer.signed_up_at or customer.created_at,
-        "days_since_cancel": customer.cancelled_at,
-    }
-    if field in reference:
-        moment = reference[field]
-        return f"is {(now - moment).total_seconds() / 86400:.1f}" if moment else "unknown"
+    if field in DAY_FIELDS:
+        days = _days_since(session, reference_column(field), customer, now)
+        return f"is {days:.1f}" if days is not None else "unknown"
     if field == "overdue_ratio":
-        moment = customer.last_active_at or customer.signed_up_at or customer.created_at
-        if not customer.cadence_days:
+        days = _days_since(session, reference_column("days_inactive"), customer, now)
+        if not customer.cadence_days or days is None:
             return "no cadence yet: fewer than 3 active days"
-        return f"is {(now - moment).total_seconds() / 86400 / customer.cadence_days:.2f}"
+        return f"is {days / customer.cadence_days:.2f}"
     if field == "lapsed":
         return "not lapsed" if test.value else "lapsed"
     value = getattr(customer, "external_id" if field == "id" else field, None)
@@ -246,6 +246,15 @@ def _subject(test: Condition) -> str:
     if isinstance(test, AnswerTest):
         return f"answer {test.survey}.{test.question}:"
     return ""
+
+
+def _days_since(
+    session: Session, reference: sa.ColumnElement[Any], customer: Customer, now: datetime
+) -> float | None:
+    # The planner's own reference moment, read back: never a Python copy that could drift.
+    moment = sa.literal(now, UTCDateTime())
+    value = session.scalar(sa.select(days_since(reference, moment)).where(col(Customer.id) == customer.id))
+    return None if value is None else float(value)
 
 
 def _capped_by(session: Session, rules: Rules, campaign: Campaign, customer: Customer, now: datetime) -> str:

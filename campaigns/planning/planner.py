@@ -21,11 +21,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from croniter import croniter
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
 from campaigns.models import (
@@ -37,8 +34,9 @@ from campaigns.models import (
     Suppression,
     UTCDateTime,
 )
-from campaigns.rules.conditions import SqlContext, compile_condition, reference_column
+from campaigns.rules.conditions import SqlContext, compile_condition
 from campaigns.rules.schema import Campaign, FrequencyCap, Rules
+from campaigns.sql import dialect_insert, epoch_seconds, inactive_since
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +56,6 @@ VERDICTS = (
 # A prime just under 2**31: x*x and a*x stay inside a signed 64-bit integer on every backend.
 HASH_PRIME = 2_147_483_647
 BUCKETS = 10_000
-
-
-class epoch_seconds(FunctionElement[int]):  # lower-case: reads like the SQL function it is
-    type = sa.BigInteger()
-    inherit_cache = True
-    name = "epoch_seconds"
-
-
-@compiles(epoch_seconds, "sqlite")
-def _epoch_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(strftime('%s', {compiler.process(next(iter(element.clauses)), **kw)}) AS INTEGER)"
-
-
-@compiles(epoch_seconds)
-def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(next(iter(element.clauses)), **kw)}) AS BIGINT)"
 
 
 # One pass's materialized selection (see Planner._materialize); created per connection.
@@ -206,7 +188,7 @@ class Planner:
         if fire is not None:
             return sa.literal("cron:" + fire.isoformat())
         # One send per absence: coming back starts a new episode.
-        return sa.literal("active:") + sa.cast(epoch_seconds(reference_column("days_inactive")), sa.String)
+        return sa.literal("active:") + sa.cast(epoch_seconds(inactive_since()), sa.String)
 
     def _recent(self, per: timedelta) -> ColumnElement[bool]:
         return sa.func.coalesce(col(Delivery.sent_at), col(Delivery.created_at)) > self.now - per
@@ -428,8 +410,7 @@ class Planner:
 
     def _state(self, session: Session, campaign_id: str) -> CampaignState:
         """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
-        dialect = session.get_bind().dialect.name
-        insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CampaignState)
+        insert = dialect_insert(session, CampaignState)
         session.execute(insert.values(campaign_id=campaign_id).on_conflict_do_nothing())
         state = session.get(CampaignState, campaign_id, with_for_update=True, populate_existing=True)
         if state is None:  # pragma: no cover - inserted just above
@@ -495,8 +476,7 @@ class Planner:
             "updated_at",
             "enqueued_at",
         ]
-        dialect = session.get_bind().dialect.name
-        insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Delivery)
+        insert = dialect_insert(session, Delivery)
         statement = (
             insert.from_select(columns, rows)
             .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "episode"])

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from campaigns.errors import ReportError
 from campaigns.reports.churn import (
     Breakdown,
     Cohort,
@@ -27,7 +28,7 @@ from campaigns.reports.churn import (
 from campaigns.reports.funnel import Funnel, funnels
 from campaigns.reports.lift import Lift, two_proportion_lift
 from campaigns.reports.losses import Losses
-from campaigns.reports.periods import PERIODS, Grid, ReportError, make_grid
+from campaigns.reports.periods import PERIODS, Grid, make_grid
 from campaigns.reports.surveys import ChoiceCount, QuestionAnswers, TextAnswer, survey_answers
 from campaigns.rules.schema import Rules
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import Customer, CustomerStatus, Event, UTCDateTime
-from campaigns.rules.conditions import days_since, reference_column
+from campaigns.sql import days_since, inactive_since
 
 TREND_WINDOW = timedelta(days=30)
 RECENCY_WEIGHT = 0.7
@@ -92,7 +92,7 @@ def at_risk(
         activity = activity.where(col(Event.name).not_in(sorted(non_activity_events)))
     counts = activity.subquery("activity")
     lapse_days = passive_churn_after.total_seconds() / 86400
-    inactive = days_since(reference_column("days_inactive"), moment)
+    inactive = days_since(inactive_since(), moment)
     cadence = col(Customer.cadence_days)
     has_cadence = sa.and_(cadence.is_not(None), cadence > 0)
     ratio = sa.case((has_cadence, inactive / cadence), else_=sa.null())
@@ -113,7 +113,7 @@ def at_risk(
         .outerjoin(counts, counts.c.customer_id == col(Customer.id))
         .where(
             col(Customer.status) == CustomerStatus.active.value,
-            reference_column("days_inactive") > now - passive_churn_after,
+            inactive_since() > now - passive_churn_after,
         )
         .subquery("base")
     )

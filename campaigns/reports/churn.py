@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from campaigns.errors import ReportError
 from campaigns.models import Customer
-from campaigns.reports.losses import ACTIVE, PASSIVE, Losses, signup_moment
-from campaigns.reports.periods import Grid, ReportError, make_grid
+from campaigns.reports.losses import ACTIVE, PASSIVE, Losses
+from campaigns.reports.periods import Grid, make_grid
+from campaigns.sql import signup_moment
 
 # Upper edges (days) of the tenure-at-churn buckets; the last bucket is open.
 TENURE_EDGES = (30, 91, 182, 365, 730)

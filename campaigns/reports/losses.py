@@ -27,32 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from campaigns.models import Customer, CustomerStatus, UTCDateTime
+from campaigns.models import Customer, CustomerStatus
 from campaigns.reports.periods import bucket
-from campaigns.rules.conditions import days_since
+from campaigns.sql import cancel_moment, days_since, inactive_since, signup_moment
 
 ACTIVE = "active"
 PASSIVE = "passive"
-
-
-def signup_moment() -> sa.ColumnElement[datetime]:
-    # Customers imported without a signup date joined when we first heard of them.
-    return sa.func.coalesce(col(Customer.signed_up_at), col(Customer.created_at), type_=UTCDateTime())
-
-
-def activity_reference() -> sa.ColumnElement[datetime]:
-    """Where inactivity is counted from: the last activity, else signup (as `days_inactive`)."""
-    return sa.func.coalesce(
-        col(Customer.last_active_at), col(Customer.signed_up_at), col(Customer.created_at),
-        type_=UTCDateTime(),
-    )
-
-
-def cancel_moment() -> sa.ColumnElement[datetime]:
-    return sa.func.coalesce(
-        col(Customer.cancelled_at), col(Customer.last_active_at), col(Customer.signed_up_at),
-        col(Customer.created_at), type_=UTCDateTime(),
-    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +63,7 @@ class Losses:
         moments = (
             sa.select(
                 signup_moment().label("signup"),
-                activity_reference().label("ref"),
+                inactive_since().label("ref"),
                 cancel_moment().label("cancel"),
                 (col(Customer.status) == CustomerStatus.cancelled.value).label("cancelled"),
                 *extra,

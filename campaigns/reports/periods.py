@@ -15,15 +15,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.errors import RetentionError
+from campaigns.errors import ReportError
 
 PERIODS = ("month", "week", "quarter")
 # How many periods a report covers when --from is not given.
 DEFAULT_COUNT = {"month": 12, "week": 12, "quarter": 8}
-
-
-class ReportError(RetentionError, ValueError):
-    """A report asked for something that cannot be answered; the message says how to ask."""
 
 
 def period_start(moment: datetime, period: str) -> datetime:

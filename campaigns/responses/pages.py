@@ -20,6 +20,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from campaigns.delivery.rendering import PAGES_DIR
+from campaigns.delivery.template_errors import template_location
 from campaigns.errors import TemplateError
 
 log = logging.getLogger(__name__)
@@ -85,20 +86,10 @@ class Pages:
 
     def _error(self, exc: Exception, name: str) -> TemplateError:
         display = f"{self.root.as_posix()}/{name}"
-        if isinstance(exc, jinja2.TemplateSyntaxError):
-            where = exc.filename or display
-            return TemplateError(exc.message or str(exc), file=where, line=exc.lineno)
         if isinstance(exc, jinja2.TemplateNotFound):
             return TemplateError(f"missing page template {exc.name!r} in {self.root.as_posix()}/",
                                  file=display)
-        line, where = None, display
-        traceback = exc.__traceback__
-        # Jinja rewrites tracebacks so template frames carry the file and line.
-        while traceback is not None:
-            filename = traceback.tb_frame.f_code.co_filename
-            if filename.endswith(".j2"):
-                where, line = filename, traceback.tb_lineno
-            traceback = traceback.tb_next
+        where, line = template_location(exc, lambda file: file if file.endswith(".j2") else None)
         message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else (
             f"{type(exc).__name__}: {exc}")
-        return TemplateError(message, file=where, line=line)
+        return TemplateError(message, file=where or display, line=line)

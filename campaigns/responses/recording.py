@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.errors import RetentionError
+from campaigns.errors import SurveyUnavailable, SurveyValidationError, UnknownCampaign, UnknownDelivery
 from campaigns.models import (
     Customer,
     Delivery,
@@ -32,33 +31,11 @@ from campaigns.models import (
     SurveyAnswer,
 )
 from campaigns.rules.schema import Question, Rules
+from campaigns.sql import dialect_insert
 
 log = logging.getLogger(__name__)
 
 URL_MAX_LENGTH = 2000  # Interaction.url column
-
-
-class UnknownDelivery(RetentionError, LookupError):
-    """A correctly signed link whose delivery no longer exists (e.g. the customer was deleted)."""
-
-    def __init__(self, delivery_id: int) -> None:
-        self.delivery_id = delivery_id
-        super().__init__(f"no delivery by the id of {delivery_id}: it was deleted after the email went out")
-
-
-class SurveyUnavailable(RetentionError, LookupError):
-    """The delivery's campaign is gone from rules.yaml or no longer has a survey."""
-
-
-class SurveyValidationError(RetentionError, ValueError):
-    """Answers that do not fit the survey.  ``errors`` maps a question id (or ``""``
-    for the response as a whole) to what is wrong with it; nothing was stored."""
-
-    def __init__(self, survey_id: str, errors: Mapping[str, str]) -> None:
-        self.survey_id = survey_id
-        self.errors = dict(errors)
-        listed = "; ".join(f"{key}: {message}" if key else message for key, message in errors.items())
-        super().__init__(f"survey {survey_id!r}: {listed}")
 
 
 @dataclass(frozen=True)
@@ -301,7 +278,7 @@ def _id(delivery: Delivery) -> int:
 def _survey_of(rules: Rules, delivery: Delivery) -> tuple[str, tuple[Question, ...]]:
     try:
         campaign = rules.campaign(delivery.campaign_id)
-    except LookupError:
+    except UnknownCampaign:
         raise SurveyUnavailable(
             f"campaign {delivery.campaign_id!r} is no longer in rules.yaml, so its survey is closed"
         ) from None
@@ -332,10 +309,7 @@ def _upsert_answer(
         "campaign_id": delivery.campaign_id, "survey_id": survey_id, "question_id": question_id,
         "answer": answer, "created_at": now, "updated_at": now,
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = SurveyAnswer.__table__  # type: ignore[attr-defined]
-    statement = insert(table).values(**values)
+    statement = dialect_insert(session, SurveyAnswer).values(**values)
     session.execute(statement.on_conflict_do_update(
         index_elements=["customer_id", "survey_id", "question_id"],
         set_={"answer": answer, "delivery_id": delivery.id, "campaign_id": delivery.campaign_id,

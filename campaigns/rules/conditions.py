@@ -15,13 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import col
 
 from campaigns.models import Customer, Event, SurveyAnswer, UTCDateTime
 from campaigns.rules.durations import format_duration, parse_duration
+from campaigns.sql import as_number, attribute_text, days_since, inactive_since, signup_moment
 
 Path = tuple[str | int, ...]
 
@@ -278,52 +277,6 @@ def _duration(value: Any, path: Path) -> timedelta:
 # ---------------------------------------------------------------- SQL
 
 
-class days_since(FunctionElement[float]):  # lower-case: reads like the SQL function it is
-    """Fractional days from a timestamp column to a moment, in each dialect's own arithmetic."""
-
-    type = sa.Float()
-    inherit_cache = True
-    name = "days_since"
-
-
-@compiles(days_since, "sqlite")
-def _days_since_sqlite(element: days_since, compiler: Any, **kw: Any) -> str:
-    column, moment = list(element.clauses)
-    return f"(julianday({compiler.process(moment, **kw)}) - julianday({compiler.process(column, **kw)}))"
-
-
-@compiles(days_since)
-def _days_since_default(element: days_since, compiler: Any, **kw: Any) -> str:
-    column, moment = list(element.clauses)
-    return (
-        f"(EXTRACT(EPOCH FROM ({compiler.process(moment, **kw)} - "
-        f"{compiler.process(column, **kw)})) / 86400.0)"
-    )
-
-
-class as_number(FunctionElement[float]):  # lower-case: reads like the SQL function it is
-    """Text to a number, or NULL when it is not one (never an error mid-query)."""
-
-    type = sa.Float()
-    inherit_cache = True
-    name = "as_number"
-
-
-@compiles(as_number, "sqlite")
-def _as_number_sqlite(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
-    return f"(CASE WHEN {text} = '' OR {text} GLOB '*[^0-9.eE+-]*' THEN NULL ELSE CAST({text} AS REAL) END)"
-
-
-@compiles(as_number)
-def _as_number_default(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
-    return (
-        f"(CASE WHEN {text} ~ '^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
-        f"THEN CAST({text} AS DOUBLE PRECISION) END)"
-    )
-
-
 @dataclass(frozen=True)
 class SqlContext:
     """Values fixed for one pass, so every campaign sees the same moment."""
@@ -333,17 +286,12 @@ class SqlContext:
 
 
 def reference_column(field: str) -> ColumnElement[Any]:
+    """The moment a day field counts from (see campaigns.sql)."""
     if field == "days_since_signup":
-        return sa.func.coalesce(col(Customer.signed_up_at), col(Customer.created_at))
+        return signup_moment()
     if field == "days_since_cancel":
         return cast(ColumnElement[Any], col(Customer.cancelled_at))
-    # Never active yet: count inactivity from signup.
-    return sa.func.coalesce(
-        col(Customer.last_active_at),
-        col(Customer.signed_up_at),
-        col(Customer.created_at),
-        type_=UTCDateTime(),
-    )
+    return inactive_since()
 
 
 def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bool]:
@@ -371,35 +319,6 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
         exists = query.exists()
         return exists if condition.present else sa.not_(exists)
     return _compile_field(condition, ctx)
-
-
-class attribute_text(FunctionElement[str]):  # lower-case: reads like the SQL function it is
-    """An attribute as the text a CSV cell would hold: JSON true is 'true', 42 is '42'.
-
-    Attributes arrive typed from the API (JSON booleans and numbers) and as text from CSV;
-    comparing both as text makes `attributes.beta: true` mean the same whatever the source.
-    """
-
-    type = sa.String()
-    inherit_cache = True
-    name = "attribute_text"
-
-
-@compiles(attribute_text, "sqlite")
-def _attribute_text_sqlite(element: attribute_text, compiler: Any, **kw: Any) -> str:
-    document, key = (compiler.process(c, **kw) for c in element.clauses)
-    path = f"'$.\"' || {key} || '\"'"
-    # json_extract gives 1/0 for JSON booleans; json_type tells them from numbers.
-    return (
-        f"(CASE json_type({document}, {path}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-        f"ELSE CAST(json_extract({document}, {path}) AS TEXT) END)"
-    )
-
-
-@compiles(attribute_text)
-def _attribute_text_default(element: attribute_text, compiler: Any, **kw: Any) -> str:
-    document, key = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(CAST({document} AS JSON) ->> {key})"
 
 
 def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:

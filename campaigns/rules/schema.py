@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 from datetime import time, timedelta
 from difflib import get_close_matches
-from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any, Literal, get_args
 
 from croniter import croniter
 from pydantic import (
@@ -26,11 +24,14 @@ from pydantic import (
     model_validator,
 )
 
-from campaigns.errors import RulesError, RulesErrors
+from campaigns.addresses import EXAMPLE as EXAMPLE_SENDER
+from campaigns.addresses import parse_address
+from campaigns.errors import RulesError, RulesErrors, UnknownCampaign
 from campaigns.locales import LOCALE_TAG, best_match
 from campaigns.rules.conditions import AnswerTest, Condition, ConditionError, parse_when, walk
 from campaigns.rules.durations import parse_duration
 from campaigns.rules.yamlsource import Located, YAMLSyntaxError, load_located
+from campaigns.timezones import check_timezone
 
 
 def _duration(value: Any) -> timedelta:
@@ -110,15 +111,18 @@ def _quiet_hours(value: Any) -> Any:
     return {"start": start, "end": end}
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Berlin)") from None
+def _sender(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (write e.g. {EXAMPLE_SENDER})") from None
     return value
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+# In datetime.weekday() order: WEEKDAYS[moment.weekday()] is the moment's day.
+WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)
 
 
 class Defaults(Strict):
@@ -134,14 +138,8 @@ class Defaults(Strict):
     # (messages, window in ms), shared by every worker on every machine.
     max_send_rate: Annotated[tuple[int, int] | None, BeforeValidator(_send_rate)] = None
 
-    _check_timezone = field_validator("timezone")(_timezone)
-
-    @field_validator("sender")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if "@" not in parseaddr(value)[1]:
-            raise ValueError(f'not an email address: {value!r} (e.g. "Acme <hello@acme.example>")')
-        return value
+    _check_timezone = field_validator("timezone")(check_timezone)
+    _check_sender = field_validator("sender")(_sender)
 
     @field_validator("check_every")
     @classmethod
@@ -194,6 +192,8 @@ class Campaign(Strict):
     over_cap: Literal["skip", "defer"] = "skip"
     sender: str | None = None
     enabled: bool = True
+
+    _check_sender = field_validator("sender")(_sender)
 
     @field_validator("schedule")
     @classmethod
@@ -305,8 +305,7 @@ class Rules(Strict):
         for campaign in self.campaigns:
             if campaign.id == campaign_id:
                 return campaign
-        known = ", ".join(c.id for c in self.campaigns) or "none"
-        raise LookupError(f"no campaign by the id of {campaign_id!r} (known: {known})")
+        raise UnknownCampaign(campaign_id, [c.id for c in self.campaigns])
 
     def by_priority(self) -> list[Campaign]:
         """Highest priority first; file order breaks ties."""

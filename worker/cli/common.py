@@ -40,8 +40,8 @@ def user_errors() -> Iterator[None]:
         for error in exc.errors:
             err.print(error.format(), markup=False)
         raise typer.Exit(1) from None
-    except (RetentionError, ConfigurationError, LookupError) as exc:
-        fail(str(exc).strip("'\""))
+    except (RetentionError, ConfigurationError) as exc:
+        fail(str(exc))
 
 
 def settings() -> Settings:

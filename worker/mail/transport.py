@@ -1,34 +1,14 @@
-"""What every mail transport is: ``send(message) -> reply`` and ``close()``, plus the envelope."""
+"""The envelope of a message; what a transport is lives in campaigns.delivery.transport."""
 
 from __future__ import annotations
 
-import email.generator
-import email.policy
 import email.utils
-from collections.abc import Callable
 from email.message import EmailMessage
-from typing import Protocol
 
-from campaigns.errors import (
-    PermanentDeliveryError,
-)
+from campaigns.delivery.transport import BeforeData, Transport
+from campaigns.errors import PermanentDeliveryError
 
-# Called right before the message content leaves (SMTP DATA, the Maildir write).  The
-# sender records there that mail may have left; raising aborts the send with nothing sent.
-BeforeData = Callable[[], None]
-
-
-class Transport(Protocol):
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        """Deliver one message; return the server's reply or an id to record."""
-        ...
-
-    def close(self) -> None:
-        """Release connections; the transport may still be used afterwards."""
-        ...
-
-
-
+__all__ = ["BeforeData", "Transport", "envelope"]
 
 
 def envelope(message: EmailMessage) -> tuple[str, list[str]]:

@@ -1,0 +1,22 @@
+"""What the sender needs from a mail transport; the transports themselves are in worker/mail/."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Protocol, runtime_checkable
+
+# Called right before the message content leaves (SMTP DATA, the Maildir write).  The
+# sender records there that mail may have left; raising aborts the send with nothing sent.
+BeforeData = Callable[[], None]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
+        """Deliver one message; return the server's reply or an id to record."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the transport may still be used afterwards."""
+        ...
