@@ -103,6 +103,7 @@ def test_email_and_page_templates_locate_a_failure_the_same_way(tmp_path: Path) 
     shutil.copytree(ROOT / "templates", templates)
     broken = "line one\n{{ 1 // 0 }}\n"
     (templates / "we_miss_you" / "body.txt.j2").write_text(broken)
+    (templates / "pages").mkdir(exist_ok=True)  # a page overriding the built-in one
     (templates / "pages" / ERROR).write_text(broken)
 
     with pytest.raises(TemplateError) as in_email:
