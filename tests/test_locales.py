@@ -200,3 +200,54 @@ def test_the_shipped_templates_speak_simplified_chinese(make_runtime, smtp_sink)
     assert 'lang="zh-CN"' in html and "一键退订" in html and "Unsubscribe" not in html
     # zh-TW has no folder of its own and no plain zh one: the default English files.
     assert by_rcpt["tw@example.com"]["Subject"] == "Ada, we miss you at Acme"
+
+
+@pytest.mark.parametrize(("locale", "chinese"),
+                         [("zh-CN", True), ("zh_cn", True), ("zh-TW", False), ("en", False)],
+                         ids=["zh-CN", "underscore", "zh-TW-has-no-pages-of-its-own", "en"])
+def test_built_in_pages_speak_the_customers_language(make_runtime, locale, chinese):
+    from fastapi.testclient import TestClient
+
+    from campaigns.models import Delivery, DeliveryStatus, utcnow
+    from worker.web import create_app
+
+    rt = make_runtime("console://", rules=SURVEY_RULES)
+    with Session(rt.engine) as session:
+        customer = add_customer(session, locale=locale, email="mei@example.com")
+        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="e1",
+                            status=DeliveryStatus.sent, template="exit_survey", sent_at=utcnow())
+        session.add(delivery)
+        session.commit()
+        session.refresh(delivery)
+    with TestClient(create_app(rt), base_url="http://retention.test") as client:
+        pages = {
+            "confirm": client.get(f"/u/{rt.signer.unsubscribe_token(delivery.id)}"),
+            "survey": client.get(f"/s/{rt.signer.survey_token(delivery.id)}"),
+            "thanks": client.post(f"/s/{rt.signer.survey_token(delivery.id)}", data={"reason": "price"}),
+            "unsubscribed": client.post(f"/u/{rt.signer.unsubscribe_token(delivery.id)}",
+                                        data={"List-Unsubscribe": "One-Click"}),
+        }
+    words = {"confirm": ("确认退订", ">Unsubscribe</button>"), "survey": ("提交回答", "Send my answers"),
+             "thanks": ("感谢您的回答", "Thank you for your answers"),
+             "unsubscribed": ("您已成功退订", "You are unsubscribed")}
+    for name, response in pages.items():
+        assert response.status_code == 200, name
+        zh, en = words[name]
+        assert (zh in response.text) is chinese, name
+        assert (en in response.text) is not chinese, name
+        assert ('lang="zh-CN"' in response.text) is chinese, name
+
+
+def test_an_unusable_link_answers_in_the_browsers_language(make_runtime):
+    from fastapi.testclient import TestClient
+
+    from worker.web import accepted_languages, create_app
+
+    assert accepted_languages("en;q=0.5, zh-CN, zh;q=0.9, *;q=0.1") == ["zh-CN", "zh", "en"]
+    rt = make_runtime("console://", rules=SURVEY_RULES)
+    with TestClient(create_app(rt), base_url="http://retention.test") as client:
+        chinese = client.get("/u/not-a-token", headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
+        english = client.get("/u/not-a-token", headers={"Accept-Language": "de-DE,en;q=0.5"})
+    assert chinese.status_code == english.status_code == 400
+    assert "链接无法使用" in chinese.text and 'lang="zh-CN"' in chinese.text
+    assert "This link does not work" in english.text and "链接" not in english.text

@@ -96,24 +96,27 @@ def create_app(rt: Runtime) -> FastAPI:
     page_store = Pages(rt.settings.templates)
 
     def render(name: str, context: dict[str, Any], *, status: int = 200,
-               fallback: tuple[str, str], headers: dict[str, str] | None = None) -> HTMLResponse:
+               fallback: tuple[str, str], headers: dict[str, str] | None = None,
+               locale: str | list[str | None] | None = None) -> HTMLResponse:
         try:
-            body = page_store.render(name, context)
+            body = page_store.render(name, context, locale)
         except TemplateError as exc:
             # A broken restyle must not break unsubscribing: the work is done, say so plainly.
             log.error("page template failed, serving a plain page instead: %s", exc.format())
             body = _plain_page(*fallback)
         return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, **(headers or {})})
 
-    def error_page(problem: Problem) -> HTMLResponse:
+    def error_page(problem: Problem, request: Request | None = None) -> HTMLResponse:
         context = {"status": problem.status, "title": problem.title, "message": problem.message}
         headers = {"Retry-After": "30"} if problem.status == 503 else None
+        # A broken or foreign link says nothing about its customer: the browser's languages.
+        languages = accepted_languages(request.headers.get("accept-language", "")) if request else []
         return render(pages.ERROR, context, status=problem.status,
-                      fallback=(problem.title, problem.message), headers=headers)
+                      fallback=(problem.title, problem.message), headers=headers, locale=list(languages))
 
     @app.exception_handler(Problem)
-    async def on_problem(_request: Request, problem: Problem) -> Response:
-        return error_page(problem)
+    async def on_problem(request: Request, problem: Problem) -> Response:
+        return error_page(problem, request)
 
     def verify(purpose: Purpose, token: str, max_age: timedelta | None = None) -> int:
         try:
@@ -155,9 +158,10 @@ def create_app(rt: Runtime) -> FastAPI:
     async def unsubscribe_page(token: str, request: Request) -> Response:
         delivery_id = verify(Purpose.unsubscribe, token)
         email, already = await in_session(lambda s: responses.is_unsubscribed(s, delivery_id))
+        locale = await in_session(lambda s: responses.customer_locale(s, delivery_id))
         return render(pages.UNSUBSCRIBE_CONFIRM,
                       {"email": email, "already": already, "action": request.url.path},
-                      fallback=("Unsubscribe", "Use the unsubscribe link in the email again."))
+                      fallback=("Unsubscribe", "Use the unsubscribe link in the email again."), locale=locale)
 
     @app.post("/u/{token}")
     async def unsubscribe(token: str, request: Request) -> Response:
@@ -167,8 +171,10 @@ def create_app(rt: Runtime) -> FastAPI:
         await read_form(request)
         now = utcnow()
         result = await in_session(lambda s: responses.unsubscribe(s, delivery_id, now=now))
+        locale = await in_session(lambda s: responses.customer_locale(s, delivery_id))
         return render(pages.UNSUBSCRIBED, {"email": result.email, "already": result.already_unsubscribed},
-                      fallback=("You are unsubscribed", "You will not get any more emails from us."))
+                      fallback=("You are unsubscribed", "You will not get any more emails from us."),
+                      locale=locale)
 
     # ------------------------------------------------------------ survey
 
@@ -183,7 +189,8 @@ def create_app(rt: Runtime) -> FastAPI:
         questions = [_question(q, q.previous or "") for q in form.questions]
         return render(pages.SURVEY, {"action": request.url.path, "questions": questions,
                                      "answered_before": form.answered_before, "errors": {}},
-                      fallback=("Survey", "The survey cannot be shown right now. Please try again later."))
+                      fallback=("Survey", "The survey cannot be shown right now. Please try again later."),
+                      locale=form.locale)
 
     @app.post("/s/{token}")
     async def survey_answers(token: str, request: Request) -> Response:
@@ -203,9 +210,10 @@ def create_app(rt: Runtime) -> FastAPI:
             shown = [_question(q, (answers.get(q.id) or [""])[0]) for q in again.questions]
             return render(pages.SURVEY, {"action": request.url.path, "questions": shown,
                                          "answered_before": False, "errors": exc.errors},
-                          status=422, fallback=("Please check your answers", str(exc)))
+                          status=422, fallback=("Please check your answers", str(exc)), locale=again.locale)
+        locale = await in_session(lambda s: responses.customer_locale(s, delivery_id))
         return render(pages.SURVEY_THANKS, {"replaced": result.replaced},
-                      fallback=("Thank you", "Your answers are saved."))
+                      fallback=("Thank you", "Your answers are saved."), locale=locale)
 
     # ------------------------------------------------------------ clicks
 
@@ -277,6 +285,24 @@ def _question(question: responses.FormQuestion, value: str) -> dict[str, Any]:
     return {"id": question.id, "ask": question.ask, "kind": question.kind,
             "choices": list(question.choices or ()), "required": question.required,
             "max_length": question.max_length, "value": value, "labels": question.labels}
+
+
+def accepted_languages(header: str) -> list[str]:
+    """The tags of an Accept-Language header, most preferred first (RFC 9110 §12.5.4)."""
+    weighted = []
+    for position, item in enumerate(header.split(",")[:20]):
+        tag, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if tag and tag != "*" and quality > 0:
+            weighted.append((-quality, position, tag))
+    return [tag for _, _, tag in sorted(weighted)]
 
 
 _URL_SAFE = string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%"

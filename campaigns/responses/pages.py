@@ -6,13 +6,16 @@ built-in page of the same name, one by one, so marketing restyles them like the
 emails.  They render in an environment of their own: HTML-autoescaped,
 sandboxed, strict about undefined names, and unaware of the email context.
 Every page extends ``base.html.j2`` (overriding only that one restyles all).
+A page may be translated: ``pages/zh-CN/survey.html.j2`` (or the built-in
+``builtin_pages/zh-CN/``) is chosen for a customer whose locale is ``zh-CN``
+with the same fallback as the emails (``zh-TW`` → ``zh`` → the default page).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from campaigns.delivery.rendering import PAGES_DIR
 from campaigns.delivery.template_errors import template_location
 from campaigns.errors import TemplateError
+from campaigns.locales import LOCALE_TAG, locale_chain, normalize
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +72,35 @@ class Pages:
             auto_reload=True,  # a restyle reaches the running web server
         )
 
-    def render(self, name: str, context: Mapping[str, Any]) -> str:
+    def render(self, name: str, context: Mapping[str, Any],
+               locale: str | Sequence[str | None] | None = None) -> str:
+        """Render page ``name`` in the first of ``locale`` (one tag, or several in order of
+        preference, as from Accept-Language) that has a translation, else the default page."""
         try:
-            return self._env.get_template(name).render(context)
+            return self._env.select_template([*self._translations(name, locale), name]).render(context)
         except Exception as exc:  # located and re-raised, never swallowed
             raise self._error(exc, name) from exc
+
+    def _translations(self, name: str, locale: str | Sequence[str | None] | None) -> list[str]:
+        wanted = [locale] if locale is None or isinstance(locale, str) else list(locale)
+        folders = {normalize(p.name): p.name for root in (BUILTIN_DIR, self.root) if root.is_dir()
+                   for p in root.iterdir() if p.is_dir() and LOCALE_TAG.match(p.name)}
+        return [f"{folders[tag]}/{name}" for one in wanted for tag in locale_chain(one) if tag in folders]
+
+    def locales(self) -> list[str]:
+        """The locales with at least one translated page (built in or the user's)."""
+        return sorted({p.name for root in (BUILTIN_DIR, self.root) if root.is_dir()
+                       for p in root.iterdir() if p.is_dir() and LOCALE_TAG.match(p.name)})
 
     def check(self) -> list[TemplateError]:
         """Every page parses and renders with the names the web server passes."""
         errors = []
-        for name, context in SAMPLE_CONTEXTS.items():
-            try:
-                self.render(name, context)
-            except TemplateError as exc:
-                errors.append(exc)
+        for locale in (None, *self.locales()):
+            for name, context in SAMPLE_CONTEXTS.items():
+                try:
+                    self.render(name, context, locale)
+                except TemplateError as exc:
+                    errors.append(exc)
         return list({e.format(): e for e in errors}.values())
 
     def _error(self, exc: Exception, name: str) -> TemplateError:

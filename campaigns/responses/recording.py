@@ -130,6 +130,15 @@ def is_unsubscribed(session: Session, delivery_id: int) -> tuple[str, bool]:
     return row[0], row[1] is not None
 
 
+def customer_locale(session: Session, delivery_id: int) -> str | None:
+    """The locale of the customer a delivery went to, for the pages they see; reads only."""
+    return session.scalar(
+        sa.select(col(Customer.locale))
+        .join(Delivery, col(Delivery.customer_id) == col(Customer.id))
+        .where(col(Delivery.id) == delivery_id)
+    )
+
+
 # ---------------------------------------------------------------- clicks
 
 
