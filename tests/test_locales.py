@@ -251,3 +251,25 @@ def test_an_unusable_link_answers_in_the_browsers_language(make_runtime):
     assert chinese.status_code == english.status_code == 400
     assert "链接无法使用" in chinese.text and 'lang="zh-CN"' in chinese.text
     assert "This link does not work" in english.text and "链接" not in english.text
+
+
+def test_a_non_ascii_sender_name_and_subject_reach_any_mail_client(make_runtime, smtp_sink, templates):
+    from email import policy
+    from email.parser import BytesParser
+
+    rules = ('defaults:\n  sender: "Acme 客服团队 <hello@acme.example>"\n  timezone: UTC\n'
+             "campaigns:\n  - id: we-miss-you\n    template: we_miss_you\n"
+             "    when: {status: active, days_inactive: {at_least: 30}}\n")
+    rt = make_runtime(smtp_sink.url, rules=rules, templates=templates)
+    with Session(rt.engine) as session:
+        add_customer(session, inactive_days=45, first_name="Zoë", email="zoe@example.com", locale="zh-CN")
+        session.commit()
+    run_once(rt, workers=1)
+    [received] = smtp_sink.messages
+    raw = received.raw
+    headers = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    assert headers.isascii()  # RFC 2047 encoded words: readable without SMTPUTF8
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    assert parsed["Subject"] == "Zoë，我们想念您"
+    assert parsed["From"].addresses[0].display_name == "Acme 客服团队"
+    assert parsed["From"].addresses[0].addr_spec == "hello@acme.example"
