@@ -139,6 +139,20 @@ surveys:
 """
 
 
+def exit_survey_sent(rt, locale: str | None, **fields: str):
+    """An exit-survey email sent to a new customer with ``locale``."""
+    from campaigns.models import Delivery, DeliveryStatus, utcnow
+
+    with Session(rt.engine) as session:
+        customer = add_customer(session, locale=locale, **fields)
+        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="e1",
+                            status=DeliveryStatus.sent, template="exit_survey", sent_at=utcnow())
+        session.add(delivery)
+        session.commit()
+        session.refresh(delivery)
+        return delivery
+
+
 @pytest.mark.parametrize(("locale", "ask", "label"), [
     ("zh-CN", "您为什么取消？", "价格"),
     ("zh_cn", "您为什么取消？", "价格"),
@@ -149,17 +163,10 @@ surveys:
 def test_survey_questions_are_asked_in_the_customers_language(make_runtime, locale, ask, label):
     from fastapi.testclient import TestClient
 
-    from campaigns.models import Delivery, DeliveryStatus, utcnow
     from worker.web import create_app
 
     rt = make_runtime("console://", rules=SURVEY_RULES)
-    with Session(rt.engine) as session:
-        customer = add_customer(session, locale=locale)
-        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="e1",
-                            status=DeliveryStatus.sent, template="exit_survey", sent_at=utcnow())
-        session.add(delivery)
-        session.commit()
-        session.refresh(delivery)
+    delivery = exit_survey_sent(rt, locale)
     with TestClient(create_app(rt), base_url="http://retention.test") as client:
         page = client.get(f"/s/{rt.signer.survey_token(delivery.id)}")
         assert page.status_code == 200
@@ -208,17 +215,10 @@ def test_the_shipped_templates_speak_simplified_chinese(make_runtime, smtp_sink)
 def test_built_in_pages_speak_the_customers_language(make_runtime, locale, chinese):
     from fastapi.testclient import TestClient
 
-    from campaigns.models import Delivery, DeliveryStatus, utcnow
     from worker.web import create_app
 
     rt = make_runtime("console://", rules=SURVEY_RULES)
-    with Session(rt.engine) as session:
-        customer = add_customer(session, locale=locale, email="mei@example.com")
-        delivery = Delivery(campaign_id="exit-survey", customer_id=customer.id, episode="e1",
-                            status=DeliveryStatus.sent, template="exit_survey", sent_at=utcnow())
-        session.add(delivery)
-        session.commit()
-        session.refresh(delivery)
+    delivery = exit_survey_sent(rt, locale, email="mei@example.com")
     with TestClient(create_app(rt), base_url="http://retention.test") as client:
         pages = {
             "confirm": client.get(f"/u/{rt.signer.unsubscribe_token(delivery.id)}"),

@@ -1,11 +1,7 @@
-"""Mail transports: where a rendered message goes, chosen by ``RETENTION_MAIL_URL``.
+"""Mail transports, chosen by ``RETENTION_MAIL_URL``: ``transport_from_url`` builds one.
 
-Every transport answers ``send(message) -> str`` with a short reply worth
-recording on the delivery, and sorts failures into the two outcomes the
-worker acts on: ``TransientDeliveryError`` (retry later) and
-``PermanentDeliveryError`` (record a bounce, never retry).  A broken
-deployment (bad URL, rejected credentials, untrusted certificate) raises
-``ConfigurationError`` instead, so no delivery is blamed for it.
+``transport`` says what every transport is, ``urls`` reads the URL, ``local`` holds the
+Maildir and console transports, ``smtp`` the SMTP one and how its replies are sorted.
 """
 
 from worker.mail.local import ConsoleTransport, MaildirTransport
