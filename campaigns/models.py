@@ -125,7 +125,8 @@ class Delivery(SQLModel, table=True):
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None)
     # Derived from the natural key when the message is built, so a resend keeps it.
-    message_id: str | None = Field(default=None, max_length=255)
+    # Indexed: a bounce or complaint finds its delivery by it.
+    message_id: str | None = Field(default=None, max_length=255, index=True)
     due_at: datetime = _dt(default_factory=utcnow)
     # When a message for it last went to the broker; the sweeper re-enqueues stale ones.
     enqueued_at: datetime | None = _dt(default=None)
@@ -159,12 +160,42 @@ class CampaignState(SQLModel, table=True):
     policy_failures: int = Field(default=0)
     paused_at: datetime | None = _dt(default=None)
     paused_reason: str | None = Field(default=None)
+    # Last `retention approve`: the complaint rate that pauses a campaign counts from here.
+    approved_at: datetime | None = _dt(default=None)
 
 
 class InteractionKind(StrEnum):
     click = "click"
     unsubscribe = "unsubscribe"
     survey = "survey"
+    complaint = "complaint"  # marked as spam: the strongest "no" there is
+
+
+class BounceKind(StrEnum):
+    hard = "hard"  # the address does not exist (5.1.x): suppressed at once
+    soft = "soft"  # a full mailbox, a server down: suppressed after several within a window
+    complaint = "complaint"  # marked as spam (ARF, a provider's feedback loop)
+
+
+class Bounce(SQLModel, table=True):
+    """A bounce or spam complaint reported after the send (provider webhook, bounce mailbox).
+
+    ``key`` is the report's own identity (its source and id, and the recipient), so
+    the same notification delivered twice is stored, and counted, once.
+    """
+
+    __table_args__ = (sa.Index("ix_bounce_email_kind_time", "email", "kind", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=255, unique=True)
+    source: str = Field(max_length=20)
+    kind: str = Field(max_length=20)
+    email: str = Field(max_length=320)
+    delivery_id: int | None = Field(default=None, foreign_key="delivery.id", ondelete="SET NULL", index=True)
+    campaign_id: str | None = Field(default=None, max_length=100, index=True)
+    reason: str | None = Field(default=None, max_length=1000)
+    occurred_at: datetime = _dt(default_factory=utcnow)
+    created_at: datetime = _dt(default_factory=utcnow)
 
 
 class Interaction(SQLModel, table=True):

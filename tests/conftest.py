@@ -9,7 +9,9 @@ import pytest
 from worker import runtime as runtime_module
 from worker.settings import Settings
 
-pytest_plugins = ["tests.support.redis", "tests.support.database", "tests.support.smtp"]
+pytest_plugins = [
+    "tests.support.redis", "tests.support.database", "tests.support.smtp", "tests.support.dovecot",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = """

@@ -29,21 +29,25 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 
 
+def require_api_key(configured: str, request: Request, what: str) -> None:
+    """401/403 unless the request carries ``Authorization: Bearer <RETENTION_API_KEY>``."""
+    if not configured:
+        raise HTTPException(403, f"{what} is disabled: set RETENTION_API_KEY to enable it")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant-time comparison: the key must not leak through response timing.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), configured.encode()):
+        raise HTTPException(
+            401,
+            "missing or wrong API key (send `Authorization: Bearer KEY`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 def api_router(rt: Runtime) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
     def authorized(request: Request) -> None:
-        configured = rt.settings.api_key
-        if not configured:
-            raise HTTPException(403, "the ingestion API is disabled: set RETENTION_API_KEY to enable it")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # Constant-time comparison: the key must not leak through response timing.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), configured.encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong API key (send `Authorization: Bearer KEY`)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        require_api_key(rt.settings.api_key, request, "the ingestion API")
 
     async def items(request: Request, key: str) -> list[Any]:
         try:

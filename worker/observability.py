@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlmodel import Session, col
 
-from campaigns.models import AppSetting, Delivery, utcnow
+from campaigns.models import AppSetting, CampaignState, Delivery, utcnow
 from worker.broker import QUEUE
 from worker.runtime import Runtime
 
@@ -97,7 +97,32 @@ def health(rt: Runtime) -> tuple[bool, dict[str, Any]]:
             healthy = False
     else:
         checks["last_pass"] = None
+    checks.update(deliverability_health(rt))
     return healthy, checks
+
+
+def deliverability_health(rt: Runtime) -> dict[str, Any]:
+    """Campaigns paused until `retention approve` and why; the bounce mailbox's last read.
+
+    Neither makes the process unhealthy: it is alive and doing its job (holding them back).
+    """
+    from worker.bounce_mailbox import STATE_KEY, mask
+
+    checks: dict[str, Any] = {}
+    try:
+        with Session(rt.engine) as session:
+            checks["paused_campaigns"] = {
+                campaign: reason for campaign, reason in session.execute(
+                    sa.select(col(CampaignState.campaign_id), col(CampaignState.paused_reason))
+                    .where(col(CampaignState.paused_at).is_not(None)))
+            }
+            if rt.settings.bounce_mailbox:
+                stored = session.get(AppSetting, STATE_KEY)
+                checks["bounce_mailbox"] = {"url": mask(rt.settings.bounce_mailbox),
+                                            "last_read": json.loads(stored.value) if stored else None}
+    except sa.exc.SQLAlchemyError:
+        pass  # the database check above already says so
+    return checks
 
 
 def _redis(rt: Runtime) -> Any:

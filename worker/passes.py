@@ -16,6 +16,7 @@ from campaigns.models import utcnow
 from campaigns.planning.conversions import credit_conversions
 from campaigns.planning.planner import PassResult, Planner
 from worker import observability
+from worker.bounce_mailbox import read_bounce_mailbox
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ def run_pass(
             )
         if stale:
             enqueue(stale)
+        if rt.settings.bounce_mailbox:
+            check_leadership()
+            read_bounce_mailbox(rt, now=now)
     except Exception as exc:
         observability.record_pass(
             rt, started=now, seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"[:500]

@@ -89,6 +89,7 @@ class Runtime:
             signer=self.signer,
             public_url=self.settings.public_url,
             transport=self.transport,
+            verp=self.settings.verp_address,
         )
 
     def close(self) -> None:

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=600)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
+    # Deliverability: bounces and complaints reported after the send (docs/deployment.md).
+    bounce_mailbox: str = ""  # imaps://user:pass@host/INBOX, imap://…, maildir://PATH
+    verp_address: str = ""  # bounces@acme.example → Return-Path bounces+<delivery id>@acme.example
+    ses_topic_arns: str = ""  # comma-separated; empty: notifications of any topic are accepted
+    ses_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    sendgrid_public_key: str = ""  # the Signed Event Webhook's verification key (base64)
+    postmark_webhook_auth: str = ""  # user:password of the webhook URL's basic auth
+    mailgun_signing_key: str = ""  # the HTTP webhook signing key
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    soft_bounce_window_days: float = Field(default=30, gt=0)
+    complaint_rate_threshold: float = Field(default=0.003, gt=0, lt=1)  # pauses the campaign
+    complaint_pause_min_sends: int = Field(default=500, ge=1)
+    hard_bounce_rate_threshold: float = Field(default=0.02, gt=0, lt=1)  # flagged in the report
 
     @field_validator("public_url")
     @classmethod
@@ -51,6 +64,20 @@ class Settings(BaseSettings):
     def _known_broker(cls, value: str) -> str:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be empty (in-process queue) or a redis:// URL")
+        return value
+
+    @field_validator("bounce_mailbox")
+    @classmethod
+    def _known_mailbox(cls, value: str) -> str:
+        if value and not value.startswith(("imap://", "imaps://", "maildir://")):
+            raise ValueError("must be imaps://user:pass@host/FOLDER, imap://… or maildir://PATH")
+        return value
+
+    @field_validator("verp_address")
+    @classmethod
+    def _verp_is_an_address(cls, value: str) -> str:
+        if value and (value.count("@") != 1 or "+" in value or value.startswith("@") or value.endswith("@")):
+            raise ValueError("must be a plain address such as bounces@acme.example (no +tag)")
         return value
 
     @property

@@ -46,6 +46,7 @@ from campaigns.responses.pages import Pages
 from worker import http_io, observability
 from worker.api import api_router
 from worker.runtime import Runtime
+from worker.webhooks import webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ _BAD_LINK = (400, "This link does not work",
 def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="retention worker", docs_url=None, redoc_url=None)
     app.include_router(api_router(rt))
+    app.include_router(webhooks_router(rt))
     page_store = Pages(rt.settings.templates)
 
     def render(name: str, context: dict[str, Any], *, status: int = 200,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -116,15 +118,21 @@ def suppression_reason(session: Session, customer: Customer) -> str | None:
     return f"suppressed: {found}" if found else None
 
 
-def suppress(session: Session, email: str, reason: str, *, now: datetime) -> None:
-    """Add an address to the suppression list (idempotent) and stop what is queued for it."""
+def suppress(session: Session, email: str, reason: str, *, now: datetime, commit: bool = True) -> bool:
+    """Add an address to the suppression list and stop what is queued for it.
+
+    Idempotent; True when the address was not suppressed before.  ``commit=False``
+    leaves the transaction open for a caller that writes more in the same one.
+    """
     address = email.strip().lower()
-    if session.scalar(sa.select(col(Suppression.id)).where(col(Suppression.email) == address)) is None:
-        session.add(Suppression(email=address, reason=reason[:255], created_at=now))
-        try:
-            session.flush()
-        except sa.exc.IntegrityError:
-            session.rollback()
+    dialect = session.get_bind().dialect.name
+    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Suppression)
+    added = session.execute(
+        insert.values(email=address, reason=reason[:255], created_at=now)
+        .on_conflict_do_nothing(index_elements=["email"])
+        # RETURNING, not rowcount: an ORM-enabled INSERT does not report rowcount on every driver.
+        .returning(col(Suppression.id))
+    ).first()
     customer_ids = sa.select(col(Customer.id)).where(sa.func.lower(col(Customer.email)) == address)
     session.execute(
         sa.update(Delivery)
@@ -135,7 +143,9 @@ def suppress(session: Session, email: str, reason: str, *, now: datetime) -> Non
         .values(status=DeliveryStatus.suppressed, last_error=reason[:255], updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    if commit:
+        session.commit()
+    return added is not None
 
 
 def abandon_stale_sending(
@@ -256,19 +266,31 @@ def record_policy_failure(session: Session, campaign_id: str, reason: str, *, no
         .where(col(CampaignState.campaign_id) == campaign_id)
         .values(policy_failures=col(CampaignState.policy_failures) + 1)
     )
-    paused = session.execute(
-        sa.update(CampaignState)
-        .where(
-            col(CampaignState.campaign_id) == campaign_id,
-            col(CampaignState.policy_failures) >= POLICY_FAILURES_TO_PAUSE,
-            col(CampaignState.paused_at).is_(None),
-        )
-        .values(
-            paused_at=now,
-            paused_reason=f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, the last: {reason}"[:1000],
-        )
-    ).rowcount  # type: ignore[attr-defined]
+    paused = pause(
+        session, campaign_id, f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, the last: {reason}",
+        now=now, commit=False, when=col(CampaignState.policy_failures) >= POLICY_FAILURES_TO_PAUSE,
+    )
     session.commit()
+    return paused
+
+
+def pause(
+    session: Session, campaign_id: str, reason: str, *, now: datetime, commit: bool = True,
+    when: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Pause a campaign until `retention approve`; True when this paused it (it was running).
+
+    Paused deliveries stay queued and the sweeper leaves them alone.
+    """
+    _ensure_state(session, campaign_id)
+    conditions = [col(CampaignState.campaign_id) == campaign_id, col(CampaignState.paused_at).is_(None)]
+    if when is not None:
+        conditions.append(when)
+    paused = session.execute(
+        sa.update(CampaignState).where(*conditions).values(paused_at=now, paused_reason=reason[:1000])
+    ).rowcount  # type: ignore[attr-defined]
+    if commit:
+        session.commit()
     return bool(paused)
 
 
@@ -287,9 +309,8 @@ def paused_reason(session: Session, campaign_id: str) -> str | None:
 
 
 def _ensure_state(session: Session, campaign_id: str) -> None:
-    if session.get(CampaignState, campaign_id) is None:
-        session.add(CampaignState(campaign_id=campaign_id))
-        try:
-            session.commit()
-        except sa.exc.IntegrityError:
-            session.rollback()
+    # ON CONFLICT rather than commit-or-rollback: the caller's transaction stays whole.
+    dialect = session.get_bind().dialect.name
+    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CampaignState)
+    session.execute(insert.values(campaign_id=campaign_id, policy_failures=0)
+                    .on_conflict_do_nothing(index_elements=["campaign_id"]))

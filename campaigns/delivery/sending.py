@@ -22,6 +22,7 @@ from campaigns.delivery.rendering import TemplateStore, build_context, customer_
 from campaigns.delivery.sendwindow import next_send_time, waiting_note
 from campaigns.delivery.tokens import Signer, links
 from campaigns.delivery.transport import Transport
+from campaigns.delivery.verp import verp_address
 from campaigns.errors import (
     AmbiguousDeliveryError,
     PermanentDeliveryError,
@@ -65,7 +66,7 @@ class Sender:
     def __init__(
         self, *, rules: Rules, templates: TemplateStore, signer: Signer, public_url: str,
         transport: Transport, clock: Callable[[], datetime] = utcnow,
-        max_attempts: int = MAX_ATTEMPTS,
+        max_attempts: int = MAX_ATTEMPTS, verp: str = "",
     ) -> None:
         self.rules = rules
         self.templates = templates
@@ -74,6 +75,7 @@ class Sender:
         self.transport = transport
         self.clock = clock
         self.max_attempts = max_attempts
+        self.verp = verp  # base address for a per-delivery Return-Path; empty: the From address
 
     def deliver(self, session: Session, delivery_id: int) -> Outcome:
         """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry."""
@@ -156,7 +158,8 @@ class Sender:
             rendered=rendered, sender=sender, to=customer.email,
             message_id=message_id_for(delivery, domain),
             unsubscribe_url=link.unsubscribe_url,
-            headers={"X-Retention-Campaign": campaign.id},
+            headers={"X-Retention-Campaign": campaign.id,
+                     **({"Return-Path": verp_address(self.verp, delivery.id)} if self.verp else {})},
             date=now,
         )
 

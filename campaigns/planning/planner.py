@@ -499,6 +499,8 @@ def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
             state.last_audience = state.approved_audience
         state.approved_audience = None
         state.held_since = None
+        if state.paused_at is not None:
+            state.approved_at = now  # complaints before this were seen; the rate counts afresh
         state.paused_at = None
         state.paused_reason = None
         state.policy_failures = 0
