@@ -85,7 +85,7 @@ def cert_server() -> Iterator[CertServer]:
     visits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib's name
             visits.append(self.path)
             body = pem if self.path.endswith(".pem") else b"<ConfirmSubscriptionResponse/>"
             self.send_response(200)

@@ -112,7 +112,7 @@ def _parse(raw: bytes, verp: str) -> list[BounceReport] | None:
     report_id = str(message.get("Message-ID") or "").strip() or hashlib.sha256(raw).hexdigest()[:32]
     try:
         return parse_bounce_message(message, report_id=report_id, verp=verp)
-    except Exception:  # noqa: BLE001 - a hostile message must not stop the pass; a human reads it
+    except Exception:  # a hostile message must not stop the pass; a human reads it
         log.warning("bounce mailbox: could not parse message %s", report_id, exc_info=True)
         return None
 
@@ -233,6 +233,6 @@ class ImapSource:
     def close(self) -> None:
         try:
             self.client.logout()
-        except Exception:  # noqa: BLE001 - the pass is done; a failed goodbye changes nothing
+        except Exception:  # the pass is done; a failed goodbye changes nothing
             self.client.shutdown()
 
