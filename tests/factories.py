@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from campaigns.models import Customer, Event
+from campaigns.models import Customer, Delivery, DeliveryStatus, Event, message_id_for
 from campaigns.rules.schema import Rules, parse_rules
 from worker.database import make_engine, upgrade
 
@@ -49,3 +49,17 @@ def add_event(session: Session, customer: Customer, name: str, at: datetime) -> 
 def rules(text: str, **defaults: Any) -> Rules:
     """Rules from an indented YAML snippet; quiet hours off unless a test asks for them."""
     return parse_rules(textwrap.dedent(text))
+
+
+def add_sent_delivery(session: Session, *, campaign_id: str = "we-miss-you", sent_at: datetime | None = None,
+                      **customer_fields: Any) -> Delivery:
+    """A delivery that went out to a new customer, with the Message-ID the sender gives it; committed."""
+    customer = add_customer(session, **customer_fields)
+    delivery = Delivery(campaign_id=campaign_id, customer_id=customer.id, episode="once",
+                        status=DeliveryStatus.sent, template="we_miss_you", sent_at=sent_at or NOW)
+    session.add(delivery)
+    session.flush()
+    delivery.message_id = message_id_for(delivery, "acme.example")
+    session.commit()
+    session.refresh(delivery)
+    return delivery

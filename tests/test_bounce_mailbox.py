@@ -24,10 +24,9 @@ from campaigns.models import (
     Interaction,
     InteractionKind,
     Suppression,
-    message_id_for,
     utcnow,
 )
-from tests.factories import add_customer
+from tests.factories import add_sent_delivery
 from worker import runtime as runtime_module
 from worker.bounce_mailbox import PROCESSED, UNREADABLE, read_bounce_mailbox
 from worker.passes import run_pass
@@ -65,15 +64,7 @@ def make_runtime(tmp_path, database_url, mailbox_url: str) -> runtime_module.Run
 
 def sent(rt, email: str) -> Delivery:
     with Session(rt.engine) as session:
-        customer = add_customer(session, email=email)
-        delivery = Delivery(campaign_id="we-miss-you", customer_id=customer.id, episode=f"ep-{email}",
-                            status=DeliveryStatus.sent, template="we_miss_you", sent_at=utcnow())
-        session.add(delivery)
-        session.flush()
-        delivery.message_id = message_id_for(delivery, "acme.example")
-        session.commit()
-        session.refresh(delivery)
-        return delivery
+        return add_sent_delivery(session, email=email, sent_at=utcnow())
 
 
 def outcome(rt, bounced: Delivery, complained: Delivery) -> dict[str, object]:

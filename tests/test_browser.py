@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +20,7 @@ from sqlmodel import Session, select
 from campaigns.models import Customer, CustomerStatus, Event, SurveyAnswer, utcnow
 from campaigns.responses.export import responses
 from tests.support.services import skip_or_fail
+from tests.support.web import bound_socket, uvicorn_serving
 from worker import runtime as runtime_module
 from worker.daemon import run_once
 from worker.settings import Settings
@@ -58,31 +56,17 @@ def served(tmp_path, database_url, smtp_sink) -> Iterator[tuple[runtime_module.R
     The shipped templates have no pages/: the survey form and the unsubscribe button are the
     built-in pages, as for a user whose templates folder is their own.
     """
-    import uvicorn
-
     assert not (ROOT / "templates" / "pages").exists()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts: no race for the port
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock, base_url = bound_socket()
     settings = Settings(database_url=database_url, mail_url=smtp_sink.url, public_url=base_url,
                         rules=ROOT / "rules.yaml", templates=ROOT / "templates",
                         secret_key="browser-test-key")
     rt = runtime_module.build(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(rt), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError(f"uvicorn did not start on {base_url}")
-        time.sleep(0.02)
     try:
-        yield rt, base_url
+        with uvicorn_serving(create_app(rt), sock):
+            yield rt, base_url
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         rt.close()
 
 

@@ -372,7 +372,7 @@ def test_report_command_writes_json_with_documented_keys_and_html(tmp_path):
     data = json.loads(result.stdout)
     assert set(data) == {"report_version", "as_of", "period", "from", "to", "passive_churn_after_days",
                          "totals", "periods", "seasonality", "tenure_at_churn", "breakdown", "cohorts",
-                         "campaigns", "surveys"}
+                         "campaigns", "surveys", "deliverability"}
     [october_] = data["periods"]
     assert (october_["customers_at_start"], october_["lost"], october_["churn_rate"]) == (500, 50, 10.0)
     assert (october_["lost_active"], october_["lost_passive"], october_["retention_rate"]) == (30, 20, 90.0)

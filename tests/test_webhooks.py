@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import http.server
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -44,11 +43,11 @@ from campaigns.models import (
     Interaction,
     InteractionKind,
     Suppression,
-    message_id_for,
     utcnow,
 )
 from campaigns.planning.planner import approve
-from tests.factories import add_customer
+from tests.factories import add_sent_delivery
+from tests.support.web import bound_socket, uvicorn_serving
 from worker import runtime as runtime_module
 from worker.settings import Settings
 from worker.sns import string_to_sign
@@ -152,16 +151,12 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path, database_url, cert_server) -> Iterator[Served]:
-    import uvicorn
-
     sendgrid_key = ec.generate_private_key(ec.SECP256R1())
     public = sendgrid_key.public_key().public_bytes(serialization.Encoding.DER,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock, base_url = bound_socket()
     settings = Settings(
         database_url=database_url, mail_url="console://", public_url=base_url, rules=rules,
         templates=ROOT / "templates", secret_key="webhook-test-key", api_key=API_KEY,
@@ -170,20 +165,10 @@ def served(tmp_path, database_url, cert_server) -> Iterator[Served]:
         mailgun_signing_key=MAILGUN_KEY, soft_bounce_limit=3, complaint_pause_min_sends=20,
     )
     rt = runtime_module.build(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(rt), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError(f"uvicorn did not start on {base_url}")
-        time.sleep(0.02)
     try:
-        yield Served(rt, base_url, sendgrid_key)
+        with uvicorn_serving(create_app(rt), sock):
+            yield Served(rt, base_url, sendgrid_key)
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         rt.close()
 
 
@@ -201,17 +186,8 @@ campaigns:
 
 
 def sent_delivery(rt, email: str, campaign_id: str = "we-miss-you") -> Delivery:
-    """A delivery that went out, with the Message-ID the sender gives it."""
     with Session(rt.engine) as session:
-        customer = add_customer(session, email=email)
-        delivery = Delivery(campaign_id=campaign_id, customer_id=customer.id, episode=f"ep-{email}",
-                            status=DeliveryStatus.sent, template="we_miss_you", sent_at=utcnow())
-        session.add(delivery)
-        session.flush()
-        delivery.message_id = message_id_for(delivery, "acme.example")
-        session.commit()
-        session.refresh(delivery)
-        return delivery
+        return add_sent_delivery(session, email=email, campaign_id=campaign_id, sent_at=utcnow())
 
 
 def state(rt, delivery: Delivery) -> dict[str, Any]:

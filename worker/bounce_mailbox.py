@@ -21,7 +21,6 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
-import json
 import logging
 import mailbox
 import ssl
@@ -39,9 +38,9 @@ from imapclient.exceptions import IMAPClientError
 from sqlmodel import Session
 
 from campaigns.errors import ConfigurationError
-from campaigns.models import AppSetting
 from campaigns.responses.bounce_messages import parse_bounce_message
 from campaigns.responses.bounces import BounceReport
+from worker import observability
 from worker.deliverability import apply_reports, bounce_policy
 from worker.runtime import Runtime
 
@@ -102,7 +101,7 @@ def read_bounce_mailbox(rt: Runtime, *, now: datetime) -> MailboxPass:
     if outcome.read:
         log.info("bounce mailbox: %d messages, %d reports: %d applied, %d already known, %d unmatched",
                  outcome.read, outcome.reports, outcome.applied, outcome.duplicates, outcome.unmatched)
-    _remember(rt, outcome)
+    observability.remember(rt, STATE_KEY, asdict(outcome))
     return outcome
 
 
@@ -115,21 +114,6 @@ def _parse(raw: bytes, verp: str) -> list[BounceReport] | None:
     except Exception:  # a hostile message must not stop the pass; a human reads it
         log.warning("bounce mailbox: could not parse message %s", report_id, exc_info=True)
         return None
-
-
-def _remember(rt: Runtime, outcome: MailboxPass) -> None:
-    """The last pass's outcome, for /healthz on any machine."""
-    try:
-        with Session(rt.engine) as session:
-            row = session.get(AppSetting, STATE_KEY)
-            value = json.dumps(asdict(outcome))
-            if row is None:
-                session.add(AppSetting(key=STATE_KEY, value=value))
-            else:
-                row.value = value
-            session.commit()
-    except sa.exc.SQLAlchemyError:
-        log.warning("could not record the bounce mailbox outcome", exc_info=True)
 
 
 def mask(url: str) -> str:

@@ -47,17 +47,21 @@ def record_pass(rt: Runtime, *, started: datetime, seconds: float, error: str | 
     """Remember the last pass in the database, where every web process can see it."""
     PASS_DURATION.observe(seconds)
     PASSES.labels(outcome="error" if error else "ok").inc()
-    value = json.dumps({"at": started.isoformat(), "seconds": round(seconds, 3), "error": error})
+    remember(rt, LAST_PASS_KEY, {"at": started.isoformat(), "seconds": round(seconds, 3), "error": error})
+
+
+def remember(rt: Runtime, key: str, outcome: dict[str, Any]) -> None:
+    """Store an outcome as JSON in the database, where every web process's /healthz can see it."""
     try:
         with Session(rt.engine) as session:
-            row = session.get(AppSetting, LAST_PASS_KEY)
+            row = session.get(AppSetting, key)
             if row is None:
-                session.add(AppSetting(key=LAST_PASS_KEY, value=value))
+                session.add(AppSetting(key=key, value=json.dumps(outcome)))
             else:
-                row.value = value
+                row.value = json.dumps(outcome)
             session.commit()
     except sa.exc.SQLAlchemyError:
-        log.warning("could not record the pass outcome", exc_info=True)
+        log.warning("could not record the %s outcome", key, exc_info=True)
 
 
 def health(rt: Runtime) -> tuple[bool, dict[str, Any]]:

@@ -25,6 +25,7 @@ from campaigns.reports.churn import (
     group_column,
     range_totals,
 )
+from campaigns.reports.deliverability import Deliverability, Rates, Thresholds, deliverability
 from campaigns.reports.funnel import Funnel, funnels
 from campaigns.reports.lift import Lift, two_proportion_lift
 from campaigns.reports.losses import Losses
@@ -37,16 +38,19 @@ __all__ = [
     "Breakdown",
     "ChoiceCount",
     "Cohort",
+    "Deliverability",
     "Funnel",
     "GroupChurn",
     "Lift",
     "PeriodChurn",
     "QuestionAnswers",
+    "Rates",
     "Report",
     "ReportError",
     "TenureAtChurn",
     "TenureBucket",
     "TextAnswer",
+    "Thresholds",
     "build_report",
     "two_proportion_lift",
 ]
@@ -67,6 +71,7 @@ class Report:
     breakdown: Breakdown
     campaigns: tuple[Funnel, ...]
     surveys: tuple[QuestionAnswers, ...]
+    deliverability: Deliverability
 
     @property
     def average_churn_rate(self) -> float | None:
@@ -83,6 +88,7 @@ def build_report(
     start: datetime | None = None,
     end: datetime | None = None,
     by: str = "plan",
+    thresholds: Thresholds | None = None,
 ) -> Report:
     """The full report over the periods from the one containing ``start`` to the one containing ``end``."""
     group_column(by)  # a bad --by fails before any query runs
@@ -103,4 +109,5 @@ def build_report(
         breakdown=churn.breakdown,
         campaigns=tuple(funnels(session, start=grid.start, end=grid.end)),
         surveys=tuple(survey_answers(session, rules, start=grid.start, end=grid.end)),
+        deliverability=deliverability(session, grid, thresholds or Thresholds()),
     )

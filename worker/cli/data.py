@@ -157,7 +157,7 @@ def report(
 ) -> None:
     """Churn, retention, cohorts, why customers leave, and what each campaign achieved."""
     from campaigns.models import utcnow
-    from campaigns.reports import PERIODS, build_report
+    from campaigns.reports import PERIODS, Thresholds, build_report
     from worker import report as report_output
 
     if format not in FORMATS:
@@ -167,7 +167,10 @@ def report(
     start, end = _month_or_moment(from_, "--from"), _month_or_moment(to, "--to")
     rt = build_runtime()
     with Session(rt.engine) as session, user_errors():
-        result = build_report(session, rt.rules, now=utcnow(), period=period, start=start, end=end, by=by)
+        thresholds = Thresholds(complaint_rate=rt.settings.complaint_rate_threshold,
+                                hard_bounce_rate=rt.settings.hard_bounce_rate_threshold)
+        result = build_report(session, rt.rules, now=utcnow(), period=period, start=start, end=end, by=by,
+                              thresholds=thresholds)
     if format == "json":
         _write(report_output.dumps(report_output.report_json(result)), output)
     elif format == "html":

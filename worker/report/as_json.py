@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from campaigns.reports import Funnel, PeriodChurn, Report
+from campaigns.reports import Funnel, PeriodChurn, Rates, Report
 from campaigns.reports.at_risk import AtRiskReport
 from campaigns.reports.lift import CONFIDENCE
 from worker.report.formatting import (
@@ -40,6 +40,15 @@ def _funnel_json(f: Funnel) -> dict[str, Any]:
             "ci_high": _round(lift.ci_high), "relative": _round(lift.relative),
             "confidence": CONFIDENCE, "verdict": lift.verdict, "reason": lift.reason,
         },
+    }
+
+
+def _rates_json(r: Rates) -> dict[str, Any]:
+    return {
+        "label": r.label, "sent": r.sent, "hard_bounces": r.hard_bounces, "soft_bounces": r.soft_bounces,
+        "complaints": r.complaints, "hard_bounce_rate": _round(r.hard_bounce_rate, 3),
+        "soft_bounce_rate": _round(r.soft_bounce_rate, 3), "complaint_rate": _round(r.complaint_rate, 3),
+        "flags": list(r.flags), "paused": r.paused,
     }
 
 
@@ -87,6 +96,13 @@ def report_json(report: Report) -> dict[str, Any]:
             for c in report.cohorts
         ],
         "campaigns": [_funnel_json(f) for f in report.campaigns],
+        "deliverability": {
+            "thresholds": {"complaint_rate": report.deliverability.thresholds.complaint_rate * 100,
+                           "hard_bounce_rate": report.deliverability.thresholds.hard_bounce_rate * 100},
+            "totals": _rates_json(report.deliverability.totals),
+            "campaigns": [_rates_json(r) for r in report.deliverability.campaigns],
+            "periods": [_rates_json(r) for r in report.deliverability.periods],
+        },
         "surveys": [
             {"survey": q.survey, "question": q.question, "ask": q.ask, "kind": q.kind, "answered": q.answered,
              "choices": [{"choice": c.choice, "count": c.count, "share": _round(c.share)} for c in q.choices],

@@ -16,12 +16,15 @@ from worker.report.formatting import (
 from worker.report.svg import bar_chart, hbar_chart, interval_chart, line_chart
 from worker.report.tables import (
     CAMPAIGN_COLUMNS,
+    DELIVERABILITY_COLUMNS,
     GROUP_CAPTION,
     GROUP_COLUMNS,
     PERIOD_COLUMNS,
     _campaign_rows,
     _group_rows,
     _period_rows,
+    deliverability_caption,
+    deliverability_rows,
 )
 
 STYLE = """
@@ -114,6 +117,7 @@ def report_html(report: Report) -> str:
         + "</section>",
         _cohorts_html(report),
         _campaigns_html(report),
+        _deliverability_html(report),
         _surveys_html(report),
     ]
     return (
@@ -161,6 +165,16 @@ def _campaigns_html(report: Report) -> str:
           f"with a {CONFIDENCE:.0%} Newcombe hybrid score interval. {NOT_ENOUGH_DATA.capitalize()} when a "
           f"group has fewer than {MIN_GROUP} deliveries."
           "</p></section>"
+    )
+
+
+def _deliverability_html(report: Report) -> str:
+    d = report.deliverability
+    return (
+        "<section><h2>Deliverability: bounces and complaints</h2>"
+        + _html_table(["campaign", *DELIVERABILITY_COLUMNS], deliverability_rows((*d.campaigns, d.totals)))
+        + _html_table([report.period, *DELIVERABILITY_COLUMNS], deliverability_rows(d.periods))
+        + f"<p class='muted'>{html.escape(deliverability_caption(d))}</p></section>"
     )
 
 

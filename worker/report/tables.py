@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from campaigns.reports import Funnel, PeriodChurn, Report
+from campaigns.reports import Deliverability, Funnel, PeriodChurn, Rates, Report
 from campaigns.reports.at_risk import AtRiskReport
 from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, NOT_ENOUGH_DATA
 from worker.report.formatting import (
@@ -35,6 +35,25 @@ GROUP_COLUMNS = ("at start", "acquired", "lost", "cancelled", "lapsed", "churn",
 CAMPAIGN_COLUMNS = ("campaign", "planned", "held out", "sent", "failed", "bounced", "clicked", "surveyed",
                     "unsub.", "converted", "conv. sent", "conv. held out", f"lift ({CONFIDENCE:.0%} CI)",
                     "verdict")
+
+
+DELIVERABILITY_COLUMNS = ("sent", "hard bounces", "hard %", "soft bounces", "complaints", "complaint %",
+                          "over the thresholds")
+
+
+def deliverability_rows(rates: Sequence[Rates]) -> list[list[str]]:
+    return [
+        [r.label, str(r.sent), str(r.hard_bounces), _pct(r.hard_bounce_rate, 2), str(r.soft_bounces),
+         str(r.complaints), _pct(r.complaint_rate, 2),
+         "; ".join((*r.flags, *((f"PAUSED: {r.paused}",) if r.paused else ())))]
+        for r in rates
+    ]
+
+
+def deliverability_caption(d: Deliverability) -> str:
+    return (f"Per email sent in the range (bounces and complaints about those emails). Flagged: complaints "
+            f"over {d.thresholds.complaint_rate:.1%} (Gmail's and Yahoo's limit), hard bounces over "
+            f"{d.thresholds.hard_bounce_rate:.0%}.")
 
 
 GROUP_CAPTION = ("churn = lost in the range / customers at its start; lost share = lost / (at start + "
@@ -109,6 +128,11 @@ def report_tables(report: Report) -> Group:
          for c in report.cohorts),
     ))
     parts.append(_campaign_table(report.campaigns))
+    d = report.deliverability
+    parts.append(_table("Deliverability per campaign", ["campaign", *DELIVERABILITY_COLUMNS],
+                        deliverability_rows((*d.campaigns, d.totals)), caption=deliverability_caption(d)))
+    parts.append(_table(f"Deliverability per {report.period}", [report.period, *DELIVERABILITY_COLUMNS],
+                        deliverability_rows(d.periods)))
     for q in report.surveys:
         title = f"Why they leave: {q.survey} / {q.question}" + (f" - {q.ask}" if q.ask else "")
         if q.kind == "text":
