@@ -10,6 +10,7 @@ left in place and counted.
 from __future__ import annotations
 
 import mailbox
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from campaigns.models import (
     Suppression,
     utcnow,
 )
-from tests.factories import add_sent_delivery
+from tests.factories import add_customer, add_sent_delivery
 from worker import runtime as runtime_module
 from worker.bounce_mailbox import PROCESSED, UNREADABLE, read_bounce_mailbox
 from worker.passes import run_pass
@@ -174,5 +175,46 @@ def test_bad_mailbox_settings_are_configuration_errors(tmp_path, database_url, u
     try:
         with pytest.raises(ConfigurationError, match="is not a Maildir"):
             read_bounce_mailbox(rt, now=utcnow())
+    finally:
+        rt.close()
+
+
+def test_the_loop_closes_send_with_verp_bounce_back_never_mailed_again(tmp_path, database_url, smtp_sink):
+    """Real SMTP out with a VERP Return-Path, the relay's DSN back into the mailbox, then silence."""
+    from worker.daemon import run_once
+
+    folder = tmp_path / "bounces"
+    box = mailbox.Maildir(folder, create=True)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    rt = runtime_module.build(Settings(
+        database_url=database_url, mail_url=smtp_sink.url, rules=rules, templates=ROOT / "templates",
+        secret_key="mailbox-test-key", bounce_mailbox=f"maildir://{folder}",
+        verp_address="bounces@acme.example",
+    ))
+    try:
+        with Session(rt.engine) as session:
+            gone = add_customer(session, inactive_days=45, email="gone@example.com", timezone="UTC").id
+            session.commit()
+        run_once(rt, workers=2)
+        [received] = smtp_sink.wait_for(1)
+        with Session(rt.engine) as session:
+            delivery = session.scalars(select(Delivery).where(Delivery.customer_id == gone)).one()
+        assert received.mail_from == f"bounces+{delivery.id}@acme.example"
+        box.add(sample("dsn_postfix.eml", email="gone@example.com", delivery_id=delivery.id,
+                       message_id=received.parsed["Message-ID"]))
+
+        run_once(rt, workers=2)
+        with Session(rt.engine) as session:
+            assert session.get(Delivery, delivery.id).status == DeliveryStatus.bounced
+            assert session.scalar(select(Suppression.reason).where(Suppression.email == "gone@example.com"))
+        assert [m.get_flags() for m in mailbox.Maildir(folder, create=False)] == ["S"]
+
+        # Back, then gone again: a new absence is a new episode, and the suppressed address gets nothing.
+        with Session(rt.engine) as session:
+            session.get(Customer, gone).last_active_at = utcnow() - timedelta(days=40)
+            session.commit()
+        run_once(rt, workers=2)
+        assert len(smtp_sink.messages) == 1
     finally:
         rt.close()

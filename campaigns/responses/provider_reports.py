@@ -39,12 +39,14 @@ class PayloadError(RetentionError, ValueError):
 # ---------------------------------------------------------------- Amazon SES
 
 
-def ses_reports(notification: Mapping[str, Any]) -> list[BounceReport]:
+def ses_reports(notification: Any) -> list[BounceReport]:
     """Reports in one SES notification (the parsed ``Message`` of the SNS envelope)."""
+    notification = _mapping(notification, "the SES notification")
     kind = notification.get("notificationType") or notification.get("eventType")
     mail = _mapping(notification.get("mail", {}), "mail")
+    listed = mail.get("headers")
     headers = {str(h.get("name", "")).lower(): str(h.get("value", ""))
-               for h in mail.get("headers", []) if isinstance(h, Mapping)}
+               for h in (listed if isinstance(listed, list) else []) if isinstance(h, Mapping)}
     common = _mapping(mail.get("commonHeaders", {}), "mail.commonHeaders")
     message_id = common.get("messageId") or headers.get("message-id")
     campaign = headers.get(CAMPAIGN_HEADER.lower())
@@ -132,7 +134,7 @@ _POSTMARK_COMPLAINT = {"SpamComplaint", "SpamNotification"}
 
 def postmark_reports(payload: Any) -> list[BounceReport]:
     payload = _mapping(payload, "the body")
-    record_type, bounce_type = payload.get("RecordType"), payload.get("Type")
+    record_type, bounce_type = payload.get("RecordType"), str(payload.get("Type") or "")
     if record_type not in (None, "Bounce", "SpamComplaint"):
         return []  # Delivery, Open, Click, SubscriptionChange
     if record_type == "SpamComplaint" or bounce_type in _POSTMARK_COMPLAINT:
