@@ -201,6 +201,7 @@ def test_the_loop_closes_send_with_verp_bounce_back_never_mailed_again(tmp_path,
         with Session(rt.engine) as session:
             delivery = session.scalars(select(Delivery).where(Delivery.customer_id == gone)).one()
         assert received.mail_from == f"bounces+{delivery.id}@acme.example"
+        assert received.parsed["Return-Path"] is None  # RFC 5321 4.4: the envelope carries it
         box.add(sample("dsn_postfix.eml", email="gone@example.com", delivery_id=delivery.id,
                        message_id=received.parsed["Message-ID"]))
 

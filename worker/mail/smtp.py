@@ -352,6 +352,8 @@ def _flatten(message: EmailMessage, sender: str, recipients: list[str]) -> bytes
     msg = copy.copy(message)
     del msg["Bcc"]
     del msg["Resent-Bcc"]
+    # RFC 5321 4.4: the Return-Path (VERP) travels as MAIL FROM; the final MTA writes the header.
+    del msg["Return-Path"]
     international = not (sender + "".join(recipients)).isascii()
     policy = msg.policy
     if international and isinstance(policy, email.policy.EmailPolicy):
