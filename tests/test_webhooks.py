@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -45,9 +46,9 @@ from campaigns.models import (
     Suppression,
     utcnow,
 )
-from campaigns.planning.planner import approve
 from tests.factories import add_sent_delivery
 from tests.support.web import bound_socket, uvicorn_serving
+from tests.test_cli import retention
 from worker import runtime as runtime_module
 from worker.settings import Settings
 from worker.sns import string_to_sign
@@ -541,25 +542,37 @@ def test_soft_bounces_suppress_after_the_configured_number(served):
     assert state(served.rt, delivery)["status"] == DeliveryStatus.sent  # soft: the message may have arrived
 
 
-def test_complaint_rate_over_the_threshold_pauses_the_campaign_until_approved(served):
+def test_complaint_rate_over_the_threshold_pauses_the_campaign_until_approved(served, tmp_path, caplog):
     rt = served.rt
-    deliveries = [sent_delivery(rt, f"reader{i}@example.com", "loud-campaign") for i in range(20)]
+    deliveries = [sent_delivery(rt, f"reader{i}@example.com") for i in range(20)]
     auth = {"Authorization": f"Bearer {API_KEY}"}
     complaint = {"email": "reader0@example.com", "type": "complaint", "message_id": deliveries[0].message_id}
-    status, body = served.post("/webhooks/bounce", complaint, auth)
+    with caplog.at_level(logging.ERROR, logger="campaigns.responses.bounces"):
+        status, body = served.post("/webhooks/bounce", complaint, auth)
     assert status == 200
-    assert "loud-campaign" in body["paused"]
-    assert "spam complaint rate 5.00% (1 of 20 sends) is over 0.30%" in body["paused"]["loud-campaign"]
+    why = "spam complaint rate 5.00% (1 of 20 sends) is over 0.30%"
+    assert why in body["paused"]["we-miss-you"]
+    assert f"campaign we-miss-you paused: {why}" in caplog.text
     status, health = served.get("/healthz")
-    assert health["paused_campaigns"]["loud-campaign"].startswith("spam complaint rate 5.00%")
+    assert health["paused_campaigns"]["we-miss-you"].startswith(why)
+
+    # What is queued for the campaign stays queued while it is paused.
     with Session(rt.engine) as session:
-        approve(session, "loud-campaign", now=utcnow())
+        waiting = add_sent_delivery(session, email="next@example.com", sent_at=utcnow()).id
+        session.get(Delivery, waiting).status = DeliveryStatus.queued
         session.commit()
+    with Session(rt.engine) as session:
+        assert rt.sender().deliver(session, waiting).value == "deferred"
+
+    env = {"RETENTION_DATABASE_URL": rt.settings.database_url, "RETENTION_RULES": str(rt.settings.rules),
+           "RETENTION_TEMPLATES": str(rt.settings.templates), "RETENTION_SECRET_KEY": "webhook-test-key"}
+    answer = retention(tmp_path, "approve", "we-miss-you", env=env)
+    assert f"we-miss-you: resumed (it was paused: {why}" in answer.stdout
     assert served.get("/healthz")[1]["paused_campaigns"] == {}
     # Counting starts afresh at the approval: one more complaint over 20 new sends is needed.
     second = {"email": "reader1@example.com", "type": "complaint", "message_id": deliveries[1].message_id}
     assert served.post("/webhooks/bounce", second, auth)[1]["paused"] == {}
     with Session(rt.engine) as session:
-        assert session.get(CampaignState, "loud-campaign").paused_at is None
+        assert session.get(CampaignState, "we-miss-you").paused_at is None
         assert session.scalar(select(func.count()).select_from(Suppression).where(
             col(Suppression.email).in_(["reader0@example.com", "reader1@example.com"]))) == 2

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session, col, select
 
+from campaigns.delivery.outbox import paused_reason
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.models import Customer, utcnow
 from campaigns.planning.planner import Planner
@@ -254,14 +255,18 @@ def send_test(
 
 
 @app.command()
-def approve(campaign: Annotated[str, typer.Argument(help="Campaign held by the blast guard.")]) -> None:
-    """Release a campaign held by the blast guard."""
+def approve(campaign: Annotated[str, typer.Argument(
+    help="Campaign held by the blast guard, or paused (policy rejections, complaint rate).")]) -> None:
+    """Release a campaign held by the blast guard, or resume a paused one."""
     rt = build_runtime()
     with user_errors():
         rt.rules.campaign(campaign)
     with Session(rt.engine) as session:
+        paused = paused_reason(session, campaign)
         released = approve_campaign(session, campaign, now=utcnow())
         session.commit()
+    if paused:
+        out.print(f"{campaign}: resumed (it was paused: {paused})", markup=False)
     out.print(
         f"{campaign}: released {released} held deliveries; they go out with the next pass", markup=False
     )
