@@ -555,6 +555,8 @@ def test_complaint_rate_over_the_threshold_pauses_the_campaign_until_approved(se
     assert f"campaign we-miss-you paused: {why}" in caplog.text
     status, health = served.get("/healthz")
     assert health["paused_campaigns"]["we-miss-you"].startswith(why)
+    with urllib.request.urlopen(served.base_url + "/metrics", timeout=10) as response:
+        assert 'retention_bounces{campaign="we-miss-you",kind="complaint"} 1.0' in response.read().decode()
 
     # What is queued for the campaign stays queued while it is paused.
     with Session(rt.engine) as session:

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlmodel import Session, col
 
-from campaigns.models import AppSetting, CampaignState, Delivery, utcnow
+from campaigns.models import AppSetting, Bounce, CampaignState, Delivery, utcnow
 from worker.broker import QUEUE
 from worker.runtime import Runtime
 
@@ -145,6 +145,10 @@ class _StoreCollector(Collector):
         deliveries = GaugeMetricFamily(
             "retention_deliveries", "Deliveries by campaign and status.", labels=["campaign", "status"]
         )
+        bounces = GaugeMetricFamily(
+            "retention_bounces", "Bounces and complaints reported after the send, by campaign and kind.",
+            labels=["campaign", "kind"],
+        )
         try:
             with Session(self.rt.engine) as session:
                 for campaign, status, count in session.execute(
@@ -153,9 +157,15 @@ class _StoreCollector(Collector):
                     )
                 ):
                     deliveries.add_metric([campaign, status], count)
+                for campaign, kind, count in session.execute(
+                    sa.select(col(Bounce.campaign_id), col(Bounce.kind), sa.func.count())
+                    .group_by(col(Bounce.campaign_id), col(Bounce.kind))
+                ):
+                    bounces.add_metric([campaign or "", kind], count)
         except sa.exc.SQLAlchemyError:
             log.warning("metrics: database unavailable")
         yield deliveries
+        yield bounces
         if self.rt.settings.broker_url:
             depth = GaugeMetricFamily("retention_queue_depth", "Messages waiting in the broker queue.")
             try:
