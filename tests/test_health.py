@@ -115,6 +115,36 @@ def test_customers_command_lists_at_risk_as_table_and_json(tmp_path):
     assert [c["id"] for c in data["customers"]] == ["soon-gone", "fine"]
     assert set(data["customers"][0]) == {"id", "email", "plan", "score", "days_inactive", "cadence_days",
                                          "overdue_ratio", "events_recent", "events_previous",
-                                         "days_to_lapse", "why"}
+                                         "trend_window_days", "days_to_lapse", "why"}
     missing = retention(tmp_path, "customers", env=env, check=False)
     assert missing.returncode == 1 and "--at-risk" in missing.stderr
+
+
+def test_trend_is_measured_over_each_customers_own_rhythm(tmp_path):
+    url = f"sqlite:///{tmp_path}/retention.db"
+    engine = migrated_engine(url)
+    now = utcnow()
+    with Session(engine) as session:
+        # Every 40 days, last seen 35 days ago: on schedule, not "down 100 %".
+        slow = add_customer(session, external_id="slow", last_active_at=now - timedelta(days=35),
+                            cadence_days=40.0)
+        for days in (35, 75, 115, 155, 195, 235):
+            add_event(session, slow, "login", now - timedelta(days=days))
+        # Every 2 days, gone for 4: twice overdue.
+        fast = add_customer(session, external_id="fast", last_active_at=now - timedelta(days=4),
+                            cadence_days=2.0)
+        for days in range(4, 61, 2):
+            add_event(session, fast, "login", now - timedelta(days=days))
+        session.commit()
+    engine.dispose()
+    (tmp_path / "rules.yaml").write_text("campaigns: []\n")
+    data = json.loads(retention(tmp_path, "customers", "--at-risk", "--format", "json",
+                                env={"RETENTION_DATABASE_URL": url}).stdout)
+    ranked = {c["id"]: c for c in data["customers"]}
+    assert [c["id"] for c in data["customers"]] == ["fast", "slow"]
+    slow_row = ranked["slow"]
+    assert slow_row["trend_window_days"] == 120.0
+    assert (slow_row["events_recent"], slow_row["events_previous"]) == (3, 3)
+    assert not any("activity down" in why for why in slow_row["why"])
+    # 100 × (1 − 0.7 × 35/90): recency from closeness to lapsing, no trend risk.
+    assert slow_row["score"] == pytest.approx(72.8, abs=0.1)

@@ -8,15 +8,17 @@ The score (0 = about to be lost, 100 = healthy) combines two risks in [0, 1]:
     usual gaps; ``overdue_ratio = days_inactive / cadence_days``), and
   - how close they are to lapsing: ``days_inactive / passive_churn_after``
     (the only recency signal when too little history gives no cadence);
-* **trend** — the drop in activity events, last 30 days against the 30 before:
+* **trend** — the drop in activity events, the last window against the one before:
   ``1 − recent / previous``, clamped (0 when activity held or grew, or without a
-  previous month to compare with).
+  previous window to compare with).  The window is the customer's own: three usual
+  gaps (``3 × cadence_days``), at least 30 and at most 180 days, so a customer who
+  comes every 40 days is compared over 120-day windows, not judged by a quiet month.
 
 ``score = 100 × (1 − (0.7 × recency + 0.3 × trend))``.  Recency weighs more because
 it is what passive churn is defined by; the trend catches a fading customer before
 they are overdue.  Customers who have already lapsed are lost (passive churn), not at
 risk, and are left out; so are cancelled ones.  The whole ranking runs in SQL: one
-aggregate over the last 60 days of events, ordered and limited in the database.
+aggregate over recent events, ordered and limited in the database.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from sqlmodel import col
 from campaigns.models import Customer, CustomerStatus, Event, UTCDateTime
 from campaigns.sql import days_since, inactive_since
 
-TREND_WINDOW = timedelta(days=30)
+# The trend compares two windows of TREND_GAPS usual gaps each, within these bounds (days).
+TREND_GAPS = 3
+TREND_MIN_DAYS, TREND_MAX_DAYS = 30.0, 180.0
 RECENCY_WEIGHT = 0.7
 TREND_WEIGHT = 0.3
 # overdue_ratio at which the cadence risk starts (0) and saturates (1).
@@ -52,6 +56,7 @@ class AtRisk:
     events_previous: int  # in the 30 days before those
     days_to_lapse: float  # until passive churn
     why: tuple[str, ...]
+    trend_window_days: float = TREND_MIN_DAYS  # the width of each of the two windows compared
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,16 @@ class AtRiskReport:
     as_of: datetime
     considered: int  # active customers not yet lapsed
     customers: tuple[AtRisk, ...]  # lowest score first
+
+
+def trend_window(cadence: Any) -> sa.Case[Any]:
+    """Days in each trend window: TREND_GAPS usual gaps, within the bounds."""
+    scaled = cadence * TREND_GAPS
+    return sa.case(
+        (sa.or_(cadence.is_(None), scaled < TREND_MIN_DAYS), TREND_MIN_DAYS),
+        (scaled > TREND_MAX_DAYS, TREND_MAX_DAYS),
+        else_=scaled,
+    )
 
 
 def _clamp(value: Any) -> sa.Case[Any]:
@@ -79,13 +94,20 @@ def at_risk(
 ) -> AtRiskReport:
     """The ``limit`` active, not yet lapsed customers with the lowest health score."""
     moment = sa.literal(now, UTCDateTime())
+    age = days_since(col(Event.occurred_at), moment)
+    window = trend_window(col(Customer.cadence_days))
     activity: Any = (
         sa.select(
             col(Event.customer_id).label("customer_id"),
-            sa.func.sum(sa.case((col(Event.occurred_at) >= now - TREND_WINDOW, 1), else_=0)).label("recent"),
-            sa.func.sum(sa.case((col(Event.occurred_at) < now - TREND_WINDOW, 1), else_=0)).label("previous"),
+            sa.func.sum(sa.case((age <= window, 1), else_=0)).label("recent"),
+            sa.func.sum(sa.case((age > window, 1), else_=0)).label("previous"),
         )
-        .where(col(Event.occurred_at) >= now - 2 * TREND_WINDOW, col(Event.occurred_at) <= now)
+        .join(Customer, col(Customer.id) == col(Event.customer_id))
+        .where(
+            col(Event.occurred_at) >= now - timedelta(days=2 * TREND_MAX_DAYS),
+            col(Event.occurred_at) <= now,
+            age <= 2 * window,
+        )
         .group_by(col(Event.customer_id))
     )
     if non_activity_events:
@@ -108,6 +130,7 @@ def at_risk(
             ratio.label("overdue_ratio"),
             recent.label("recent"),
             previous.label("previous"),
+            trend_window(cadence).label("trend_window"),
         )
         .select_from(Customer)
         .outerjoin(counts, counts.c.customer_id == col(Customer.id))
@@ -153,13 +176,14 @@ def _at_risk(row: Any, lapse_days: float) -> AtRisk:
         events_recent=recent,
         events_previous=previous,
         days_to_lapse=max(0.0, lapse_days - inactive),
-        why=explain(inactive, cadence, ratio, recent, previous, lapse_days),
+        why=explain(inactive, cadence, ratio, recent, previous, lapse_days, float(row.trend_window)),
+        trend_window_days=float(row.trend_window),
     )
 
 
 def explain(
     inactive: float, cadence: float | None, ratio: float | None, recent: int, previous: int,
-    lapse_days: float,
+    lapse_days: float, window: float = TREND_MIN_DAYS,
 ) -> tuple[str, ...]:
     """The reasons behind a score, most telling first, in words a marketer reads."""
     why: list[str] = []
@@ -175,7 +199,7 @@ def explain(
                    f"(no activity for {lapse_days:g} days counts as lost)")
     if previous > 0 and recent < previous:
         why.append(f"activity down {100 * (previous - recent) / previous:.0f}%: "
-                   f"{recent} events in the last 30 days vs {previous} in the 30 before")
-    elif previous == 0 and recent == 0 and inactive >= 60:
-        why.append("no activity in the last 60 days")
+                   f"{recent} events in the last {window:.0f} days vs {previous} in the {window:.0f} before")
+    elif previous == 0 and recent == 0 and inactive >= 2 * window:
+        why.append(f"no activity in the last {2 * window:.0f} days")
     return tuple(why) or ("no warning signs",)

@@ -121,7 +121,8 @@ def at_risk_json(result: AtRiskReport) -> dict[str, Any]:
             {"id": c.customer_id, "email": c.email, "plan": c.plan, "score": _round(c.score, 1),
              "days_inactive": _round(c.days_inactive, 1), "cadence_days": c.cadence_days,
              "overdue_ratio": _round(c.overdue_ratio), "events_recent": c.events_recent,
-             "events_previous": c.events_previous, "days_to_lapse": _round(c.days_to_lapse, 1),
+             "events_previous": c.events_previous, "trend_window_days": _round(c.trend_window_days, 1),
+             "days_to_lapse": _round(c.days_to_lapse, 1),
              "why": list(c.why)}
             for c in result.customers
         ],

@@ -159,10 +159,11 @@ def _campaign_table(funnels: Sequence[Funnel]) -> Table:
 def at_risk_table(result: AtRiskReport) -> Table:
     return _table(
         f"At risk: {len(result.customers)} of {result.considered} active customers, lowest health first",
-        ["customer", "email", "plan", "why", "score", "inactive", "usual gap", "30d / prev 30d"],
+        ["customer", "email", "plan", "why", "score", "inactive", "usual gap", "recent / before"],
         ([c.customer_id, c.email, c.plan or "", "; ".join(c.why), f"{c.score:.0f}", f"{c.days_inactive:.0f}d",
           "-" if c.cadence_days is None else f"{c.cadence_days:g}d",
-          f"{c.events_recent} / {c.events_previous}"] for c in result.customers),
+          f"{c.events_recent} / {c.events_previous} ({c.trend_window_days:.0f}d each)"]
+         for c in result.customers),
         caption="score: 0 = about to be lost, 100 = healthy (docs/reports.md)", text=4,
     )
 
