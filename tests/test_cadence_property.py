@@ -59,7 +59,8 @@ def test_incremental_cadence_equals_recomputing_from_all_events(engine, history,
         # Arrival in any batches, in the order given (old events may come late).
         bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
         for start, end in itertools.pairwise(bounds):
-            record_events(session, records[start:end], non_activity_events=NON_ACTIVITY)
+            record_events(session, records[start:end], non_activity_events=NON_ACTIVITY,
+                          now=START + timedelta(days=401))
             session.commit()
         customer = session.exec(select(Customer)).one()
         active = sorted(
