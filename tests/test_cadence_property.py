@@ -71,7 +71,8 @@ def test_incremental_cadence_equals_recomputing_from_all_events(engine, history,
             },
             reverse=True,
         )
-        assert customer.cadence_days == median_gap_days(active[:CADENCE_DAYS])
+        # The gaps between the newest CADENCE_DAYS + 1 active days (see activity.py).
+        assert customer.cadence_days == median_gap_days(active[: CADENCE_DAYS + 1])
         assert customer.activity_count == sum(1 for *_, name in history if name not in NON_ACTIVITY)
         latest = max(
             (START + timedelta(days=d, hours=h) for d, h, name in history if name not in NON_ACTIVITY),
