@@ -47,6 +47,7 @@ from worker import http_io, observability
 from worker.api import api_router
 from worker.runtime import Runtime
 from worker.webhooks import webhooks_router
+from worker.segment import segment_router
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="retention worker", docs_url=None, redoc_url=None)
     app.include_router(api_router(rt))
     app.include_router(webhooks_router(rt))
+    app.include_router(segment_router(rt))
     page_store = Pages(rt.settings.templates)
 
     def render(name: str, context: dict[str, Any], *, status: int = 200,
