@@ -245,3 +245,56 @@ def message_id_for(delivery: Delivery, domain: str) -> str:
     key = f"{delivery.campaign_id}\0{delivery.customer_id}\0{delivery.episode}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return f"<{delivery.campaign_id}.{digest}@{domain}>"
+
+
+class WebhookEvent(SQLModel, table=True):
+    """Something a webhook may announce, written in the transaction that made it happen (an outbox)."""
+
+    __tablename__ = "webhook_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # What it answers (``sent:<delivery id>``): recording the same thing twice announces it once.
+    key: str = Field(max_length=200, unique=True)
+    kind: str = Field(max_length=20)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id", ondelete="CASCADE")
+    delivery_id: int | None = Field(default=None)
+    campaign_id: str | None = Field(default=None, max_length=100)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    occurred_at: datetime = _dt(default_factory=utcnow)
+    # Fanned out to the endpoints subscribed at that moment; null while waiting.
+    dispatched_at: datetime | None = _dt(default=None, index=True)
+
+
+class WebhookMessage(SQLModel, table=True):
+    """One event for one endpoint; the body is fixed at fan-out, so every retry sends the same bytes."""
+
+    __tablename__ = "webhook_message"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "url", name="uq_webhook_message"),
+        sa.Index("ix_webhook_message_status_updated", "status", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(foreign_key="webhook_event.id", ondelete="CASCADE")
+    url: str = Field(max_length=1000)
+    kind: str = Field(max_length=20)
+    body: str
+    status: str = Field(default="pending", max_length=20)  # pending | delivered | failed
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None)
+    created_at: datetime = _dt(default_factory=utcnow)
+    updated_at: datetime = _dt(default_factory=utcnow)
+    delivered_at: datetime | None = _dt(default=None)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One HTTP attempt at a webhook message, as the endpoint answered it."""
+
+    __tablename__ = "webhook_attempt"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="webhook_message.id", ondelete="CASCADE", index=True)
+    attempted_at: datetime = _dt(default_factory=utcnow, index=True)
+    status_code: int | None = Field(default=None)
+    error: str | None = Field(default=None)
+    duration_ms: int = Field(default=0)

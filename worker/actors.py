@@ -21,6 +21,7 @@ from campaigns.delivery.sending import MAX_ATTEMPTS, Outcome
 from campaigns.errors import TransientDeliveryError
 from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker import observability, runtime
+from worker import outgoing_webhooks as webhooks
 from worker.broker import QUEUE
 from worker.settings import DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS
 
@@ -116,6 +117,7 @@ class Actors:
     deliver: dramatiq.Actor[[int], None]
     identify: dramatiq.Actor[..., None]
     track: dramatiq.Actor[..., None]
+    send_webhook: dramatiq.Actor[[int], None]
 
 
 def declare(
@@ -125,10 +127,10 @@ def declare(
     max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
 ) -> Actors:
     if "deliver" in broker.actors:
-        return Actors(*(broker.actors[name] for name in ("deliver", "identify", "track")))
+        return Actors(*(broker.actors[name] for name in ("deliver", "identify", "track", "send_webhook")))
 
-    def declare_one(fn: Any, name: str, **options: Any) -> Any:
-        return dramatiq.actor(broker=broker, queue_name=QUEUE, actor_name=name, **options)(fn)
+    def declare_one(fn: Any, name: str, queue: str = QUEUE, **options: Any) -> Any:
+        return dramatiq.actor(broker=broker, queue_name=queue, actor_name=name, **options)(fn)
 
     return Actors(
         deliver=declare_one(
@@ -142,4 +144,14 @@ def declare(
         # Ingestion retries what can fail for a while (the database); bad data is dropped.
         identify=declare_one(identify, "identify", max_retries=10, min_backoff=min_backoff_ms),
         track=declare_one(track, "track", max_retries=10, min_backoff=min_backoff_ms),
+        # Its own queue and threads: an endpoint that hangs never holds up sending.
+        send_webhook=declare_one(
+            webhooks.send_webhook,
+            "send_webhook",
+            webhooks.WEBHOOK_QUEUE,
+            max_retries=webhooks.MAX_ATTEMPTS,
+            min_backoff=min_backoff_ms,
+            max_backoff=max_backoff_ms,
+            time_limit=int(webhooks.TIMEOUT_SECONDS * 3000),
+        ),
     )

@@ -20,6 +20,7 @@ from sqlmodel import Session, col
 
 from campaigns.models import Delivery, DeliveryStatus, utcnow
 from campaigns.sql import chunks
+from worker import outgoing_webhooks as webhooks
 from worker import runtime as runtime_module
 from worker.actors import Actors, declare
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
@@ -30,6 +31,8 @@ from worker.runtime import Runtime, reload_rules
 log = logging.getLogger(__name__)
 
 ONCE_TIMEOUT = timedelta(minutes=10)
+# Webhooks announce within seconds, not at the next planning pass.
+WEBHOOK_DISPATCH_SECONDS = 2.0
 
 
 @dataclass
@@ -54,13 +57,15 @@ class Roles:
     broker: dramatiq.Broker
     actors: Actors
     worker: dramatiq.Worker | None
+    webhook_worker: dramatiq.Worker | None = None
 
     def enqueue(self, ids: list[int]) -> int:
         return enqueue_many(self.actors.deliver, ids)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.worker is not None:
-            self.worker.stop(timeout=int(timeout_s * 1000))
+        for worker in (self.worker, self.webhook_worker):
+            if worker is not None:
+                worker.stop(timeout=int(timeout_s * 1000))
         self.broker.close()
 
 
@@ -71,11 +76,15 @@ def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
         min_backoff_ms=rt.settings.retry_min_backoff_ms,
         max_backoff_ms=rt.settings.retry_max_backoff_ms,
     )
-    worker = None
+    worker = webhook_worker = None
     if consume:
         worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)
         worker.start()
-    return Roles(broker, actors, worker)
+        # Separate threads: Dramatiq's threads serve every queue of their worker alike.
+        webhook_worker = dramatiq.Worker(broker, queues={webhooks.WEBHOOK_QUEUE},
+                                         worker_threads=webhooks.WEBHOOK_THREADS, worker_timeout=100)
+        webhook_worker.start()
+    return Roles(broker, actors, worker, webhook_worker)
 
 
 def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT) -> OnceSummary:
@@ -225,7 +234,17 @@ def serve(
         except Exception:  # the daemon outlives a bad pass; the next tick tries again
             log.exception("planning pass failed")
 
+    def announce() -> None:
+        if leader is not None and not leader.is_leader():
+            return
+        try:
+            webhooks.dispatch(rt, roles.actors.send_webhook)
+        except Exception:  # the next tick tries again; the events wait in their outbox
+            log.exception("dispatching webhooks failed")
+
     if plan:
+        scheduler.add_job(announce, IntervalTrigger(seconds=WEBHOOK_DISPATCH_SECONDS), id="webhooks",
+                          max_instances=1, coalesce=True)
         scheduler.add_job(
             tick,
             IntervalTrigger(seconds=rt.rules.defaults.check_every.total_seconds()),

@@ -129,6 +129,12 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
             )
             required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
             errors.extend(templates.check(template, context, required_names=required))
+    from worker.outgoing_webhooks import secret_problem  # it sends through this module's Runtime
+
+    for index, webhook in enumerate(rules.webhooks):
+        problem = secret_problem(webhook)
+        if problem:
+            errors.append(rules.error_at(("webhooks", index, "secret_env"), problem))
     errors.extend(templates.check_all())
     errors.extend(Pages(templates.root).check())  # the user's overrides among the built-in pages
     lines = []

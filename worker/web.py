@@ -46,8 +46,8 @@ from campaigns.responses.pages import Pages
 from worker import http_io, observability
 from worker.api import api_router
 from worker.runtime import Runtime
-from worker.webhooks import webhooks_router
 from worker.segment import segment_router
+from worker.webhooks import webhooks_router
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus, Suppression
+from campaigns.responses.notify import notify
 from campaigns.sql import chunks
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,24 @@ def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, 
     return _from_sending(session, delivery, {"message_id": message_id, "updated_at": now})
 
 
-def _from_sending(session: Session, delivery: Delivery, values: dict[str, object]) -> bool:
-    """Apply ``values`` if the delivery is still ``sending`` (this worker's); commit."""
+def _from_sending(
+    session: Session, delivery: Delivery, values: dict[str, object], *, announce: str | None = None
+) -> bool:
+    """Apply ``values`` if the delivery is still ``sending`` (this worker's); commit.
+
+    ``announce`` names the webhook event the change is, recorded in the same transaction.
+    """
     changed = session.execute(
         sa.update(Delivery)
         .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
         .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
+    if changed and announce:
+        reason = values.get("last_error")
+        notify(session, announce, key=f"{announce}:{delivery.id}", at=cast(datetime, values["updated_at"]),
+               customer_id=delivery.customer_id, delivery_id=delivery.id, campaign_id=delivery.campaign_id,
+               data={"reason": reason} if reason else None)
     session.commit()
     return bool(changed)
 
@@ -82,7 +93,10 @@ def finish(
         values["sent_at"] = now
     if message_id:
         values["message_id"] = message_id
-    _from_sending(session, delivery, values)
+    _from_sending(session, delivery, values, announce=_ANNOUNCED.get(status))
+
+
+_ANNOUNCED = {DeliveryStatus.sent: "sent", DeliveryStatus.bounced: "bounced"}
 
 
 def release(

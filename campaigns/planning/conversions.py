@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlmodel import col
 
 from campaigns.models import Delivery, DeliveryStatus, Event
+from campaigns.responses.notify import notify
 from campaigns.rules.schema import Rules
 from campaigns.sql import days_since
 
@@ -60,7 +61,7 @@ def credit_conversions(session: Session, rules: Rules, *, now: datetime) -> int:
             )
             .scalar_subquery()
         )
-        result = session.execute(
+        converted = session.execute(
             sa.update(Delivery)
             .where(
                 col(Delivery.campaign_id) == campaign.id,
@@ -70,7 +71,12 @@ def credit_conversions(session: Session, rules: Rules, *, now: datetime) -> int:
                 first_goal_event.is_not(None),
             )
             .values(converted_at=first_goal_event)
+            .returning(col(Delivery.id), col(Delivery.customer_id), col(Delivery.converted_at))
             .execution_options(synchronize_session=False)
-        )
-        credited += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        ).all()
+        for delivery_id, customer_id, converted_at in converted:
+            notify(session, "converted", key=f"converted:{delivery_id}", at=converted_at or now,
+                   customer_id=customer_id, delivery_id=delivery_id, campaign_id=campaign.id,
+                   data={"goal_event": goal.event})
+        credited += len(converted)
     return credited

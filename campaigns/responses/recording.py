@@ -30,6 +30,7 @@ from campaigns.models import (
     InteractionKind,
     SurveyAnswer,
 )
+from campaigns.responses.notify import notify
 from campaigns.rules.schema import Question, Rules
 from campaigns.sql import dialect_insert
 
@@ -110,6 +111,9 @@ def unsubscribe(session: Session, delivery_id: int, *, now: datetime) -> Unsubsc
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     email = session.scalar(sa.select(col(Customer.email)).where(col(Customer.id) == delivery.customer_id))
+    if first:
+        notify(session, "unsubscribed", key=f"unsubscribed:{delivery.customer_id}:{now.isoformat()}", at=now,
+               customer_id=delivery.customer_id, delivery_id=delivery_id, campaign_id=delivery.campaign_id)
     session.commit()
     if first:
         log.info("customer %s unsubscribed (delivery %s, %s); %d queued deliveries suppressed",
@@ -151,6 +155,8 @@ def record_click(session: Session, delivery_id: int, url: str, *, now: datetime)
         kind=InteractionKind.click, delivery_id=delivery_id, customer_id=delivery.customer_id,
         campaign_id=delivery.campaign_id, url=url[:URL_MAX_LENGTH], created_at=now,
     ))
+    notify(session, "clicked", at=now, customer_id=delivery.customer_id, delivery_id=delivery_id,
+           campaign_id=delivery.campaign_id, data={"url": url[:URL_MAX_LENGTH]})
     session.commit()
     return ClickResult(delivery_id=delivery_id, campaign_id=delivery.campaign_id, url=url)
 
@@ -211,6 +217,8 @@ def submit_survey(
             .execution_options(synchronize_session=False)
         )
     _record_once(session, delivery, InteractionKind.survey, now=now)
+    notify(session, "answered", at=now, customer_id=delivery.customer_id, delivery_id=delivery_id,
+           campaign_id=delivery.campaign_id, data={"survey_id": survey_id, "answers": cleaned})
     session.commit()
     log.info("survey %s answered by customer %s (delivery %s)%s", survey_id, delivery.customer_id,
              delivery_id, ", replacing an earlier response" if existing else "")

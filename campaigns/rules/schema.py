@@ -7,10 +7,12 @@ vanished would mail customers every pass.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import time, timedelta
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import (
@@ -289,10 +291,46 @@ class Question(Strict):
         return self.type or ("choice" if self.choices else "text")
 
 
+WebhookEventKind = Literal[
+    "unsubscribed", "answered", "clicked", "converted", "bounced", "complained", "sent"
+]
+WEBHOOK_EVENT_KINDS: tuple[str, ...] = get_args(WebhookEventKind)
+
+
+class Webhook(Strict):
+    """An endpoint told about what customers do, signed per the Standard Webhooks specification."""
+
+    url: str = Field(max_length=1000)
+    events: tuple[WebhookEventKind, ...] = Field(min_length=1)
+    secret_env: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"write an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(
+                f"the name of an environment variable holding the secret (e.g. CRM_WEBHOOK_SECRET), "
+                f"not {value!r}"
+            )
+        return value
+
+    def wants(self, kind: str) -> bool:
+        return kind in self.events
+
+
 class Rules(Strict):
     defaults: Defaults = Defaults()
     campaigns: tuple[Campaign, ...] = ()
     surveys: dict[str, tuple[Question, ...]] = {}
+    webhooks: tuple[Webhook, ...] = ()
 
     _source: Located | None = PrivateAttr(default=None)
     _file: str = PrivateAttr(default="rules.yaml")
@@ -358,7 +396,7 @@ def parse_rules(text: str, name: str = "rules.yaml") -> Rules:
         raise RulesErrors(
             [
                 RulesError(
-                    "the top level must be a mapping with defaults:, campaigns: and surveys:",
+                    "the top level must be a mapping with defaults:, campaigns:, surveys: and webhooks:",
                     file=name,
                     line=1,
                 )
@@ -558,6 +596,12 @@ def _check_references(rules: Rules, located: Located, name: str) -> list[RulesEr
                 )
             )
         errors.extend(_check_answers(rules, campaign, located, name, path))
+    urls: dict[str, int] = {}
+    for index, webhook in enumerate(rules.webhooks):
+        if webhook.url in urls:
+            errors.append(_error(located, name, ("webhooks", index, "url"),
+                                 f"the URL is also webhooks[{urls[webhook.url]}]: merge their events"))
+        urls.setdefault(webhook.url, index)
     for survey_id, questions in rules.surveys.items():
         ids = [q.id for q in questions]
         for dup in {i for i in ids if ids.count(i) > 1}:

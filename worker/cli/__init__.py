@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import authoring, data, project, roles
+from worker.cli import authoring, data, project, roles, webhooks
 from worker.cli.app import app
 
-__all__ = ["app", "authoring", "data", "main", "project", "roles"]
+__all__ = ["app", "authoring", "data", "main", "project", "roles", "webhooks"]
 
 
 def main() -> None:

@@ -1,0 +1,48 @@
+"""Announce what customers did to the webhooks: one outbox row, in the caller's transaction.
+
+Any recorder calls ``notify`` before it commits (sending, unsubscribes, clicks, surveys,
+conversions, bounces and complaints from any source).  Nothing here talks to the network:
+the worker fans the rows out to the endpoints of ``webhooks:`` in rules.yaml and sends them
+on a queue of their own, so a slow endpoint never slows the recorder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from campaigns.models import WebhookEvent
+from campaigns.rules.schema import WEBHOOK_EVENT_KINDS
+from campaigns.sql import dialect_insert
+
+_event = WebhookEvent.__table__  # type: ignore[attr-defined]
+
+
+def notify(
+    session: Session,
+    kind: str,
+    *,
+    at: datetime,
+    key: str | None = None,
+    customer_id: int | None = None,
+    delivery_id: int | None = None,
+    campaign_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Record that ``kind`` happened (``unsubscribed``, ``bounced``, …); does not commit.
+
+    ``key`` names what the event answers (``bounced:<delivery id>``): recording the same
+    thing again is announced once.  Without a key every call is an event of its own (a
+    second click is a second click).  ``customer_id`` is Customer.id; the webhook body
+    carries the customer's own id and email.
+    """
+    if kind not in WEBHOOK_EVENT_KINDS:
+        raise ValueError(f"unknown webhook event {kind!r} (known: {', '.join(WEBHOOK_EVENT_KINDS)})")
+    insert = dialect_insert(session, _event).values(
+        key=key or f"{kind}:{uuid.uuid4().hex}", kind=kind, customer_id=customer_id,
+        delivery_id=delivery_id, campaign_id=campaign_id, data=data or {}, occurred_at=at,
+    )
+    session.execute(insert.on_conflict_do_nothing(index_elements=["key"]))
