@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from campaigns.ingestion import bulk
 from campaigns.models import Customer, CustomerStatus, Event
 from campaigns.sql import chunks
 
@@ -86,7 +87,8 @@ def apply_activity(
         for customer_id, times in sorted(active.items())  # one lock order for every writer
     ]
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
-    session.execute(
+    bulk.executemany(
+        session,
         sa.update(_customer)
         .where(_customer.c.id == sa.bindparam("b_id"))
         .values(
@@ -99,6 +101,12 @@ def apply_activity(
     )
 
 
+def _not_one_of(names: frozenset[str]) -> ColumnElement[bool]:
+    # Plain comparisons, not NOT IN (…): an IN list is re-rendered at every execution, and
+    # the cadence statements run a few thousand times per import.
+    return sa.and_(*(_event.c.name != sa.literal(name) for name in sorted(names)))
+
+
 def _newest_activity(
     customer: sa.BindParameter[int], non_activity_events: frozenset[str], *, paged: bool = False
 ) -> sa.Select[tuple[int, datetime]]:
@@ -109,7 +117,7 @@ def _newest_activity(
         .limit(_PAGE)
     )
     if non_activity_events:
-        query = query.where(_event.c.name.not_in(sorted(non_activity_events)))
+        query = query.where(_not_one_of(non_activity_events))
     if paged:
         query = query.where(
             _event.c.occurred_at < sa.bindparam("before", type_=_event.c.occurred_at.type)
@@ -138,7 +146,7 @@ def _first_pages_lateral(non_activity_events: frozenset[str]) -> sa.Select[tuple
     )
     newest = sa.select(_event.c.occurred_at).where(_event.c.customer_id == ids.c.customer_id)
     if non_activity_events:
-        newest = newest.where(_event.c.name.not_in(sorted(non_activity_events)))
+        newest = newest.where(_not_one_of(non_activity_events))
     page = newest.order_by(_event.c.occurred_at.desc()).limit(_PAGE).lateral("page")
     return sa.select(ids.c.customer_id, page.c.occurred_at).select_from(ids.join(page, sa.true()))
 

@@ -7,6 +7,7 @@ Rows go through the same records and upserts as the HTTP API and the actors
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,7 +157,7 @@ def import_csv(
     report = ImportReport(kind=kind)
     model: type[CustomerIn] | type[EventIn] = CustomerIn if kind == "customers" else EventIn
 
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle, _fewer_gc_pauses():
         reader = csv.reader(handle)
         header, header_line = _read_header(reader, path)
         columns = _column_names(header, kind, path, header_line)
@@ -206,6 +207,21 @@ def import_csv(
         report.rejected_count,
     )
     return report
+
+
+@contextmanager
+def _fewer_gc_pauses() -> Iterator[None]:
+    """Rarer young-generation collections while importing, restored afterwards.
+
+    An import allocates (and frees) millions of small objects without cycles; at the
+    default threshold the collector runs every 700 of them, about a tenth of the time.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def _read_header(reader: Any, path: Path) -> tuple[list[str], int]:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from campaigns.addresses import is_mailbox
+from campaigns.ingestion import bulk
 from campaigns.ingestion.activity import apply_activity, cancel_customers, later_of
 from campaigns.models import Customer, CustomerStatus, Event
 from campaigns.sql import chunks, dialect_insert
@@ -466,11 +467,8 @@ def record_events(
     if not rows:
         return result
 
-    insert = dialect_insert(session, _event)
-    statement = insert.on_conflict_do_nothing(index_elements=["client_id"]).returning(
-        _event.c.client_id
-    )
-    stored = set(session.execute(statement, list(rows.values())).scalars())
+    stored = set(bulk.insert_returning(session, _event, list(rows.values()), conflict="client_id",
+                                       returning="client_id"))
     result.inserted = len(stored)
     result.duplicates += len(rows) - len(stored)
 
