@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from typer.testing import CliRunner
 
 from campaigns.ingestion.records import EventIn, record_events
 from campaigns.models import Delivery, DeliveryStatus, WebhookAttempt, WebhookMessage, utcnow
@@ -26,6 +27,7 @@ from campaigns.responses.notify import notify
 from campaigns.rules.schema import parse_rules
 from tests.factories import add_customer
 from worker import outgoing_webhooks as webhooks
+from worker.cli import app
 from worker.daemon import run_once, start_roles
 from worker.runtime import check_files
 
@@ -189,6 +191,13 @@ def test_each_subscribed_event_arrives_once_signed_after_two_500s(make_runtime, 
     with Session(rt.engine) as session:
         attempts = session.exec(select(WebhookAttempt)).all()
     assert sorted(a.status_code for a in attempts) == [200] * 6 + [500, 500]
+
+    env = {"RETENTION_DATABASE_URL": rt.settings.database_url, "RETENTION_RULES": str(rt.settings.rules),
+           "RETENTION_TEMPLATES": str(rt.settings.templates), "COLUMNS": "250"}
+    listed = CliRunner().invoke(app, ["webhooks", "--failures"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "webhook messages: 0 pending, 6 delivered, 0 failed" in listed.output
+    assert listed.output.count("HTTP 500") == 2
 
 
 def test_a_dead_endpoint_never_holds_up_sending(make_runtime, tmp_path, secret, monkeypatch):

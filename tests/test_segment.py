@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +18,7 @@ from sqlmodel import Session, select
 
 from campaigns.models import Customer, Event, utcnow
 from campaigns.planning.planner import Planner
+from tests.support.web import bound_socket, uvicorn_serving
 from worker.web import create_app
 
 KEY = "wk-segment-test"
@@ -40,27 +38,11 @@ campaigns:
 
 @pytest.fixture
 def served(make_runtime) -> Iterator[tuple[Any, str]]:
-    import uvicorn
-
     rt = make_runtime("console://", rules=RULES)
     rt.settings = rt.settings.model_copy(update={"api_key": KEY})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts: no race for the port
-    host = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_app(rt), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError(f"uvicorn did not start on {host}")
-        time.sleep(0.02)
-    try:
+    sock, host = bound_socket()
+    with uvicorn_serving(create_app(rt), sock):
         yield rt, host
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def sdk(host: str, errors: list[Any], **options: Any) -> Client:
