@@ -21,14 +21,13 @@ import logging
 import zlib
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from campaigns.ingestion.segment import TYPES, TrackingResult, record_messages
 from campaigns.models import utcnow
+from worker.http_io import BadContentLength, BodyTooLarge, DatabaseUnavailable, in_session, read_body
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -89,16 +88,14 @@ def segment_router(rt: Runtime) -> APIRouter:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(413, "too_large", f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise Refused(413, "too_large", f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    too_large = Refused(413, "too_large", f"the body is over {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    try:
+        data = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        raise too_large from None
+    except BadContentLength:
+        raise Refused(400, "invalid_request", "the Content-Length is not a number") from None
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    data = bytes(raw)
     if encoding == "gzip":
         data = _gunzip(data)
     elif encoding not in ("", "identity"):
@@ -158,16 +155,12 @@ async def _store(rt: Runtime, messages: list[Any], context: dict[str, Any] | Non
     non_activity = frozenset(rt.rules.defaults.non_activity_events)
     received_at = utcnow()
 
-    def run() -> TrackingResult:
-        with Session(rt.engine) as session:
-            result = record_messages(session, messages, non_activity_events=non_activity,
-                                     received_at=received_at, batch_context=context)
-            session.commit()
-            return result
+    def work(session: Session) -> TrackingResult:
+        return record_messages(session, messages, non_activity_events=non_activity,
+                               received_at=received_at, batch_context=context)
 
     try:
-        return await run_in_threadpool(run)
-    except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
-        log.error("tracking API: database unavailable (%s)", type(exc).__name__)
+        return await in_session(rt.engine, work, commit=True)
+    except DatabaseUnavailable:
         raise Refused(503, "unavailable", "database unavailable: nothing was stored, retry later",
                       headers={"Retry-After": "30"}) from None
