@@ -44,6 +44,7 @@ from campaigns.models import (
     Interaction,
     InteractionKind,
     Suppression,
+    WebhookEvent,
     utcnow,
 )
 from tests.factories import add_sent_delivery
@@ -399,6 +400,10 @@ def test_sendgrid_events_bounce_complain_and_deliver(served):
     assert state(served.rt, complained)["unsubscribed"]
     assert state(served.rt, delivered) == {"status": DeliveryStatus.sent, "suppressed": None,
                                            "unsubscribed": False, "complaints": 0, "bounces": 0}
+    with Session(served.rt.engine) as session:  # what the outgoing webhooks will announce, once each
+        announced = session.exec(select(WebhookEvent).where(col(WebhookEvent.kind) != "sent")).all()
+    assert sorted((e.kind, e.delivery_id) for e in announced) == [
+        ("bounced", bounced.id), ("complained", complained.id)]
 
 
 def test_sendgrid_without_a_signature_is_refused_when_a_key_is_configured(served):

@@ -41,6 +41,7 @@ from campaigns.models import (
     Interaction,
     InteractionKind,
 )
+from campaigns.responses.notify import notify
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,14 @@ def record(session: Session, report: BounceReport, *, policy: Policy, now: datet
             _record_complaint(session, delivery, now=now)
         if campaign_id is not None:
             paused = _pause_on_complaint_rate(session, campaign_id, policy, now=now)
+    announced = {BounceKind.hard: "bounced"}.get(report.kind, None if report.kind == BounceKind.soft
+                                                  else "complained")
+    if announced is not None:
+        # Keyed like the sender's own SMTP bounce: a delivery known both ways is announced once.
+        notify(session, announced, at=occurred, key=f"{announced}:{delivery_id or report.key}",
+               customer_id=delivery.customer_id if delivery is not None else None,
+               delivery_id=delivery_id, campaign_id=campaign_id,
+               data={"email": email, "source": report.source, "reason": report.reason or None})
     session.commit()
     log.info("%s from %s for %s (delivery %s, campaign %s)%s", report.kind, report.source, email,
              delivery_id, campaign_id, "; address suppressed" if suppressed else "")
