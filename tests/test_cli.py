@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -183,3 +184,71 @@ def test_init_writes_the_examples_and_never_overwrites_without_force(tmp_path):
     assert (tmp_path / "new" / "rules.yaml").read_text() == "campaigns: []\n"
     retention(tmp_path, "init", "new", "--force")
     assert (tmp_path / "new" / "rules.yaml").read_text() == (ROOT / "rules.yaml").read_text()
+
+
+# ---------------------------------------------------------------- one line, exit 1, no traceback
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    logged = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING) ")  # log lines may come first
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not logged.match(line)]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["web"], ["run"]], ids=["web", "run"])
+def test_a_port_in_use_is_one_line_and_exit_1_not_a_process_serving_nothing(workdir, command):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = retention(workdir, *command, "--port", str(port), check=False)
+    line = one_line_error(result)
+    assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line, line
+
+
+@pytest.mark.parametrize(("url", "words"), [
+    ("postgresql+psycopg://retention@127.0.0.1:1/retention", ["cannot reach the database",
+                                                               "127.0.0.1:1", "is the server running"]),
+    ("sqlite:///no/such/folder/retention.db", ["the folder", "does not exist", "RETENTION_DATABASE_URL"]),
+], ids=["unreachable", "missing-folder"])
+@pytest.mark.parametrize("command", [["report"], ["customers", "--at-risk"], ["run", "--once"]],
+                         ids=["report", "at-risk", "run"])
+def test_a_database_that_cannot_be_used_is_one_line_and_exit_1(workdir, url, words, command):
+    line = one_line_error(retention(workdir, *command, env={"RETENTION_DATABASE_URL": url}, check=False))
+    for word in words:
+        assert word in line, line
+
+
+def test_preview_into_a_missing_folder_is_one_line_and_exit_1(workdir):
+    line = one_line_error(retention(workdir, "preview", "we-miss-you", "--html", "nope/out.html",
+                                    check=False))
+    assert "nope/out.html" in line and "folder" in line, line
+
+
+def test_an_smtp_server_refusing_auth_is_one_line_for_send_test_and_stops_the_worker(
+    workdir, smtp_sink, redis_url,
+):
+    url = smtp_sink.url.replace("smtp://", "smtp://user:secret@")
+    line = one_line_error(retention(workdir, "send-test", "exit-survey", "--to", "me@example.org",
+                                    env={"RETENTION_MAIL_URL": url}, check=False))
+    assert "does not support authentication" in line and "secret" not in line, line
+    worker = retention(workdir, "worker", env={"RETENTION_MAIL_URL": url, "RETENTION_BROKER_URL": redis_url},
+                       check=False)
+    assert "does not support authentication" in one_line_error(worker)
+
+
+def test_every_bad_setting_is_reported_at_once_one_line_each(workdir):
+    result = retention(workdir, "report", env={"RETENTION_PUBLIC_URL": "ftp://example.com",
+                                               "RETENTION_LOG_FORMAT": "xml",
+                                               "RETENTION_SHUTDOWN_GRACE_SECONDS": "soon"}, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "RETENTION_PUBLIC_URL", "RETENTION_SHUTDOWN_GRACE_SECONDS", "RETENTION_LOG_FORMAT"], lines
+    assert "Value error" not in result.stderr
+    assert lines[0] == ("error: RETENTION_PUBLIC_URL: must start with http:// or https:// "
+                        "(it is the base of links in emails)")

@@ -289,6 +289,23 @@ def test_odd_yaml_is_a_located_error_not_a_crash(text: str) -> None:
     assert_parses_or_locates(text)
 
 
+def _nested_block(levels: int) -> str:
+    lines = ["campaigns:", "  - id: deep", "    template: we_miss_you", "    when:"]
+    lines += [" " * (6 + 2 * level) + "not:" for level in range(levels)]
+    return "\n".join(lines) + "\n" + " " * (6 + 2 * levels) + "status: active\n"
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    pytest.param(_nested_block(400), 66, id="block-mappings"),
+    pytest.param("campaigns: " + "[" * 500 + "]" * 500 + "\n", 1, id="flow-sequences"),
+    pytest.param("surveys:\n  x:\n" + "    - " * 300 + "a\n", 3, id="sequences-on-one-line"),
+])
+def test_deeply_nested_yaml_is_a_located_error_not_a_recursion_crash(text: str, line: int) -> None:
+    error = only_error(text)
+    assert (error.file, error.line) == ("rules.yaml", line), error.format()
+    assert "nested more than 64 levels deep" in error.format()
+
+
 def test_misspelt_key_with_bracket_is_named_in_the_error() -> None:
     error = only_error(edited("    cooldown: 60d", "    cooldown[0]: 60d"))
     assert error.line == 16

@@ -715,3 +715,17 @@ def test_click_target_with_a_line_break_is_refused_not_sent_as_a_header(rt, clie
     response = client.get(f"/c/{token}", follow_redirects=False)
     assert response.status_code == 400
     assert "set-cookie" not in response.headers and "location" not in response.headers
+
+
+def test_logs_name_the_companys_own_customer_id_not_the_row_id(rt, client, caplog):
+    with Session(rt.engine) as session:
+        row_id = add_customer(session, external_id="acme-cus-4711").id
+        session.commit()
+    delivery = add_delivery(rt, customer_id=row_id)
+    with caplog.at_level("INFO", logger="campaigns.responses.recording"):
+        client.post(f"/s/{rt.signer.survey_token(delivery.id)}", data={"reason": "price"})
+        one_click(client, f"/u/{rt.signer.unsubscribe_token(delivery.id)}", "urlencoded")
+    messages = [r.getMessage() for r in caplog.records if r.name == "campaigns.responses.recording"]
+    assert [m.split(" (")[0] for m in messages] == [
+        "survey why_you_left answered by customer acme-cus-4711",
+        "customer acme-cus-4711 unsubscribed"], messages

@@ -16,8 +16,10 @@ import dramatiq
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from redis import exceptions as redis_errors
 from sqlmodel import Session, col
 
+from campaigns.errors import TransientDeliveryError
 from campaigns.models import Delivery, DeliveryStatus, utcnow
 from campaigns.sql import chunks
 from worker import outgoing_webhooks as webhooks
@@ -25,8 +27,11 @@ from worker import runtime as runtime_module
 from worker.actors import Actors, declare
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
 from worker.leader import LeaderLock
+from worker.logs import Throttle
 from worker.passes import DEFAULT_STALE_AFTER, LostLeadership, run_pass
-from worker.runtime import Runtime, reload_rules
+from worker.reloading import Reloader
+from worker.runtime import Runtime
+from worker.serving import HttpServer, bind, ops_app
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
     )
     worker = webhook_worker = None
     if consume:
+        _check_mail_server(rt)
         worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)
         worker.start()
         # Separate threads: Dramatiq's threads serve every queue of their worker alike.
@@ -85,6 +91,18 @@ def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
                                          worker_threads=webhooks.WEBHOOK_THREADS, worker_timeout=100)
         webhook_worker.start()
     return Roles(broker, actors, worker, webhook_worker)
+
+
+def _check_mail_server(rt: Runtime) -> None:
+    """A sending role stops at once on a login the server refuses; a server that is merely
+    unreachable now is retried by each send."""
+    check = getattr(rt.transport, "check", None)
+    if check is None:
+        return
+    try:
+        check()
+    except TransientDeliveryError as exc:
+        log.warning("the mail server does not answer yet (%s); sends retry with backoff", exc)
 
 
 def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT) -> OnceSummary:
@@ -212,25 +230,53 @@ def where_mail_went(rt: Runtime) -> str:
 
 
 def serve(
-    rt: Runtime, *, workers: int, web: tuple[str, int] | None, plan: bool = True, consume: bool = True
+    rt: Runtime,
+    *,
+    workers: int,
+    web: tuple[str, int] | None,
+    plan: bool = True,
+    consume: bool = True,
+    role: str = "run",
+    ops: tuple[str, int] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads rules.yaml and templates."""
+    """Run until SIGTERM/SIGINT; SIGHUP (and saving the files) reloads rules.yaml and templates.
+
+    ``web`` serves the whole site (links in emails included); ``ops`` only /healthz, /readyz and
+    /metrics, for the scheduler and worker roles. Ports are bound before anything starts, so a
+    port in use is one line and exit 1, never a process that serves nothing.
+    """
+    sockets = _bind_all(web, ops)
     runtime_module.install(rt)
     roles = start_roles(rt, workers=workers, consume=consume and workers > 0)
     stop = threading.Event()
     scheduler = BackgroundScheduler(timezone="UTC")
-
+    reloader = Reloader(rt)
     leader = _leader_lock(rt) if plan else None
+    waiting_for: list[str | None] = [None]
+    broker_down = Throttle(60.0)
 
     def tick() -> None:
-        reload_rules(rt)
-        if leader is not None and not leader.is_leader():
-            log.debug("another scheduler leads; skipping this pass")
+        reloader.reload()
+        if not rt.state.verified:
+            log.warning("not planning: %s is invalid and this process started on the last good rules "
+                        "from the database; fix it (`retention check`) and planning starts",
+                        rt.settings.rules)
             return
+        if leader is not None and not leader.is_leader():
+            holder = leader.holder()
+            if holder != waiting_for[0]:
+                waiting_for[0] = holder
+                log.info("another scheduler leads (%s); this one waits and takes over if it stops",
+                         holder or "unknown: Redis does not answer")
+            return
+        waiting_for[0] = None
         try:
             run_pass(rt, roles.enqueue, still_leader=leader.is_leader if leader else None)
+            broker_down.reset()
         except LostLeadership as exc:
             log.warning("%s", exc)
+        except redis_errors.ConnectionError as exc:
+            broker_down.log(log, logging.ERROR, "planning pass failed: the broker is unavailable (%s)", exc)
         except Exception:  # the daemon outlives a bad pass; the next tick tries again
             log.exception("planning pass failed")
 
@@ -253,15 +299,26 @@ def serve(
             coalesce=True,
             next_run_time=utcnow(),
         )
+        interval = [rt.rules.defaults.check_every]
+
+        def reschedule(rt: Runtime) -> None:
+            if rt.rules.defaults.check_every != interval[0]:
+                interval[0] = rt.rules.defaults.check_every
+                scheduler.reschedule_job("plan", trigger=IntervalTrigger(seconds=interval[0].total_seconds()))
+                log.info("planning every %s from now on (check_every changed)", interval[0])
+
+        reloader.on_reload(reschedule)
         scheduler.start()
-    server, _ = _start_web(rt, web) if web else (None, None)
+    from worker.web import create_app
+
+    servers = [HttpServer(create_app(rt, role), sockets[0], "web").start()] if web else []
+    if ops:
+        servers.append(HttpServer(ops_app(rt, role), sockets[-1], "ops").start())
+    reloader.start()
 
     def on_signal(signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
-            try:
-                reload_rules(rt, force=True)
-            except Exception:  # a signal handler that raises would end the daemon
-                log.exception("reloading the rules failed; keeping the last good ones")
+            reloader.reload_soon()
             return
         log.info("received %s: finishing in-flight sends, then exiting", signal.Signals(signum).name)
         stop.set()
@@ -269,36 +326,66 @@ def serve(
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     log.info(
-        "retention daemon running: broker %s, %d worker threads, a pass every %s%s",
+        "retention daemon running: broker %s, %d worker threads, a pass every %s%s%s",
         "in-process" if is_in_process(roles.broker) else "redis",
         workers,
         rt.rules.defaults.check_every,
         f", web on http://{web[0]}:{web[1]}" if web else "",
+        f", /healthz /readyz /metrics on http://{ops[0]}:{ops[1]}" if ops else "",
     )
     stop.wait()
+    reloader.stop()
     if plan:
         scheduler.shutdown(wait=True)
     if leader is not None:
         leader.stop()
-    if server is not None:
-        server.should_exit = True
+    for server in servers:
+        server.server.should_exit = True
     roles.stop(rt.settings.shutdown_grace_seconds)
+    for server in servers:
+        server.stop(timeout=5)
     rt.close()
     log.info("stopped")
 
 
 def serve_web(rt: Runtime, *, host: str, port: int) -> None:
-    """The web role alone; exits 0 on SIGTERM/SIGINT once open requests are answered."""
+    """The web role alone; SIGHUP reloads; exits 0 on SIGTERM/SIGINT once open requests are answered."""
+    [sock] = _bind_all((host, port), None)
     runtime_module.install(rt)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server, thread = _start_web(rt, (host, port))
+    reloader = Reloader(rt)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            reloader.reload_soon()
+        else:
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    from worker.web import create_app
+
+    server = HttpServer(create_app(rt, "web"), sock, "web").start()
+    reloader.start()
     log.info("web on http://%s:%d", host, port)
     stop.wait()
-    server.should_exit = True
-    thread.join(timeout=rt.settings.shutdown_grace_seconds)
+    reloader.stop()
+    server.stop(timeout=rt.settings.shutdown_grace_seconds)
     rt.close()
+
+
+def _bind_all(web: tuple[str, int] | None, ops: tuple[str, int] | None) -> list[Any]:
+    sockets = []
+    try:
+        if web:
+            sockets.append(bind(*web, option="--port"))
+        if ops:
+            sockets.append(bind(*ops, option="--metrics-port (or RETENTION_METRICS_PORT)"))
+    except Exception:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _leader_lock(rt: Runtime) -> LeaderLock | None:
@@ -311,16 +398,3 @@ def _leader_lock(rt: Runtime) -> LeaderLock | None:
     lock = LeaderLock(client, ttl_s=30.0)
     lock.start()
     return lock
-
-
-def _start_web(rt: Runtime, web: tuple[str, int]) -> tuple[Any, threading.Thread]:
-    import uvicorn
-
-    from worker.web import create_app
-
-    config = uvicorn.Config(create_app(rt), host=web[0], port=web[1], log_level="warning")
-    server = uvicorn.Server(config)
-    # Outside the main thread uvicorn leaves signals alone: they are the daemon's.
-    thread = threading.Thread(target=server.run, name="web", daemon=True)
-    thread.start()
-    return server, thread

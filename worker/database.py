@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -60,10 +61,49 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (safe to call on every start)."""
-    with engine.begin() as connection:
-        config = alembic_config(engine)
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise ConfigurationError(unreachable(engine.url, exc)) from None
+
+
+def unreachable(url: sa.engine.URL, exc: BaseException) -> str:
+    """One line: which database could not be used, why, and what to do."""
+    shown = url.render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if url.get_backend_name() == "sqlite":
+        folder = Path(url.database or ".").absolute().parent
+        if not folder.is_dir():
+            return (f"cannot open the database {shown}: the folder {folder} does not exist "
+                    "(create it, or set RETENTION_DATABASE_URL)")
+        return f"cannot open the database {shown}: {reason} (check RETENTION_DATABASE_URL)"
+    if "does not exist" in reason:
+        return (f"cannot use the database {shown}: {reason} (create it, e.g. `createdb {url.database}`, "
+                "or set RETENTION_DATABASE_URL)")
+    return (f"cannot reach the database {shown}: {reason} (is the server running? "
+            "check RETENTION_DATABASE_URL)")
+
+
+def read_setting(engine: Engine, key: str) -> str | None:
+    with Session(engine) as session:
+        row = session.get(AppSetting, key)
+        return row.value if row is not None else None
+
+
+def write_setting(engine: Engine, key: str, value: str) -> None:
+    with Session(engine) as session:
+        row = session.get(AppSetting, key)
+        if row is None:
+            session.add(AppSetting(key=key, value=value))
+        else:
+            row.value = value
+        try:
+            session.commit()
+        except sa.exc.IntegrityError:  # another process inserted it first: theirs is as good
+            session.rollback()
 
 
 def ensure_secret_key(engine: Engine, configured: list[str]) -> list[str]:

@@ -8,10 +8,14 @@ take over, and a pass checks again right before it commits and enqueues.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from typing import Any
+
+from worker.logs import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,9 @@ class LeaderLock:
         self.client = client
         self.key = key
         self.ttl_ms = int(ttl_s * 1000)
-        self.token = secrets.token_hex(16)
+        # Who holds it, readable by the replicas that wait: "host:pid:random".
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self._unavailable = Throttle(60.0)
         self._confirmed_at = 0.0  # monotonic time of the last successful acquire/renew
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -51,9 +57,11 @@ class LeaderLock:
                 if self._confirmed_at == 0.0 or not self._fresh(started - 1e-9):
                     log.info("this scheduler is now the planning leader")
                 self._confirmed_at = started
+                self._unavailable.reset()
                 return True
+            self._unavailable.reset()
         except Exception as exc:  # Redis away: we cannot know, so we do not lead
-            log.warning("leader lock: Redis unavailable (%s)", exc)
+            self._unavailable.log(log, logging.WARNING, "leader lock: Redis unavailable (%s)", exc)
         if self._confirmed_at:
             log.warning("this scheduler lost the planning leadership")
         self._confirmed_at = 0.0
@@ -62,6 +70,17 @@ class LeaderLock:
     def _fresh(self, now: float) -> bool:
         # Stop believing a little before the lock could expire under us.
         return now - self._confirmed_at < (self.ttl_ms / 1000) * 0.8
+
+    def holder(self) -> str | None:
+        """Who leads now ("host:pid"), or None when no one does or Redis cannot say."""
+        try:
+            value = self.client.get(self.key)
+        except Exception:  # Redis away: unknown
+            return None
+        if value is None:
+            return None
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return text.rsplit(":", 1)[0]
 
     def is_leader(self) -> bool:
         """Confirm with Redis right now (used right before a pass takes effect)."""

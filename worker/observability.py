@@ -64,6 +64,29 @@ def remember(rt: Runtime, key: str, outcome: dict[str, Any]) -> None:
         log.warning("could not record the %s outcome", key, exc_info=True)
 
 
+# What each role needs to do its work (readiness); the web answers links without the broker.
+ROLE_NEEDS = {"web": ("database",), "worker": ("database", "broker"),
+              "scheduler": ("database", "broker"), "run": ("database", "broker")}
+
+
+def readiness(rt: Runtime, role: str) -> tuple[bool, dict[str, Any]]:
+    """Whether this process can do its role's work now, with what it checked."""
+    _, checks = health(rt)
+    needs = ROLE_NEEDS.get(role, ("database", "broker"))
+    missing = [name for name in needs if not _ok(checks.get(name))]
+    body: dict[str, Any] = {"role": role, "ready": not missing, "database": checks["database"],
+                            "broker": checks["broker"]}
+    if missing:
+        body["not_ready_because"] = [f"{name}: {checks[name]}" for name in missing]
+    elif not _ok(checks["broker"]):
+        body["note"] = "the broker is down: links in emails still work; nothing is queued meanwhile"
+    return not missing, body
+
+
+def _ok(value: Any) -> bool:
+    return value in ("ok", "in-process")
+
+
 def health(rt: Runtime) -> tuple[bool, dict[str, Any]]:
     checks: dict[str, Any] = {}
     healthy = True
@@ -90,6 +113,8 @@ def health(rt: Runtime) -> tuple[bool, dict[str, Any]]:
         "loaded_at": rt.state.loaded_at.isoformat(),
         "campaigns": len(rt.rules.campaigns),
         "error": rt.state.error,
+        "file": str(rt.settings.rules),
+        "source": "file" if rt.state.verified else "database (the last good rules; the file is invalid)",
     }
     if rt.state.error:
         healthy = False

@@ -6,23 +6,25 @@ Actors run in worker threads that Dramatiq starts, so they reach this through
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaigns.delivery.rendering import TemplateStore, build_context, sample_customer
 from campaigns.delivery.sending import Sender
 from campaigns.delivery.tokens import Signer
-from campaigns.errors import RulesErrors, SourceError
+from campaigns.errors import RulesError, RulesErrors, SourceError
 from campaigns.responses.pages import Pages
-from campaigns.rules.schema import Rules, load_rules
-from worker.database import ensure_secret_key, make_engine, upgrade
+from campaigns.rules.schema import Rules, load_rules, parse_rules
+from worker.database import ensure_secret_key, make_engine, read_setting, upgrade, write_setting
 from worker.mail import Transport, transport_from_url
 from worker.settings import Settings, load_settings
 
@@ -36,8 +38,11 @@ class RulesState:
     rules: Rules
     loaded_at: datetime
     fingerprint: str
-    source: str = ""  # the text they were loaded from, to notice edits
+    source: str = ""  # the text of rules.yaml last read, to notice edits
     error: str | None = None
+    # False while running on the copy kept in the database because rules.yaml was invalid at
+    # start: links and sending go on, but nothing is planned from rules no one has checked here.
+    verified: bool = True
 
 
 @dataclass
@@ -151,28 +156,78 @@ def build(
     migrate: bool = True,
     rules_path: Path | None = None,
     templates_path: Path | None = None,
+    last_good: LastGood = "refuse",
 ) -> Runtime:
+    """The runtime for one process.
+
+    ``last_good`` says what an invalid rules.yaml does: ``"refuse"`` raises its errors (commands,
+    the scheduler); ``"use"`` starts on the last good rules kept in the database and reports the
+    file's errors, as a running daemon does after a bad edit (worker, import, run); ``"or-none"``
+    also starts without any (web: unsubscribing never needs campaign rules).
+    """
     settings = settings or load_settings()
     engine = make_engine(settings.database_url)
     if migrate:
         upgrade(engine)
     rules_file = rules_path or settings.rules
-    rules = load_rules(rules_file)
     if rules_path is not None:
         settings = settings.model_copy(update={"rules": rules_path})
     if templates_path is not None:
         settings = settings.model_copy(update={"templates": templates_path})
+    try:
+        rules = load_rules(rules_file)
+    except RulesErrors as exc:
+        if last_good == "refuse":
+            raise
+        state = _last_good_state(engine, rules_file, exc, allow_none=last_good == "or-none")
+    else:
+        state = RulesState(rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint,
+                           source=rules_file.read_text(encoding="utf-8"))
+        if last_good != "refuse":
+            remember_good_rules(engine, state.source)
     return Runtime(
         settings=settings,
         engine=engine,
         templates=TemplateStore(templates_path or settings.templates),
-        state=RulesState(
-            rules=rules,
-            loaded_at=datetime.now(UTC),
-            fingerprint=rules.fingerprint,
-            source=rules_file.read_text(encoding="utf-8"),
-        ),
+        state=state,
     )
+
+
+LastGood = Literal["refuse", "use", "or-none"]
+LAST_GOOD_RULES_KEY = "last_good_rules"
+
+
+def remember_good_rules(engine: Engine, text: str) -> None:
+    """Keep the text of valid rules where every machine finds them, for a start during a bad edit."""
+    value = json.dumps({"text": text, "saved_at": datetime.now(UTC).isoformat()})
+    try:
+        write_setting(engine, LAST_GOOD_RULES_KEY, value)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("could not keep the good rules in the database: %s", type(exc).__name__)
+
+
+def _last_good_state(engine: Engine, rules_file: Path, exc: RulesErrors, *, allow_none: bool) -> RulesState:
+    error = "; ".join(e.format() for e in exc.errors)
+    stored = read_setting(engine, LAST_GOOD_RULES_KEY)
+    try:
+        source = rules_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        source = ""
+    if stored is None:
+        if not allow_none:
+            raise RulesErrors([*exc.errors, RulesError(
+                "and no last good rules are kept in the database yet to start with: fix the file "
+                "(`retention check`)", file=str(rules_file))]) from None
+        log.error("rules.yaml is invalid and no good rules were ever kept: serving links without "
+                  "campaigns until it is fixed: %s", error)
+        rules, saved_at = parse_rules("campaigns: []\n", str(rules_file)), datetime.now(UTC)
+    else:
+        kept = json.loads(stored)
+        rules, saved_at = parse_rules(kept["text"], str(rules_file)), datetime.fromisoformat(kept["saved_at"])
+        log.error("rules.yaml is invalid: running the last good rules kept in the database (saved %s) "
+                  "until it is fixed: %s", saved_at.isoformat(timespec="seconds"), error)
+    return RulesState(rules=rules, loaded_at=saved_at, fingerprint=rules.fingerprint, source=source,
+                      error=error, verified=False)
 
 
 _current: Runtime | None = None
@@ -193,10 +248,11 @@ def current() -> Runtime:
         return _current
 
 
-def reload_rules(rt: Runtime, *, force: bool = False) -> bool:
-    """Load rules.yaml again if it changed; a bad edit keeps the last good rules running.
+def reload_rules(rt: Runtime, *, force: bool = False, templates_changed: bool = False) -> bool:
+    """Load rules.yaml again if it (or a template) changed; a bad edit keeps the last good rules.
 
-    Returns True when new rules took effect.
+    Returns True when new rules took effect. ``force`` (SIGHUP) checks and logs the verdict even
+    when nothing changed.
     """
     path = rt.settings.rules
     try:
@@ -209,16 +265,23 @@ def reload_rules(rt: Runtime, *, force: bool = False) -> bool:
             rt.state.error = f"{path}: cannot read: {exc}"
         log.error("%s; keeping the rules loaded at %s", rt.state.error, rt.state.loaded_at)
         return False
-    if not force and text == rt.state.source:
+    if not force and not templates_changed and text == rt.state.source:
         return False
     rules, lines = check_files(path, rt.templates)
     if rules is None or lines:
-        rt.state.source = text  # report once per edit, not on every tick
-        rt.state.error = "; ".join(lines)
-        log.error("rules not reloaded, keeping the last good ones: %s", rt.state.error)
+        rt.state.source = text
+        error = "; ".join(lines)
+        if force or error != rt.state.error:  # once per problem, however often the files are saved
+            log.error("rules not reloaded, keeping the last good ones: %s", error)
+        rt.state.error = error
         return False
+    unchanged = rules.fingerprint == rt.state.fingerprint and rt.state.error is None
     rt.state = RulesState(
         rules=rules, loaded_at=datetime.now(UTC), fingerprint=rules.fingerprint, source=text
     )
+    remember_good_rules(rt.engine, text)
+    if unchanged and not force:
+        log.debug("rules and templates checked again: unchanged")
+        return False
     log.info("rules reloaded from %s (%d campaigns)", path, len(rules.campaigns))
     return True

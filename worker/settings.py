@@ -7,6 +7,7 @@ everything below them gets plain values through arguments.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     complaint_rate_threshold: float = Field(default=0.003, gt=0, lt=1)  # pauses the campaign
     complaint_pause_min_sends: int = Field(default=500, ge=1)
     hard_bounce_rate_threshold: float = Field(default=0.02, gt=0, lt=1)  # flagged in the report
+    # `retention scheduler` / `retention worker` serve /healthz, /readyz and /metrics here when set.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("public_url")
     @classmethod
@@ -89,8 +93,15 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else None
-        if first:
-            name = "RETENTION_" + str(first["loc"][0]).upper()
-            raise ConfigurationError(f"{name}: {first['msg']}") from exc
-        raise ConfigurationError(str(exc)) from exc
+        # Every bad variable at once, one line each: fixing them one run at a time is tedious.
+        lines = [_describe(error) for error in exc.errors()]
+        raise ConfigurationError("\n".join(lines) or str(exc)) from None
+
+
+def _describe(error: Any) -> str:
+    name = "RETENTION_" + str(error["loc"][0]).upper() if error.get("loc") else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    if isinstance(given, str) and "url" not in name.lower() and "key" not in name.lower():
+        message += f" (got {given!r})"  # never echo URLs or keys: they may hold passwords
+    return f"{name}: {message}"

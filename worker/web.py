@@ -24,8 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,10 +42,11 @@ from campaigns.models import utcnow
 from campaigns.responses import pages
 from campaigns.responses import recording as responses
 from campaigns.responses.pages import Pages
-from worker import http_io, observability
+from worker import http_io
 from worker.api import api_router
 from worker.runtime import Runtime
 from worker.segment import segment_router
+from worker.serving import ops_router
 from worker.webhooks import webhooks_router
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ _BAD_LINK = (400, "This link does not work",
              "or copy the whole address into your browser.")
 
 
-def create_app(rt: Runtime) -> FastAPI:
+def create_app(rt: Runtime, role: str = "web") -> FastAPI:
     app = FastAPI(title="retention worker", docs_url=None, redoc_url=None)
     app.include_router(api_router(rt))
     app.include_router(webhooks_router(rt))
@@ -142,19 +142,7 @@ def create_app(rt: Runtime) -> FastAPI:
                           "We could not save or look this up just now. Nothing was changed; "
                           "please try again shortly.") from None
 
-    # ------------------------------------------------------------ health
-
-    registry = observability.metrics_registry(rt)
-
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
-        healthy, checks = observability.health(rt)
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", **checks},
-                            status_code=200 if healthy else 503)
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(observability.render_metrics(registry), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(ops_router(rt, role))  # /healthz, /readyz, /metrics
 
     # ------------------------------------------------------------ unsubscribe
 

@@ -110,14 +110,16 @@ def unsubscribe(session: Session, delivery_id: int, *, now: datetime) -> Unsubsc
         .values(status=DeliveryStatus.suppressed, last_error="unsubscribed", updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    email = session.scalar(sa.select(col(Customer.email)).where(col(Customer.id) == delivery.customer_id))
+    email, external_id = session.execute(
+        sa.select(col(Customer.email), col(Customer.external_id))
+        .where(col(Customer.id) == delivery.customer_id)).one()
     if first:
         notify(session, "unsubscribed", key=f"unsubscribed:{delivery.customer_id}:{now.isoformat()}", at=now,
                customer_id=delivery.customer_id, delivery_id=delivery_id, campaign_id=delivery.campaign_id)
     session.commit()
-    if first:
+    if first:  # the company's own customer id: the one its people search for
         log.info("customer %s unsubscribed (delivery %s, %s); %d queued deliveries suppressed",
-                 delivery.customer_id, delivery_id, delivery.campaign_id, stopped)
+                 external_id, delivery_id, delivery.campaign_id, stopped)
     return UnsubscribeResult(customer_id=delivery.customer_id, email=email or "",
                              already_unsubscribed=not first, suppressed_deliveries=stopped)
 
@@ -219,8 +221,10 @@ def submit_survey(
     _record_once(session, delivery, InteractionKind.survey, now=now)
     notify(session, "answered", at=now, customer_id=delivery.customer_id, delivery_id=delivery_id,
            campaign_id=delivery.campaign_id, data={"survey_id": survey_id, "answers": cleaned})
+    external_id = session.scalar(sa.select(col(Customer.external_id))
+                                 .where(col(Customer.id) == delivery.customer_id))
     session.commit()
-    log.info("survey %s answered by customer %s (delivery %s)%s", survey_id, delivery.customer_id,
+    log.info("survey %s answered by customer %s (delivery %s)%s", survey_id, external_id,
              delivery_id, ", replacing an earlier response" if existing else "")
     return SurveyResult(survey_id=survey_id, campaign_id=delivery.campaign_id, answers=cleaned,
                         replaced=bool(existing), cleared=cleared)

@@ -14,6 +14,15 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.tokens import (
+    BlockEndToken,
+    BlockMappingStartToken,
+    BlockSequenceStartToken,
+    FlowMappingEndToken,
+    FlowMappingStartToken,
+    FlowSequenceEndToken,
+    FlowSequenceStartToken,
+)
 
 Path = tuple[str | int, ...]
 
@@ -39,8 +48,34 @@ class YAMLSyntaxError(ValueError):
         super().__init__(message)
 
 
+# ruamel.yaml composes recursively; a few hundred levels exhaust Python's stack without a line.
+MAX_DEPTH = 64
+_OPENING = (BlockMappingStartToken, BlockSequenceStartToken, FlowMappingStartToken,
+            FlowSequenceStartToken)
+_CLOSING = (BlockEndToken, FlowMappingEndToken, FlowSequenceEndToken)
+
+
+def _refuse_deep_nesting(yaml: YAML, text: str) -> None:
+    """Raise a located error where the nesting passes MAX_DEPTH (the scanner does not recurse)."""
+    depth = 0
+    try:
+        for token in yaml.scan(text):
+            if isinstance(token, _OPENING):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    _raise_syntax(f"nested more than {MAX_DEPTH} levels deep; rules.yaml needs only a "
+                                  "few (is an indentation or a bracket off?)", token.start_mark)
+            elif isinstance(token, _CLOSING):
+                depth -= 1
+    except YAMLSyntaxError:
+        raise
+    except Exception:
+        return
+
+
 def load_located(text: str) -> Located:
     yaml = YAML(typ="rt")
+    _refuse_deep_nesting(YAML(typ="rt"), text)
     try:
         node = yaml.load(text)
     except MarkedYAMLError as exc:

@@ -26,6 +26,7 @@ from worker.cli.common import (
     parse_moment,
     settings,
     user_errors,
+    write_file,
 )
 from worker.runtime import Runtime, check_files
 
@@ -201,7 +202,7 @@ def preview(
     if html is not None:
         if html_part is None:
             fail(f"campaign {campaign!r} has no HTML part (add body.html.j2 to its template)")
-        html.write_text(html_part.get_content(), encoding="utf-8")
+        write_file(html, html_part.get_content(), option="--html")
         out.print(f"HTML part written to {html}")
 
 

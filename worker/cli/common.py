@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
+    for line in message.splitlines() or [message]:  # several problems: one line each
+        err.print(f"error: {line}", markup=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -38,7 +39,7 @@ def user_errors() -> Iterator[None]:
         yield
     except RulesErrors as exc:
         for error in exc.errors:
-            err.print(error.format(), markup=False)
+            err.print(error.format(), markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except (RetentionError, ConfigurationError) as exc:
         fail(str(exc))
@@ -91,14 +92,22 @@ def _month_or_moment(value: str | None, option: str) -> datetime | None:
     return _moment(value, option)
 
 
+def write_file(path: Path, text: str, *, option: str) -> None:
+    """Write what a command produces, or one line saying why not and what to do."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        if not path.parent.is_dir():
+            fail(f"cannot write {path}: the folder {path.parent} does not exist "
+                 f"(create it, or choose another {option} path)")
+        fail(f"cannot write {path}: {exc.strerror} (choose another {option} path)")
+
+
 def _write(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        fail(f"cannot write {output}: {exc.strerror} (choose another -o path)")
+    write_file(output, text, option="-o")
     out.print(f"report written to {output}", markup=False)
 
 

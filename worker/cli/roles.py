@@ -51,7 +51,9 @@ def run(
     """The daemon: scheduler + workers (+ web) in one process."""
     from worker import daemon
 
-    rt = build_runtime()
+    # A restart during a bad edit keeps links and sending up on the last good rules; only
+    # planning waits for a valid file (`--once` is one planning pass: it needs one).
+    rt = build_runtime(last_good="refuse" if once else "use")
     with user_errors():
         if once:
             summary = daemon.run_once(rt, workers=workers)
@@ -60,35 +62,50 @@ def run(
             daemon.serve(rt, workers=workers, web=(None if no_web else (host, port)))
 
 
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", help="Serve /healthz, /readyz and /metrics on this port (env RETENTION_METRICS_PORT).")]
+MetricsHost = Annotated[str | None, typer.Option(
+    "--metrics-host", help="Interface for --metrics-port (env RETENTION_METRICS_HOST; default 127.0.0.1).")]
+
+
+def _ops(rt: Runtime, port: int | None, host: str | None) -> tuple[str, int] | None:
+    port = port if port is not None else rt.settings.metrics_port
+    return (host or rt.settings.metrics_host, port) if port is not None else None
+
+
 @app.command()
-def scheduler() -> None:
+def scheduler(metrics_port: MetricsPort = None, metrics_host: MetricsHost = None) -> None:
     """Planning only: enqueue due deliveries on Redis for `retention worker` processes."""
     from worker import daemon
 
-    rt = build_runtime()
+    rt = build_runtime()  # planning refuses an invalid rules.yaml, even with good rules kept
     if not rt.settings.broker_url:
         fail(
             "`retention scheduler` needs RETENTION_BROKER_URL=redis://… "
             "(without a broker, use `retention run`)"
         )
     with user_errors():
-        daemon.serve(rt, workers=0, web=None, plan=True, consume=False)
+        daemon.serve(rt, workers=0, web=None, plan=True, consume=False, role="scheduler",
+                     ops=_ops(rt, metrics_port, metrics_host))
 
 
 @app.command()
 def worker(
     threads: Annotated[int, typer.Option("--threads", "--workers", help="Sending threads.")] = 8,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = None,
 ) -> None:
     """Sending only: consume deliveries from Redis (Dramatiq's CLI works too: see README)."""
     from worker import daemon
 
-    rt = build_runtime()
+    rt = build_runtime(last_good="use")
     if not rt.settings.broker_url:
         fail(
             "`retention worker` needs RETENTION_BROKER_URL=redis://… (without a broker, use `retention run`)"
         )
     with user_errors():
-        daemon.serve(rt, workers=threads, web=None, plan=False, consume=True)
+        daemon.serve(rt, workers=threads, web=None, plan=False, consume=True, role="worker",
+                     ops=_ops(rt, metrics_port, metrics_host))
 
 
 @app.command()
@@ -99,7 +116,7 @@ def web(
     """The HTTP endpoints only (health, metrics, and the links in emails)."""
     from worker import daemon
 
-    rt = build_runtime()
+    rt = build_runtime(last_good="or-none")  # unsubscribing never waits for valid campaign rules
     with user_errors():
         daemon.serve_web(rt, host=host, port=port)
 

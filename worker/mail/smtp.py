@@ -93,6 +93,13 @@ class SMTPTransport:
 
     # public
 
+    def check(self) -> None:
+        """Connect and log in once (a role's start): credentials the server refuses, or cannot
+        take, are a ConfigurationError now rather than a failed delivery later."""
+        if self._current() is None:
+            self._connect()
+        self._discard()
+
     def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
         sender, recipients = envelope(message)
         content = _flatten(message, sender, recipients)
