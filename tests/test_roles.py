@@ -217,3 +217,30 @@ def test_separate_roles_follow_edits_survive_sighup_bad_rules_restarts_and_redis
         codes = {name: role.stop() for name, role in roles.items()}
     assert codes == {"scheduler": 0, "worker": 0, "web": 0}, {n: r.output() for n, r in roles.items()}
     assert len(smtp_sink.messages) == 6
+
+
+def test_run_started_during_a_bad_edit_serves_links_on_the_kept_rules_and_does_not_plan(
+    tmp_path, sqlite_url, smtp_sink,
+):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update({"RETENTION_DATABASE_URL": sqlite_url, "RETENTION_MAIL_URL": smtp_sink.url,
+                "RETENTION_RULES": str(rules), "RETENTION_TEMPLATES": str(ROOT / "templates"),
+                "RETENTION_SECRET_KEY": "k"})
+    import_customers(tmp_path, env, "c1")  # a role that started on valid rules kept them
+    rules.write_text(RULES.replace("    when:", "    cooldwn: 1d\n    when:"))
+    import_customers(tmp_path, env, "c2")  # import runs during the bad edit too
+    port = free_port()
+    daemon = Role(tmp_path, env, "run", "run", "--port", str(port))
+    try:
+        daemon.wait_for(r"not planning: .*rules\.yaml is invalid")
+        body = json.loads(get(f"http://127.0.0.1:{port}/healthz")[1])
+        assert "rules.yaml:6:5" in body["rules"]["error"] and body["rules"]["campaigns"] == 1
+        assert body["rules"]["source"].startswith("database"), body
+        assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        assert smtp_sink.messages == []
+        rules.write_text(RULES)  # fixed: planning starts without a restart
+        smtp_sink.wait_for(2, timeout=30)
+    finally:
+        assert daemon.stop() == 0, daemon.output()

@@ -300,12 +300,16 @@ def serve(
             next_run_time=utcnow(),
         )
         interval = [rt.rules.defaults.check_every]
+        planning_waits = [not rt.state.verified]
 
         def reschedule(rt: Runtime) -> None:
             if rt.rules.defaults.check_every != interval[0]:
                 interval[0] = rt.rules.defaults.check_every
                 scheduler.reschedule_job("plan", trigger=IntervalTrigger(seconds=interval[0].total_seconds()))
                 log.info("planning every %s from now on (check_every changed)", interval[0])
+            if planning_waits[0] and rt.state.verified:  # the file is valid again: plan now
+                planning_waits[0] = False
+                scheduler.modify_job("plan", next_run_time=utcnow())
 
         reloader.on_reload(reschedule)
         scheduler.start()

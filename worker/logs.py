@@ -37,6 +37,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.getLogger("dramatiq").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # watchfiles says "1 change detected" at INFO for every save; the reload's verdict is ours.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))
 
 
 class Throttle:

@@ -244,7 +244,7 @@ def current() -> Runtime:
     global _current
     with _current_lock:
         if _current is None:
-            _current = build()
+            _current = build(last_good="use")  # a sending process, like `retention worker`
         return _current
 
 
