@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import dramatiq
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from dramatiq.common import join_all
 from redis import exceptions as redis_errors
 from sqlmodel import Session, col
 
@@ -38,6 +40,12 @@ log = logging.getLogger(__name__)
 ONCE_TIMEOUT = timedelta(minutes=10)
 # Webhooks announce within seconds, not at the next planning pass.
 WEBHOOK_DISPATCH_SECONDS = 2.0
+
+# After the grace period the sends still in flight have their connections cut; this is how
+# long their threads get to record the outcome (`unknown` once the content has gone out).
+ABORTED_SENDS_WAIT_S = 0.5
+# Stopping the consumers once the worker threads are done (or given up on).
+CONSUMERS_STOP_MS = 500
 
 
 @dataclass
@@ -67,10 +75,28 @@ class Roles:
     def enqueue(self, ids: list[int]) -> int:
         return enqueue_many(self.actors.deliver, ids)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        for worker in (self.worker, self.webhook_worker):
-            if worker is not None:
-                worker.stop(timeout=int(timeout_s * 1000))
+    def stop(self, timeout_s: float = 30.0, *, abort_sends: Callable[[], None] | None = None) -> None:
+        """Let in-flight sends finish for ``timeout_s``; then ``abort_sends`` (cut their connections).
+
+        Bounded whatever the mail server does: a server that never answers holds the
+        stop for ``timeout_s`` plus about a second, not for its own timeouts.
+        """
+        workers = [w for w in (self.worker, self.webhook_worker) if w is not None]
+        threads = [thread for worker in workers for thread in worker.workers]
+        for thread in threads:
+            thread.stop()  # take no new message; the current one may finish
+        join_all(threads, timeout_s * 1000)
+        late = [thread for thread in threads if thread.is_alive()]
+        if late and abort_sends is not None:
+            log.warning("%d sends still in flight after the %gs grace period; cutting their "
+                        "connections (deliveries whose content went out become `unknown`)",
+                        len(late), timeout_s)
+            abort_sends()
+            join_all(late, ABORTED_SENDS_WAIT_S * 1000)
+        # The worker threads are done or given up on (daemon threads: they end with the
+        # process); what is left is stopping the consumers and handing back prefetched messages.
+        for worker in workers:
+            worker.stop(timeout=CONSUMERS_STOP_MS)
         self.broker.close()
 
 
@@ -116,7 +142,7 @@ def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT
         ids = report.result.queued_ids + report.swept_ids
         _wait_until_settled(rt, ids, timeout)
     finally:
-        roles.stop()
+        roles.stop(abort_sends=lambda: rt.transport.close())
         rt.transport.close()
     return OnceSummary(
         rows=_summarize(rt, report.result, ids), pending=still_waiting(rt), where=where_mail_went(rt),
@@ -345,7 +371,7 @@ def serve(
         leader.stop()
     for server in servers:
         server.server.should_exit = True
-    roles.stop(rt.settings.shutdown_grace_seconds)
+    roles.stop(rt.settings.shutdown_grace_seconds, abort_sends=lambda: rt.transport.close())
     for server in servers:
         server.stop(timeout=5)
     rt.close()

@@ -18,5 +18,6 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections; the transport may still be used afterwards."""
+        """Release connections at once, even those other threads are sending on (those are
+        cut, never written to); the transport may still be used afterwards."""
         ...

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,21 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
     except (RetentionError, ConfigurationError) as exc:
         fail(str(exc))
+
+
+def exit_now() -> NoReturn:
+    """End a long-running role at once once it has stopped cleanly.
+
+    Everything worth doing at exit is done by then (sends settled, connections closed,
+    the heartbeat removed); the interpreter's own teardown of a big heap can take
+    over a second on a busy machine, and SIGTERM must end the process within its
+    grace period.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def settings() -> Settings:

@@ -15,6 +15,7 @@ from worker.cli.common import (
     _write,
     build_runtime,
     err,
+    exit_now,
     fail,
     out,
     settings,
@@ -60,6 +61,7 @@ def run(
             _print_summary(rt, summary)
         else:
             daemon.serve(rt, workers=workers, web=(None if no_web else (host, port)))
+            exit_now()
 
 
 MetricsPort = Annotated[int | None, typer.Option(
@@ -87,6 +89,7 @@ def scheduler(metrics_port: MetricsPort = None, metrics_host: MetricsHost = None
     with user_errors():
         daemon.serve(rt, workers=0, web=None, plan=True, consume=False, role="scheduler",
                      ops=_ops(rt, metrics_port, metrics_host))
+    exit_now()
 
 
 @app.command()
@@ -106,6 +109,7 @@ def worker(
     with user_errors():
         daemon.serve(rt, workers=threads, web=None, plan=False, consume=True, role="worker",
                      ops=_ops(rt, metrics_port, metrics_host))
+    exit_now()
 
 
 @app.command()
@@ -119,6 +123,7 @@ def web(
     rt = build_runtime(last_good="or-none")  # unsubscribing never waits for valid campaign rules
     with user_errors():
         daemon.serve_web(rt, host=host, port=port)
+    exit_now()
 
 
 def _demo_quarter(rt: Runtime, customers: int, report_path: Path) -> None:

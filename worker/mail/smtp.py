@@ -10,6 +10,7 @@ deployment (bad URL, rejected credentials, untrusted certificate) raises
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import email.generator
 import email.policy
@@ -18,8 +19,10 @@ import io
 import logging
 import re
 import smtplib
+import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
@@ -41,6 +44,10 @@ _LEADING_PERIOD = re.compile(rb"(?m)^\.")
 # RFC 5321 4.5.3.2.6: a client should wait 10 minutes for the reply that ends DATA, since
 # servers often scan or store the message before answering.
 DATA_REPLY_TIMEOUT = 600.0
+
+# close() says QUIT on idle connections and waits at most this long for all their replies
+# together: a stalled server must not hold a shutdown.
+QUIT_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,14 +84,17 @@ class SMTPTransport:
     and the send retried once -- only when the drop happened before the
     message content went out, so a retry can never send a message twice.
     After any failed send the connection is reset (RSET) or dropped, so the
-    next send starts clean.  ``close()`` ends every thread's connection; the
-    transport reconnects on the next send.
+    next send starts clean.  ``close()`` ends every thread's connection at once,
+    whatever the server does: idle ones with QUIT, ones another thread is using
+    by cutting the socket, never by writing on it; the transport reconnects on
+    the next send.
     """
 
     def __init__(self, settings: SMTPSettings) -> None:
         self.settings = settings
         self._local = threading.local()
         self._registry: dict[int, smtplib.SMTP] = {}  # id(conn) -> conn, for close()
+        self._busy: set[int] = set()  # ids of connections a thread is sending on
         self._registry_lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
 
@@ -120,10 +130,20 @@ class SMTPTransport:
 
     def close(self) -> None:
         with self._registry_lock:
-            connections = list(self._registry.values())
+            connections = list(self._registry.items())
             self._registry.clear()
-        for conn in connections:
-            _close_quietly(conn, polite=True)
+            busy = set(self._busy)
+        idle = []
+        for key, conn in connections:
+            if key in busy:
+                # Mid-transaction in another thread: a QUIT would be interleaved with its
+                # commands and wait behind its reply.  Cutting the socket wakes that thread
+                # at once; it records the outcome (unknown once the content has gone out)
+                # and closes the connection itself.
+                _abort(conn)
+            else:
+                idle.append(conn)
+        _quit_all(idle, budget=min(self.settings.timeout, QUIT_BUDGET))
         self._local.conn = None
 
     # internals
@@ -132,11 +152,25 @@ class SMTPTransport:
         return f"SMTP {self.settings.host}:{self.settings.port}"
 
     def _current(self) -> smtplib.SMTP | None:
+        """This thread's connection, marked busy so close() will not write on it; or None."""
         conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is None:  # closed by close() or smtplib
-            self._discard()
+        if conn is None:
             return None
-        return conn
+        with self._registry_lock:
+            retired = id(conn) not in self._registry  # by close()
+            if not retired and conn.sock is not None:
+                self._busy.add(id(conn))
+                return conn
+        if retired:
+            self._local.conn = None
+            _close_quietly(conn)
+        else:  # closed by smtplib
+            self._discard()
+        return None
+
+    def _idle(self, conn: smtplib.SMTP) -> None:
+        with self._registry_lock:
+            self._busy.discard(id(conn))
 
     def _discard(self) -> None:
         conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
@@ -144,12 +178,22 @@ class SMTPTransport:
         if conn is not None:
             with self._registry_lock:
                 self._registry.pop(id(conn), None)
-            _close_quietly(conn, polite=False)
+            _close_quietly(conn)
 
     def _send_on_connection(
         self, sender: str, recipients: list[str], content: bytes, before_data: BeforeData | None
     ) -> str:
         conn = self._current() or self._connect()
+        try:
+            return self._try_transaction(conn, sender, recipients, content, before_data)
+        finally:
+            self._idle(conn)
+
+    def _try_transaction(
+        self, conn: smtplib.SMTP, sender: str, recipients: list[str], content: bytes,
+        before_data: BeforeData | None,
+    ) -> str:
+        """One transaction on a busy connection, its failures sorted into delivery errors."""
         try:
             return self._transaction(conn, sender, recipients, content, before_data)
         except (DeliveryError, ConfigurationError):
@@ -296,11 +340,12 @@ class SMTPTransport:
         try:
             self._handshake(conn)
         except BaseException:
-            _close_quietly(conn, polite=False)
+            _close_quietly(conn)
             raise
         self._local.conn = conn
         with self._registry_lock:
             self._registry[id(conn)] = conn
+            self._busy.add(id(conn))  # connected to send: in use from the start
         log.debug("Connected to %s", s.url)
         return conn
 
@@ -430,11 +475,46 @@ def _certificate_error(settings: SMTPSettings, exc: ssl.SSLCertVerificationError
     )
 
 
-def _close_quietly(conn: smtplib.SMTP, *, polite: bool) -> None:
-    try:
-        if polite and conn.sock is not None:
-            conn.quit()
-    except (smtplib.SMTPException, OSError):
-        pass
-    finally:
+def _abort(conn: smtplib.SMTP) -> None:
+    """Cut a connection another thread is blocked on, without writing a byte on it.
+
+    shutdown() wakes that thread's read at once (end of stream); the file
+    descriptor stays open for it to close, so it is never reused under it.
+    ``socket.socket.shutdown`` is called directly because ``SSLSocket.shutdown``
+    would also drop the TLS state the other thread is still using.
+    """
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _quit_all(connections: list[smtplib.SMTP], *, budget: float) -> None:
+    """QUIT on each idle connection, waiting for all the replies together at most ``budget``."""
+    deadline = time.monotonic() + budget
+    asked = []
+    for conn in connections:
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(budget)
+                conn.putcmd("quit")
+                asked.append(conn)
+                continue
+        except (smtplib.SMTPException, OSError):
+            pass
+        conn.close()
+    for conn in asked:
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                conn.getreply()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            conn.close()
+
+
+def _close_quietly(conn: smtplib.SMTP) -> None:
+    """Drop a connection without a word (after a failure there is nothing polite to say)."""
+    with contextlib.suppress(OSError):
         conn.close()
