@@ -127,6 +127,9 @@ class Delivery(SQLModel, table=True):
     # Derived from the natural key when the message is built, so a resend keeps it.
     # Indexed: a bounce or complaint finds its delivery by it.
     message_id: str | None = Field(default=None, max_length=255, index=True)
+    # The worker process of the current claim (WorkerHeartbeat.worker_id): when it stops
+    # beating, the delivery is settled without waiting for the sending timeout.
+    claimed_by: str | None = Field(default=None, max_length=100)
     due_at: datetime = _dt(default_factory=utcnow)
     # When a message for it last went to the broker; the sweeper re-enqueues stale ones.
     enqueued_at: datetime | None = _dt(default=None)
@@ -134,6 +137,16 @@ class Delivery(SQLModel, table=True):
     converted_at: datetime | None = _dt(default=None)
     created_at: datetime = _dt(default_factory=utcnow)
     updated_at: datetime = _dt(default_factory=utcnow)
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A sending process's sign of life, renewed every few seconds while it runs."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker_id: str = Field(primary_key=True, max_length=100)  # host:pid:random
+    started_at: datetime = _dt(default_factory=utcnow)
+    beat_at: datetime = _dt(default_factory=utcnow)
 
 
 class Suppression(SQLModel, table=True):

@@ -182,3 +182,41 @@ def test_an_address_no_server_can_accept_bounces_without_a_send(make_runtime, sm
     assert smtp_sink.attempts == 0
     with Session(rt.engine) as session:
         assert [s.email for s in session.exec(select(Suppression))] == ["two@@example.com"]
+
+
+def test_a_worker_presumed_dead_cannot_hand_over_a_delivery_claimed_again(make_runtime, tmp_path):
+    from campaigns.delivery import outbox
+    from worker.heartbeat import Heartbeat
+
+    rt = make_runtime(f"maildir://{tmp_path / 'out'}")
+    add_inactive(rt, 1)
+    with Session(rt.engine) as session:
+        [delivery_id] = run_pass(rt, lambda ids: len(ids)).result.queued_ids
+        live = Heartbeat(rt.engine, interval=timedelta(seconds=10))
+        live.beat()
+        first = outbox.claim(session, delivery_id, now=utcnow(), worker="paused-vm:1:dead")
+        assert first is not None
+        first_attempt = first.attempts
+        # Its heartbeat has stopped (it never had one here): settled, queued again.
+        settled = outbox.abandon_stale_sending(
+            session, now=utcnow(), after=timedelta(hours=1), dead_after=timedelta(seconds=30)
+        )
+        assert settled.requeued == [delivery_id]
+    with Session(rt.engine) as other:
+        second = outbox.claim(other, delivery_id, now=utcnow(), worker=live.worker_id)
+        assert second is not None and second.attempts == first_attempt + 1
+        # A live worker's claim is left alone.
+        assert outbox.abandon_stale_sending(
+            other, now=utcnow(), after=timedelta(hours=1), dead_after=timedelta(seconds=30)
+        ) == outbox.Settled()
+    with Session(rt.engine) as session:
+        stale = session.get(Delivery, delivery_id)
+        assert stale is not None
+        stale.attempts = first_attempt  # what the first worker still holds
+        session.expunge(stale)
+        assert not outbox.mark_handing_over(session, stale, message_id="<x@y>", now=utcnow())
+        outbox.finish(session, stale, DeliveryStatus.sent, now=utcnow())
+    with Session(rt.engine) as session:
+        row = session.get(Delivery, delivery_id)
+        assert row is not None
+        assert (row.status, row.message_id, row.claimed_by) == (DeliveryStatus.sending, None, live.worker_id)

@@ -23,7 +23,12 @@ from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, reco
 from worker import observability, runtime
 from worker import outgoing_webhooks as webhooks
 from worker.broker import QUEUE
-from worker.settings import DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS
+from worker.settings import (
+    DEFAULT_MAX_BACKOFF_MS,
+    DEFAULT_MIN_BACKOFF_MS,
+    DEFAULT_SENDING_TIMEOUT_SECONDS,
+    Settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,10 @@ def _deliver(rt: runtime.Runtime, delivery_id: int) -> None:
     # fifth of the send rate and buys nothing (the claim is the only read that must be fresh).
     with Session(rt.engine, expire_on_commit=False) as session:
         try:
-            outcome = rt.sender().deliver(session, delivery_id)
+            # Started with the first send of the process, whatever started it (our CLI or
+            # Dramatiq's), so every claim names a worker whose death is noticed quickly.
+            worker = rt.heartbeat.ensure_started()
+            outcome = rt.sender(worker=worker).deliver(session, delivery_id)
         except TransientDeliveryError as exc:
             observability.SMTP_ERRORS.labels(error_class="temporary").inc()
             observability.SEND_OUTCOMES.labels(outcome="retry").inc()
@@ -125,6 +133,7 @@ def declare(
     *,
     min_backoff_ms: int = DEFAULT_MIN_BACKOFF_MS,
     max_backoff_ms: int = DEFAULT_MAX_BACKOFF_MS,
+    time_limit_ms: int = int(DEFAULT_SENDING_TIMEOUT_SECONDS * 1000),
 ) -> Actors:
     if "deliver" in broker.actors:
         return Actors(*(broker.actors[name] for name in ("deliver", "identify", "track", "send_webhook")))
@@ -139,7 +148,7 @@ def declare(
             retry_when=_retry,
             min_backoff=min_backoff_ms,
             max_backoff=max_backoff_ms,
-            time_limit=5 * 60_000,
+            time_limit=time_limit_ms,
         ),
         # Ingestion retries what can fail for a while (the database); bad data is dropped.
         identify=declare_one(identify, "identify", max_retries=10, min_backoff=min_backoff_ms),
@@ -154,4 +163,15 @@ def declare(
             max_backoff=max_backoff_ms,
             time_limit=int(webhooks.TIMEOUT_SECONDS * 3000),
         ),
+    )
+
+
+def declare_configured(broker: dramatiq.Broker, settings: Settings) -> Actors:
+    """``declare`` with the retry backoff and time limit from the settings."""
+    return declare(
+        broker,
+        min_backoff_ms=settings.retry_min_backoff_ms,
+        max_backoff_ms=settings.retry_max_backoff_ms,
+        # A send outliving the sending timeout is settled by the sweeper anyway.
+        time_limit_ms=int(settings.sending_timeout_seconds * 1000),
     )

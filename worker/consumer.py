@@ -8,7 +8,7 @@ on it, which is what ``dramatiq`` expects of the module it is given.
 
 from __future__ import annotations
 
-from worker.actors import declare
+from worker.actors import declare_configured
 from worker.broker import install_broker
 from worker.logs import configure_logging
 from worker.settings import load_settings
@@ -19,5 +19,4 @@ if not _settings.broker_url:
                      "queue lives inside `retention run`)")
 configure_logging(_settings.log_level, _settings.log_format)
 broker = install_broker(_settings.broker_url)
-actors = declare(broker, min_backoff_ms=_settings.retry_min_backoff_ms,
-                 max_backoff_ms=_settings.retry_max_backoff_ms)
+actors = declare_configured(broker, _settings)

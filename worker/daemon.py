@@ -26,11 +26,11 @@ from campaigns.models import Delivery, DeliveryStatus, utcnow
 from campaigns.sql import chunks
 from worker import outgoing_webhooks as webhooks
 from worker import runtime as runtime_module
-from worker.actors import Actors, declare
+from worker.actors import Actors, declare_configured
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
 from worker.leader import LeaderLock
 from worker.logs import Throttle
-from worker.passes import DEFAULT_STALE_AFTER, LostLeadership, run_pass
+from worker.passes import LostLeadership, run_pass, settle_stopped_workers
 from worker.reloading import Reloader
 from worker.runtime import Runtime
 from worker.serving import HttpServer, bind, ops_app
@@ -102,11 +102,7 @@ class Roles:
 
 def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
     broker = install_broker(rt.settings.broker_url)
-    actors = declare(
-        broker,
-        min_backoff_ms=rt.settings.retry_min_backoff_ms,
-        max_backoff_ms=rt.settings.retry_max_backoff_ms,
-    )
+    actors = declare_configured(broker, rt.settings)
     worker = webhook_worker = None
     if consume:
         _check_mail_server(rt)
@@ -137,13 +133,15 @@ def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT
     roles = start_roles(rt, workers=workers)
     try:
         # Nothing survives in an in-process queue: everything queued and due is ours to send.
-        stale_after = timedelta(0) if is_in_process(roles.broker) else DEFAULT_STALE_AFTER
+        stale_after = timedelta(0) if is_in_process(roles.broker) else None
         report = run_pass(rt, roles.enqueue, stale_after=stale_after)
         ids = report.result.queued_ids + report.swept_ids
         _wait_until_settled(rt, ids, timeout)
     finally:
         roles.stop(abort_sends=lambda: rt.transport.close())
         rt.transport.close()
+        if "heartbeat" in rt.__dict__:
+            rt.heartbeat.stop()
     return OnceSummary(
         rows=_summarize(rt, report.result, ids), pending=still_waiting(rt), where=where_mail_went(rt),
         held=[(p.campaign_id, p.blast_guard) for p in report.result.plans if p.blast_guard],
@@ -317,6 +315,24 @@ def serve(
     if plan:
         scheduler.add_job(announce, IntervalTrigger(seconds=WEBHOOK_DISPATCH_SECONDS), id="webhooks",
                           max_instances=1, coalesce=True)
+
+    def recover() -> None:
+        if leader is not None and not leader.is_leader():
+            return
+        try:
+            settle_stopped_workers(rt, roles.enqueue)
+        except Exception:  # the next run tries again
+            log.exception("settling the deliveries of stopped workers failed")
+
+    if plan:
+        # Between passes too: a killed worker's deliveries should not wait for the next pass.
+        scheduler.add_job(
+            recover,
+            IntervalTrigger(seconds=rt.settings.worker_dead_after_seconds / 2),
+            id="recover",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.add_job(
             tick,
             IntervalTrigger(seconds=rt.rules.defaults.check_every.total_seconds()),

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from campaigns.errors import RulesError, RulesErrors, SourceError
 from campaigns.responses.pages import Pages
 from campaigns.rules.schema import Rules, load_rules, parse_rules
 from worker.database import ensure_secret_key, make_engine, read_setting, upgrade, write_setting
+from worker.heartbeat import Heartbeat
 from worker.mail import Transport, transport_from_url
 from worker.settings import Settings, load_settings
 
@@ -87,7 +88,24 @@ class Runtime:
             window=max(1, window_ms // 1000),
         )
 
-    def sender(self) -> Sender:
+    @cached_property
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.engine, interval=self.worker_dead_after / 3)
+
+    @property
+    def worker_dead_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.worker_dead_after_seconds)
+
+    @property
+    def sending_timeout(self) -> timedelta:
+        return timedelta(seconds=self.settings.sending_timeout_seconds)
+
+    @property
+    def requeue_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.requeue_after_seconds)
+
+    def sender(self, *, worker: str | None = None) -> Sender:
+        """``worker``: the heartbeat id sending threads record on each claim."""
         return Sender(
             rules=self.rules,
             templates=self.templates,
@@ -95,11 +113,14 @@ class Runtime:
             public_url=self.settings.public_url,
             transport=self.transport,
             verp=self.settings.verp_address,
+            worker=worker,
         )
 
     def close(self) -> None:
         if "transport" in self.__dict__:
             self.transport.close()
+        if "heartbeat" in self.__dict__:
+            self.heartbeat.stop()
         self.engine.dispose()
 
 

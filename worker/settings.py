@@ -17,6 +17,9 @@ from campaigns.errors import ConfigurationError
 # Backoff between retries of a temporary SMTP failure (Dramatiq doubles it each time).
 DEFAULT_MIN_BACKOFF_MS = 15_000
 DEFAULT_MAX_BACKOFF_MS = 3_600_000
+# Longer than the longest send (the reply after DATA alone may take 600 s); also the
+# deliver actor's time limit.
+DEFAULT_SENDING_TIMEOUT_SECONDS = 900.0
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,16 @@ class Settings(BaseSettings):
     retry_max_backoff_ms: int = Field(default=DEFAULT_MAX_BACKOFF_MS, ge=0)
     # How long SIGTERM waits for in-flight sends (systemd's default stop timeout is 90 s).
     shutdown_grace_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A sending process whose heartbeat is older than this is dead: its deliveries in
+    # `sending` are settled (queued again, or `unknown` once handed over).  It beats every
+    # third of this, and the scheduler looks every half.
+    worker_dead_after_seconds: float = Field(default=30.0, ge=3, le=3600)
+    # Any delivery `sending` this long is settled whatever its worker's heartbeat says
+    # (a claim without heartbeat, a send that hangs).
+    sending_timeout_seconds: float = Field(default=DEFAULT_SENDING_TIMEOUT_SECONDS, ge=10, le=86400)
+    # A queued, due delivery whose broker message is older than this is presumed lost
+    # (Redis flushed, the in-process queue of a dead process) and enqueued again.
+    requeue_after_seconds: float = Field(default=600.0, ge=1, le=86400)
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
     # Deliverability: bounces and complaints reported after the send (docs/deployment.md).

@@ -7,6 +7,7 @@ racing sweeper or a retried worker can never move a delivery twice.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -15,7 +16,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus, Suppression
+from campaigns.models import (
+    CampaignState,
+    Customer,
+    Delivery,
+    DeliveryStatus,
+    Suppression,
+    WorkerHeartbeat,
+)
 from campaigns.responses.notify import notify
 from campaigns.sql import chunks
 
@@ -25,8 +33,16 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 
 
-def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | None:
-    """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
+def claim(
+    session: Session, delivery_id: int, *, now: datetime, worker: str | None = None
+) -> Delivery | None:
+    """``queued → sending`` if the delivery is still queued and due; None if someone else has it.
+
+    ``worker`` is the claiming process's heartbeat id: when it stops beating, the
+    delivery is settled at once rather than after the sending timeout.  The claimed
+    ``attempts`` is this claim's fencing token: every later step of it is applied
+    only while the row still carries it (see ``_from_sending``).
+    """
     claimed = session.execute(
         sa.update(Delivery)
         .where(
@@ -37,7 +53,7 @@ def claim(session: Session, delivery_id: int, *, now: datetime) -> Delivery | No
         # message_id is cleared: it is set again only when this attempt hands the message over
         # (mark_handing_over), so a dead worker's row tells whether mail may have left.
         .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now,
-                message_id=None)
+                message_id=None, claimed_by=worker)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
@@ -60,13 +76,21 @@ def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, 
 def _from_sending(
     session: Session, delivery: Delivery, values: dict[str, object], *, announce: str | None = None
 ) -> bool:
-    """Apply ``values`` if the delivery is still ``sending`` (this worker's); commit.
+    """Apply ``values`` if the delivery is still ``sending`` under this claim; commit.
 
     ``announce`` names the webhook event the change is, recorded in the same transaction.
+    A worker presumed dead whose delivery was settled and claimed again by another
+    one finds ``sending`` with a higher ``attempts``: nothing of it is applied, so it
+    can neither hand the message over a second time nor overwrite the other's outcome.
+    (``attempts`` only grows across claims: a deferral gives back its own claim's count.)
     """
     changed = session.execute(
         sa.update(Delivery)
-        .where(col(Delivery.id) == delivery.id, col(Delivery.status) == DeliveryStatus.sending)
+        .where(
+            col(Delivery.id) == delivery.id,
+            col(Delivery.status) == DeliveryStatus.sending,
+            col(Delivery.attempts) == delivery.attempts,
+        )
         .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
@@ -162,24 +186,42 @@ def suppress(session: Session, email: str, reason: str, *, now: datetime, commit
     return added is not None
 
 
+@dataclass
+class Settled:
+    """What ``abandon_stale_sending`` did with the deliveries of workers that stopped."""
+
+    unknown: list[int] = field(default_factory=list)  # handed over: may have arrived, never resent
+    requeued: list[int] = field(default_factory=list)  # never left: queued again, to be enqueued
+    failed: list[int] = field(default_factory=list)  # killed their worker on every attempt
+
+
 def abandon_stale_sending(
-    session: Session, *, now: datetime, after: timedelta, max_attempts: int = MAX_ATTEMPTS
-) -> list[int]:
-    """Settle deliveries stuck in ``sending`` (their worker died); returns those now ``unknown``.
+    session: Session, *, now: datetime, after: timedelta, dead_after: timedelta | None = None,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> Settled:
+    """Settle deliveries stuck in ``sending`` because their worker stopped.
+
+    A delivery is stuck when the worker process that claimed it has not renewed its
+    heartbeat for ``dead_after`` (or has removed it), or, whatever the heartbeat says
+    (a claim made without one, a hung send), when it has been ``sending`` for ``after``.
 
     - The worker had handed the message over (``message_id`` is set): the SMTP
       server may have accepted it, so sending it again could mail the customer
       twice.  The policy is to hold it as ``unknown`` for review, counted in the
       log and in `/metrics`; it is never resent.
     - The worker died before that: no mail can have left, so the delivery goes
-      back to ``queued`` and the next pass's sweeper re-enqueues it -- unless it
-      has used up its attempts, as a delivery that kills its worker every time
-      does: that one is ``failed`` rather than retried forever.
+      back to ``queued`` (marked enqueued now: the caller enqueues ``requeued``,
+      and if it cannot, the sweeper does later) -- unless it has used up its
+      attempts, as a delivery that kills its worker every time does: that one is
+      ``failed`` rather than retried forever.
     """
-    stale = (
-        col(Delivery.status) == DeliveryStatus.sending,
-        col(Delivery.updated_at) < now - after,
-    )
+    stuck = [col(Delivery.updated_at) < now - after]
+    if dead_after is not None:
+        alive = sa.select(col(WorkerHeartbeat.worker_id)).where(
+            col(WorkerHeartbeat.beat_at) >= now - dead_after
+        )
+        stuck.append(sa.and_(col(Delivery.claimed_by).is_not(None), col(Delivery.claimed_by).not_in(alive)))
+    stale = (col(Delivery.status) == DeliveryStatus.sending, sa.or_(*stuck))
     rows = session.execute(
         sa.select(col(Delivery.id), col(Delivery.message_id), col(Delivery.attempts)).where(*stale)
     ).all()
@@ -187,50 +229,42 @@ def abandon_stale_sending(
     never_sent = [row.id for row in rows if row.message_id is None and row.attempts < max_attempts]
     poison = [row.id for row in rows if row.message_id is None and row.attempts >= max_attempts]
     # Each UPDATE repeats the conditions: a slow worker that is still alive may have moved on.
-    unknown: list[int] = []
-    if handed_over:
-        unknown = list(session.scalars(
+    settled = Settled()
+
+    def settle(ids: list[int], handed: bool, values: dict[str, object]) -> list[int]:
+        if not ids:
+            return []
+        mark = col(Delivery.message_id).is_not(None) if handed else col(Delivery.message_id).is_(None)
+        changed = session.scalars(
             sa.update(Delivery)
-            .where(col(Delivery.id).in_(handed_over), *stale, col(Delivery.message_id).is_not(None))
-            .values(
-                status=DeliveryStatus.unknown,
-                updated_at=now,
-                last_error="the worker stopped during the send; it may or may not have been delivered",
-            )
+            .where(col(Delivery.id).in_(ids), *stale, mark)
+            .values(updated_at=now, **values)
             .returning(col(Delivery.id))
             .execution_options(synchronize_session=False)
-        ))
-    if never_sent:
-        session.execute(
-            sa.update(Delivery)
-            .where(col(Delivery.id).in_(never_sent), *stale, col(Delivery.message_id).is_(None))
-            .values(
-                status=DeliveryStatus.queued,
-                enqueued_at=None,  # the sweeper's next round picks it up
-                updated_at=now,
-                last_error="the worker stopped before handing the message over; sent again",
-            )
-            .execution_options(synchronize_session=False)
         )
-    if poison:
-        session.execute(
-            sa.update(Delivery)
-            .where(col(Delivery.id).in_(poison), *stale, col(Delivery.message_id).is_(None))
-            .values(
-                status=DeliveryStatus.failed,
-                updated_at=now,
-                last_error=f"the worker died during each of {max_attempts} attempts; not retried",
-            )
-            .execution_options(synchronize_session=False)
-        )
+        return sorted(i for i in changed if i is not None)
+
+    settled.unknown = settle(handed_over, True, {
+        "status": DeliveryStatus.unknown,
+        "last_error": "the worker stopped during the send; it may or may not have been delivered",
+    })
+    settled.requeued = settle(never_sent, False, {
+        "status": DeliveryStatus.queued,
+        "enqueued_at": now,
+        "last_error": "the worker stopped before handing the message over; sent again",
+    })
+    settled.failed = settle(poison, False, {
+        "status": DeliveryStatus.failed,
+        "last_error": f"the worker died during each of {max_attempts} attempts; not retried",
+    })
     session.commit()
-    if never_sent:
+    if settled.requeued:
         log.warning("%d deliveries were left in `sending` by a worker that died before handing them "
-                    "to the mail server; queued again: ids %s", len(never_sent), never_sent[:20])
-    if poison:
+                    "to the mail server; queued again: ids %s", len(settled.requeued), settled.requeued[:20])
+    if settled.failed:
         log.error("%d deliveries killed their worker on each of %d attempts; marked failed: ids %s",
-                  len(poison), max_attempts, poison[:20])
-    return sorted(i for i in unknown if i is not None)
+                  len(settled.failed), max_attempts, settled.failed[:20])
+    return settled
 
 
 def stale_queued(

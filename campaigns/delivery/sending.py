@@ -66,7 +66,7 @@ class Sender:
     def __init__(
         self, *, rules: Rules, templates: TemplateStore, signer: Signer, public_url: str,
         transport: Transport, clock: Callable[[], datetime] = utcnow,
-        max_attempts: int = MAX_ATTEMPTS, verp: str = "",
+        max_attempts: int = MAX_ATTEMPTS, verp: str = "", worker: str | None = None,
     ) -> None:
         self.rules = rules
         self.templates = templates
@@ -76,11 +76,12 @@ class Sender:
         self.clock = clock
         self.max_attempts = max_attempts
         self.verp = verp  # base address for a per-delivery Return-Path; empty: the From address
+        self.worker = worker  # the heartbeat id recorded on each claim
 
     def deliver(self, session: Session, delivery_id: int) -> Outcome:
         """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry."""
         now = self.clock()
-        delivery = outbox.claim(session, delivery_id, now=now)
+        delivery = outbox.claim(session, delivery_id, now=now, worker=self.worker)
         if delivery is None:
             return Outcome.skipped
         try:

@@ -44,7 +44,6 @@ from tests.factories import add_customer
 from tests.support.redis import HOST, find_redis_server, free_port, ping
 from tests.support.smtp import SMTPSink
 from worker.daemon import Roles, start_roles
-from worker.passes import SENDING_TIMEOUT
 from worker.runtime import Runtime
 
 RETENTION = Path(sys.executable).parent / "retention"
@@ -428,11 +427,9 @@ def statuses(rt: Runtime) -> collections.Counter[str]:
 
 
 def settle_dead_workers(rt: Runtime) -> list[int]:
-    """What the next pass does once SENDING_TIMEOUT has passed with no worker alive."""
+    """What the next pass does once the sending timeout has passed: the unknown ones."""
     with DbSession(rt.engine) as session:
-        return outbox.abandon_stale_sending(
-            session, now=utcnow() + SENDING_TIMEOUT + timedelta(seconds=1), after=SENDING_TIMEOUT
-        )
+        return outbox.abandon_stale_sending(session, now=utcnow(), after=timedelta(0)).unknown
 
 
 def sweep(rt: Runtime, enqueue: Callable[[list[int]], int]) -> list[int]:

@@ -110,7 +110,7 @@ def test_database_lost_after_the_server_accepted_is_held_as_unknown_not_resent(
         pg_proxy.up()
         [row] = deliveries(rt)
         assert row.status == DeliveryStatus.sending and row.message_id == chaos_sink.received_ids()[0]
-        assert settle_dead_workers(rt) == [row.id]  # after SENDING_TIMEOUT: ambiguous, counted
+        assert settle_dead_workers(rt) == [row.id]  # after the sending timeout: ambiguous, counted
         assert sweep(rt, roles.enqueue) == []
         time.sleep(0.3)
     assert statuses(rt) == {"unknown": 1}

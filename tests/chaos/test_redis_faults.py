@@ -23,11 +23,11 @@ from tests.chaos.support import (
     wait_until,
 )
 from worker.daemon import start_roles
-from worker.passes import DEFAULT_STALE_AFTER, run_pass
+from worker.passes import run_pass
 from worker.web import create_app
 
 # A pass run this far ahead finds every message enqueued now presumed lost.
-SWEEP_TIME = DEFAULT_STALE_AFTER + timedelta(seconds=1)
+ONE_SECOND = timedelta(seconds=1)
 
 
 def assert_each_sent_once(rt, sink, count: int) -> None:
@@ -77,7 +77,7 @@ def test_redis_flushed_mid_stream_the_sweeper_re_enqueues_none_lost_none_doubled
         sent_before = wait_until(_stable_count(chaos_sink), timeout=10, what="the worker idle")
         lost = statuses(rt)["queued"]
         assert lost > 0 and sent_before + lost == 20
-        report = run_pass(rt, roles.enqueue, now=utcnow() + SWEEP_TIME)
+        report = run_pass(rt, roles.enqueue, now=utcnow() + rt.requeue_after + ONE_SECOND)
         assert len(report.swept_ids) == lost
         wait_until(lambda: statuses(rt) == {"sent": 20}, timeout=30, what=lambda: f"the rest: {statuses(rt)}")
         time.sleep(0.3)
@@ -104,7 +104,7 @@ def test_redis_down_while_the_planner_enqueues_keeps_deliveries_queued_until_it_
     redis_process.start()
     roles = start_roles(rt, workers=2)
     try:
-        report = run_pass(rt, roles.enqueue, now=utcnow() + SWEEP_TIME)
+        report = run_pass(rt, roles.enqueue, now=utcnow() + rt.requeue_after + ONE_SECOND)
         assert len(report.swept_ids) == 10
         wait_until(lambda: statuses(rt) == {"sent": 10}, timeout=30,
                    what=lambda: f"the sends: {statuses(rt)}")

@@ -35,7 +35,7 @@ from tests.chaos.support import (
     wait_until,
 )
 from worker.daemon import start_roles
-from worker.passes import SENDING_TIMEOUT, run_pass
+from worker.passes import run_pass
 from worker.web import create_app
 
 DYING_WORKER = Path(__file__).with_name("dying_worker.py")
@@ -85,10 +85,10 @@ def test_worker_killed_after_the_server_accepted_is_held_as_unknown_and_never_re
         assert row.status == DeliveryStatus.sending
         assert chaos_sink.received_ids() == [row.message_id]  # recorded before DATA
 
-        # The next pass after SENDING_TIMEOUT settles it, says so, and resends nothing.
+        # The next pass after the sending timeout settles it, says so, and resends nothing.
         processes.worker(env_for(rt))
         with caplog.at_level(logging.ERROR, logger="worker.passes"):
-            report = run_pass(rt, roles.enqueue, now=utcnow() + SENDING_TIMEOUT + timedelta(seconds=1))
+            report = run_pass(rt, roles.enqueue, now=utcnow() + rt.sending_timeout + timedelta(seconds=1))
         assert "1 deliveries were left in `sending` by a worker that died; marked `unknown`" in caplog.text
         assert report.swept_ids == [] and sweep(rt, roles.enqueue) == []
         time.sleep(0.5)  # room for a wrong resend to arrive
@@ -122,7 +122,7 @@ def test_workers_killed_at_random_moments_lose_nothing_and_send_nothing_twice(
             time.sleep(rng.uniform(0.3, 0.9))
             worker.kill()
             kills += 1
-            settle_dead_workers(rt)  # what the next pass does once SENDING_TIMEOUT has passed
+            settle_dead_workers(rt)  # what the next pass does once the sending timeout has passed
             sweep(rt, roles.enqueue)
         last = processes.worker(env_for(rt), threads=3)
         sweep(rt, roles.enqueue)
@@ -216,3 +216,41 @@ def test_delivery_that_kills_its_worker_every_time_is_failed_after_max_attempts(
 def customers_by_id(rt, ids: list[int]) -> list[Customer]:
     with Session(rt.engine) as session:
         return [c for c in (session.get(Customer, i) for i in ids) if c is not None]
+
+
+DEAD_AFTER_S = 4.0
+# Dead after DEAD_AFTER_S without a heartbeat, noticed by the scheduler's check every half of
+# it; the rest is slack for a busy machine.
+SETTLED_WITHIN_S = DEAD_AFTER_S * 1.5 + 6
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    "step", [pytest.param("accepted", id="after-hand-over"), pytest.param("rcpt", id="before-hand-over")]
+)
+def test_killed_worker_is_noticed_by_its_heartbeat_and_its_delivery_settled_without_waiting(
+    make_runtime, redis_url, chaos_sink, processes, step
+):
+    rt = make_runtime(chaos_sink.url, redis_url)
+    add_inactive(rt, 1)
+    chaos_sink.hold(step)
+    env = env_for(rt, RETENTION_WORKER_DEAD_AFTER_SECONDS=str(DEAD_AFTER_S))
+    worker = processes.worker(env)
+    scheduler = processes.retention("scheduler", env=env)  # plans, enqueues, watches heartbeats
+    assert chaos_sink.reached.wait(30), scheduler.output + worker.output
+    worker.kill()
+    killed = time.monotonic()
+    chaos_sink.resume()
+    if step == "accepted":
+        wait_until(lambda: statuses(rt) == {"unknown": 1}, timeout=SETTLED_WITHIN_S + 30,
+                   what=lambda: f"the delivery settled as unknown: {deliveries(rt)}")
+        scheduler.wait_for_line("1 deliveries were left in `sending` by a worker that died; marked `unknown`")
+    else:
+        processes.worker(env)
+        wait_until(lambda: statuses(rt) == {"sent": 1}, timeout=SETTLED_WITHIN_S + 30,
+                   what=lambda: f"the delivery queued again and sent: {deliveries(rt)}")
+    settled_after = time.monotonic() - killed
+    assert settled_after <= SETTLED_WITHIN_S, f"settled {settled_after:.1f}s after the kill"
+    [row] = deliveries(rt)
+    assert chaos_sink.received_ids() == [row.message_id]  # one copy, whichever way
+    assert row.attempts == (1 if step == "accepted" else 2)
