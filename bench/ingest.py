@@ -27,8 +27,9 @@ def ours(url: str, path: str, kind: str) -> dict[str, Any]:
     engine = make_engine(url)
     with Session(engine) as session:
         started, cpu = time.perf_counter(), time.process_time()
-        report = import_csv(session, Path(path), kind, batch_size=BATCH,  # type: ignore[arg-type]
-                            non_activity_events=frozenset({"email_opened"}))
+        with open(path, newline="", encoding="utf-8") as source:
+            report = import_csv(session, source, kind, batch_size=BATCH,  # type: ignore[arg-type]
+                                non_activity_events=frozenset({"email_opened"}))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     if report.rejected_count:
@@ -101,7 +102,8 @@ def api(url: str, customers_path: str, events_path: str) -> dict[str, Any]:
                         templates=root / "templates")
     rt = runtime_module.build(settings)
     with Session(rt.engine) as session:
-        import_csv(session, Path(customers_path), "customers", batch_size=10_000)
+        with open(customers_path, newline="", encoding="utf-8") as source:
+            import_csv(session, source, "customers", batch_size=10_000)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

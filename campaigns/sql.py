@@ -61,13 +61,21 @@ def signup_moment() -> ColumnElement[datetime]:
     return sa.func.coalesce(col(Customer.signed_up_at), col(Customer.created_at), type_=UTCDateTime())
 
 
+# Where inactivity (`days_inactive`, `lapsed`, `overdue_ratio`) is counted from, the first
+# known of: the last activity; never active yet, the signup; imported without one, the
+# first record of the customer.
+INACTIVE_SINCE = ("last_active_at", "signed_up_at", "created_at")
+
+
 def inactive_since() -> ColumnElement[datetime]:
-    """Where inactivity (`days_inactive`, `lapsed`, `overdue_ratio`) is counted from:
-    the last activity; never active yet, the signup."""
-    return sa.func.coalesce(
-        col(Customer.last_active_at), col(Customer.signed_up_at), col(Customer.created_at),
-        type_=UTCDateTime(),
-    )
+    """The INACTIVE_SINCE moment of each customer, in SQL (planner, explain, reports)."""
+    return sa.func.coalesce(*(col(getattr(Customer, name)) for name in INACTIVE_SINCE), type_=UTCDateTime())
+
+
+def inactive_since_of(customer: Customer) -> datetime | None:
+    """The same moment for one loaded customer (a template's ``customer.days_inactive``)."""
+    moments: list[datetime | None] = [getattr(customer, name) for name in INACTIVE_SINCE]
+    return next((moment for moment in moments if moment is not None), None)
 
 
 def cancel_moment() -> ColumnElement[datetime]:

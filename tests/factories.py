@@ -12,6 +12,8 @@ from sqlmodel import Session
 
 from campaigns.models import Customer, Delivery, DeliveryStatus, Event, message_id_for
 from campaigns.rules.schema import Rules, parse_rules
+from worker.broker import QUEUE
+from worker.daemon import Roles
 from worker.database import make_engine, upgrade
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday, 13:00 in Berlin
@@ -63,3 +65,11 @@ def add_sent_delivery(session: Session, *, campaign_id: str = "we-miss-you", sen
     session.commit()
     session.refresh(delivery)
     return delivery
+
+
+def drain(roles: Roles, timeout_s: float = 30.0) -> None:
+    """Return once every message on the queue, delayed retries included, has been processed:
+    the broker's join, then the worker's.  A wrong extra send would have happened by then."""
+    roles.broker.join(QUEUE, timeout=int(timeout_s * 1000))
+    if roles.worker is not None:
+        roles.worker.join()

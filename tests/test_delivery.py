@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, utcnow
 from tests.conftest import DEFAULT_RULES
-from tests.factories import add_customer
+from tests.factories import add_customer, drain
 from worker.daemon import run_once, start_roles
 from worker.passes import run_pass
 
@@ -44,7 +44,7 @@ def test_every_due_email_arrives_exactly_once_through_redis(make_runtime, redis_
         roles.enqueue(report.result.queued_ids)
         rows = wait_for_status(rt, ids, {DeliveryStatus.sent})
         run_pass(rt, roles.enqueue)  # a second pass finds nothing new
-        time.sleep(0.3)
+        drain(roles)
     finally:
         roles.stop()
     assert len(smtp_sink.messages) == 20
@@ -83,7 +83,7 @@ def test_unknown_mailbox_fails_once_and_is_suppressed(make_runtime, redis_url, s
     try:
         run_pass(rt, roles.enqueue)
         [row] = wait_for_status(rt, ids, {DeliveryStatus.bounced, DeliveryStatus.failed})
-        time.sleep(0.3)  # room for a wrong retry to show up
+        drain(roles)  # a wrong retry would have been processed by now
     finally:
         roles.stop()
     assert row.status == DeliveryStatus.bounced

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
+from campaigns.delivery.context import customer_context
 from campaigns.models import Customer, Delivery
 from campaigns.planning.explain import explain
 from campaigns.planning.planner import Planner
@@ -116,8 +117,10 @@ def test_days_inactive_shown_by_explain_and_at_risk_is_the_planners(customers):
         verdict = {v.campaign_id: v for v in explain(session, rules(RULES), customer, now=NOW)}
         session.rollback()
         report = at_risk(session, now=NOW, passive_churn_after=PASSIVE_AFTER, limit=100)
+        template = customer_context(customer, now=NOW)
     # Never active: counted from signup (10 days), not from the first record (100).
     assert "days_inactive >= 60 (is 10.0)" in verdict["inactive-60"].reason
+    assert template["days_inactive"] == 10  # what `{{ customer.days_inactive }}` prints
     shown = {r.customer_id: r.days_inactive for r in report.customers}
     assert shown["never-active-new-signup-old-record"] == pytest.approx(10.0)
     assert shown["never-active-no-signup-new-record"] == pytest.approx(10.0)

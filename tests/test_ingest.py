@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -27,8 +28,16 @@ from campaigns.ingestion.records import (
     upsert_customers,
 )
 from campaigns.models import Customer, Event
+from worker.cli.rejects import RejectsFile
 
 NO_SKIPS: frozenset[str] = frozenset()
+
+
+def import_file(session: Session, path: Path, kind: Any, *, rejects_path: Path | None = None,
+                **options: Any) -> ImportReport:
+    """As `retention import` reads a file: text with the spreadsheet BOM, rejects beside it."""
+    with path.open(newline="", encoding="utf-8-sig") as source, RejectsFile(rejects_path) as sink:
+        return import_csv(session, source, kind, on_reject=sink, **options)
 
 
 @pytest.fixture
@@ -99,7 +108,7 @@ def test_bad_rows_are_reported_by_the_line_they_start_on_and_good_rows_are_kept(
     source = write(tmp_path / "customers.csv", CUSTOMERS_WITH_PROBLEMS)
     rejects = tmp_path / "rejects.csv"
 
-    report = import_csv(session, source, "customers", rejects_path=rejects)
+    report = import_file(session, source, "customers", rejects_path=rejects)
 
     assert report.rows == 4
     assert (report.inserted, report.updated) == (2, 0)
@@ -121,7 +130,7 @@ def test_bad_rows_are_reported_by_the_line_they_start_on_and_good_rows_are_kept(
 def test_a_clean_import_leaves_no_rejects_file_behind(session: Session, tmp_path: Path) -> None:
     rejects = write(tmp_path / "rejects.csv", "id,email,error\nold,row,line 2: from last time\n")
 
-    report = import_csv(session, write(tmp_path / "c.csv", "id,email\nc1,a@example.com\n"),
+    report = import_file(session, write(tmp_path / "c.csv", "id,email\nc1,a@example.com\n"),
                         "customers", rejects_path=rejects)
 
     assert report.rejected == []
@@ -133,7 +142,7 @@ def test_extra_columns_become_attributes_without_the_empty_cells(
 ) -> None:
     source = write(tmp_path / "c.csv", "ID,Email,company,seats\nc1,a@example.com,Acme,\n")
 
-    import_csv(session, source, "customers")
+    import_file(session, source, "customers")
 
     stored = customer(session, "c1")
     assert stored.email == "a@example.com"
@@ -144,10 +153,10 @@ def test_importing_the_same_customers_twice_changes_nothing(
     session: Session, tmp_path: Path
 ) -> None:
     source = write(tmp_path / "c.csv", CUSTOMERS_WITH_PROBLEMS)
-    import_csv(session, source, "customers")
+    import_file(session, source, "customers")
     before = [c.model_dump(exclude={"updated_at"}) for c in session.exec(select(Customer))]
 
-    again = import_csv(session, source, "customers")
+    again = import_file(session, source, "customers")
 
     session.expire_all()
     after = [c.model_dump(exclude={"updated_at"}) for c in session.exec(select(Customer))]
@@ -158,10 +167,10 @@ def test_importing_the_same_customers_twice_changes_nothing(
 def test_a_file_without_a_column_keeps_what_is_stored_for_it(
     session: Session, tmp_path: Path
 ) -> None:
-    import_csv(session, write(tmp_path / "a.csv", "id,email,plan,team\nc1,a@example.com,pro,red\n"),
+    import_file(session, write(tmp_path / "a.csv", "id,email,plan,team\nc1,a@example.com,pro,red\n"),
                "customers")
 
-    import_csv(session, write(tmp_path / "b.csv", "id,email,first_name,seats\n"
+    import_file(session, write(tmp_path / "b.csv", "id,email,first_name,seats\n"
                                                   "c1,new@example.com,Zoë,5\n"), "customers")
 
     stored = customer(session, "c1")
@@ -180,7 +189,7 @@ def test_naive_signup_time_is_read_in_the_rows_own_time_zone(
         "offset,o@example.com,Europe/Berlin,2024-01-15T10:00:00-05:00\n",
     )
 
-    import_csv(session, source, "customers")
+    import_file(session, source, "customers")
 
     assert customer(session, "berlin").signed_up_at == utc(2024, 1, 15, 9)  # winter: UTC+1
     assert customer(session, "nozone").signed_up_at == utc(2024, 1, 15, 10)
@@ -193,7 +202,7 @@ def test_a_cancellation_date_without_a_status_column_cancels(
     source = write(tmp_path / "c.csv", "id,email,cancelled_at\nc1,a@example.com,2024-05-01\n"
                                        "c2,b@example.com,\n")
 
-    import_csv(session, source, "customers")
+    import_file(session, source, "customers")
 
     assert customer(session, "c1").status == "cancelled"
     assert customer(session, "c1").cancelled_at == utc(2024, 5, 1)
@@ -217,7 +226,7 @@ def test_a_file_without_the_required_columns_is_refused_before_anything_is_store
     source = write(tmp_path / "c.csv", f"{header}\nc1,a@example.com,pro,pro\n")
 
     with pytest.raises(CsvFormatError) as caught:
-        import_csv(session, source, "customers")
+        import_file(session, source, "customers")
 
     assert str(caught.value).startswith(f"{source}:1: {message}")
     assert session.exec(select(Customer)).all() == []
@@ -230,13 +239,13 @@ def test_a_file_that_is_not_utf8_is_refused_with_how_to_fix_it(
     source.write_bytes("id,email,first_name\nc1,a@example.com,Zoë\n".encode("latin-1"))
 
     with pytest.raises(CsvFormatError, match="not UTF-8 text: save the file as 'CSV UTF-8'"):
-        import_csv(session, source, "customers")
+        import_file(session, source, "customers")
 
 
 def test_a_row_with_more_cells_than_columns_is_rejected(session: Session, tmp_path: Path) -> None:
     source = write(tmp_path / "c.csv", "id,email\nc1,a@example.com,extra\nc2,b@example.com\n")
 
-    report = import_csv(session, source, "customers")
+    report = import_file(session, source, "customers")
 
     assert report.rejected == [(2, "has 3 cells but the header names 2 columns "
                                    "(a comma in a value that is not in quotes?)")]
@@ -249,7 +258,7 @@ def test_progress_is_reported_after_every_committed_batch(
     lines = "".join(f"c{n},c{n}@example.com\n" for n in range(7))
     seen: list[int] = []
 
-    report = import_csv(session, write(tmp_path / "c.csv", "id,email\n" + lines), "customers",
+    report = import_file(session, write(tmp_path / "c.csv", "id,email\n" + lines), "customers",
                         batch_size=3, on_progress=seen.append)
 
     assert seen == [3, 6, 7]
@@ -311,7 +320,7 @@ def test_event_rows_are_stored_and_unknown_customers_rejected_by_line(
                    + "c1,export,2024-03-02T10:00:00Z,,\n")
     rejects = tmp_path / "rejects.csv"
 
-    report = import_csv(session, source, "events", rejects_path=rejects)
+    report = import_file(session, source, "events", rejects_path=rejects)
 
     assert report.inserted == 2
     assert report.rejected == [
@@ -345,8 +354,8 @@ def test_an_event_file_without_ids_imported_twice_is_stored_once(
     source = write(tmp_path / "e.csv", "customer_id,event,occurred_at\n"
                    "c1,login,2024-03-01T10:00:00Z\nc1,login,2024-03-02T10:00:00Z\n")
 
-    import_csv(session, source, "events")
-    again = import_csv(session, source, "events")
+    import_file(session, source, "events")
+    again = import_file(session, source, "events")
 
     assert (again.inserted, again.duplicates) == (0, 2)
     assert customer(session, "c1").activity_count == 2

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from campaigns.delivery.rendering import TemplateStore, build_sample_context
+from campaigns.delivery.context import build_sample_context
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.locales import locale_chain
 from tests.factories import add_customer
 from worker.daemon import run_once

@@ -11,14 +11,14 @@ from typing import cast
 
 import pytest
 
+from campaigns.delivery.context import build_sample_context
 from campaigns.delivery.emails import (
     WIRE_POLICY,
     build_email,
-    format_address,
     parse_address,
     sender_domain,
 )
-from campaigns.delivery.rendering import RenderedMessage, TemplateStore, build_sample_context
+from campaigns.delivery.rendering import RenderedMessage, TemplateStore
 from campaigns.errors import PermanentDeliveryError
 
 LONG_UNSUBSCRIBE = "https://mail.acme.example/u/" + "eyJkIjo0Mn0.ZmFrZS10b2tlbi1zaWduYXR1cmU" * 3
@@ -129,10 +129,10 @@ def test_sender_domain_is_the_lowercased_address_domain() -> None:
     assert sender_domain("hello@mail.acme.example") == "mail.acme.example"
 
 
-def test_format_address_quotes_special_characters() -> None:
-    assert format_address("Acme, Inc.", "hello@acme.example") == '"Acme, Inc." <hello@acme.example>'
-    assert format_address(None, "hello@acme.example") == "hello@acme.example"
-    assert parse_address(format_address("Acme, Inc.", "h@acme.example")).display_name == "Acme, Inc."
+def test_a_quoted_display_name_keeps_its_special_characters() -> None:
+    address = parse_address('"Acme, Inc." <h@acme.example>')
+    assert (address.display_name, address.addr_spec) == ("Acme, Inc.", "h@acme.example")
+    assert str(address) == '"Acme, Inc." <h@acme.example>'
 
 
 def test_shipped_template_becomes_a_complete_email() -> None:

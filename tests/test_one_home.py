@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, col
 
-from campaigns.delivery.rendering import TemplateStore, build_sample_context
+from campaigns.delivery.context import build_sample_context
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sendwindow import next_send_time
 from campaigns.delivery.transport import Transport
 from campaigns.errors import RulesErrors, TemplateError
@@ -113,3 +114,13 @@ def test_email_and_page_templates_locate_a_failure_the_same_way(tmp_path: Path) 
     assert in_email.value.file.endswith("we_miss_you/body.txt.j2")
     assert in_page.value.file.endswith(f"pages/{ERROR}")
     assert in_email.value.line == in_page.value.line == 2
+
+
+def test_the_campaigns_map_names_each_stage_entry_point_from_its_home() -> None:
+    import importlib
+
+    import campaigns
+
+    assert campaigns.__all__ == list(campaigns._HOMES)
+    for name, home in campaigns._HOMES.items():
+        assert getattr(campaigns, name) is getattr(importlib.import_module(home), name), name

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from campaigns.delivery.rendering import (
+from campaigns.delivery.context import (
     CUSTOMER_FIELDS,
-    TemplateStore,
     build_context,
     build_sample_context,
     customer_context,
     sample_customer,
 )
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.errors import TemplateError
 from campaigns.models import Customer
 

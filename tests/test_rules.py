@@ -313,11 +313,11 @@ def test_misspelt_key_with_bracket_is_named_in_the_error() -> None:
 
 
 def test_day_count_beyond_the_calendar_fails_at_load_not_at_plan_time() -> None:
-    text = edited("{at_least: 30}", "{at_least: 99999999999}")
-    try:
-        rules = parse_rules(text)
-    except RulesErrors:
-        return
+    error = only_error(edited("{at_least: 30}", "{at_least: 99999999999}"))
+    assert (error.line, error.column) == (14, 23)
+    assert "`days_inactive` of 99999999999 days is beyond any calendar (at most 36525)" in error.message
+    # The largest count that loads also compiles: nothing is left to fail at plan time.
+    rules = parse_rules(edited("{at_least: 30}", "{at_least: 36525}"))
     condition = rules.campaign("we-miss-you").condition
     assert condition is not None
     compile_condition(condition, SqlContext(now=datetime(2026, 1, 1, tzinfo=UTC)))

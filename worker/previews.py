@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, or_, select
 
 from campaigns.addresses import parse_address
-from campaigns.delivery.rendering import sample_customer
+from campaigns.delivery.context import sample_customer
 from campaigns.delivery.sending import Sender
 from campaigns.errors import RetentionError
 from campaigns.models import Customer, Delivery

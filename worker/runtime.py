@@ -18,7 +18,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from campaigns.delivery.rendering import TemplateStore, build_context, sample_customer
+from campaigns.delivery.context import build_context, sample_customer
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sending import Sender
 from campaigns.delivery.tokens import Signer
 from campaigns.errors import RulesError, RulesErrors, SourceError

@@ -16,7 +16,6 @@ import email.policy
 import email.utils
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
 
 from campaigns.addresses import parse_address
@@ -34,11 +33,6 @@ _RESERVED_HEADERS = frozenset(
         "List-Unsubscribe-Post", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
     )
 )
-
-
-def format_address(name: str | None, address: str) -> str:
-    """``Name <address>`` with quoting as needed (non-ASCII is encoded on serialization)."""
-    return str(Address(display_name=name or "", addr_spec=address))
 
 
 def sender_domain(sender: str) -> str:

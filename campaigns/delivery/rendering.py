@@ -21,7 +21,6 @@ import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,10 @@ from jinja2.runtime import StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.utils import missing
 
+from campaigns.delivery.context import build_sample_context
 from campaigns.delivery.template_errors import template_location
 from campaigns.errors import TemplateError
 from campaigns.locales import LOCALE_TAG, locale_chain, normalize
-from campaigns.models import Customer
 
 SUBJECT = "subject.j2"
 TEXT_BODY = "body.txt.j2"
@@ -48,27 +47,6 @@ TEMPLATE_FILES = (SUBJECT, TEXT_BODY, HTML_BODY)
 # inlined and stay in a <style> block for the clients that honour it.
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 _STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
-
-# The keys of the ``customer`` dict; sample_customer and customer_context both
-# produce exactly these, so `retention check` catches a misspelling that a
-# real send would hit.
-CUSTOMER_FIELDS = (
-    "id",
-    "email",
-    "first_name",
-    "last_name",
-    "plan",
-    "status",
-    "locale",
-    "timezone",
-    "signed_up_at",
-    "cancelled_at",
-    "last_active_at",
-    "days_inactive",
-    "activity_count",
-    "cadence_days",
-    "attributes",
-)
 
 _PART_NAMES = {TEXT_BODY: "text", HTML_BODY: "HTML"}
 _REQUIREMENT_REASONS = {
@@ -469,93 +447,3 @@ def _valid_name(name: str) -> bool:
 
 def _prepare(context: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _Record(value, key) if isinstance(value, dict) else value for key, value in context.items()}
-
-
-def build_context(
-    *,
-    customer: dict[str, Any],
-    campaign: dict[str, Any],
-    unsubscribe_url: str,
-    survey_url: str | None,
-    track: Callable[[str], str],
-) -> dict[str, Any]:
-    """The variables a template sees.  ``survey_url`` only exists for survey
-    campaigns, so a survey template attached to another campaign fails loudly."""
-    context: dict[str, Any] = {
-        "customer": customer,
-        "campaign": campaign,
-        "unsubscribe_url": unsubscribe_url,
-        "track": track,
-    }
-    if survey_url is not None:
-        context["survey_url"] = survey_url
-    return context
-
-
-def customer_context(customer: Customer, *, now: datetime) -> dict[str, Any]:
-    """A customer row as template data (the external id is ``id``)."""
-    last_active = customer.last_active_at
-    return {
-        "id": customer.external_id,
-        "email": customer.email,
-        "first_name": customer.first_name,
-        "last_name": customer.last_name,
-        "plan": customer.plan,
-        "status": customer.status,
-        "locale": customer.locale,
-        "timezone": customer.timezone,
-        "signed_up_at": customer.signed_up_at,
-        "cancelled_at": customer.cancelled_at,
-        "last_active_at": last_active,
-        "days_inactive": (now - last_active).days if last_active is not None else None,
-        "activity_count": customer.activity_count,
-        "cadence_days": customer.cadence_days,
-        "attributes": dict(customer.attributes or {}),
-    }
-
-
-def sample_customer(**overrides: Any) -> dict[str, Any]:
-    """A plausible customer for `retention check` and previews."""
-    customer: dict[str, Any] = {
-        "id": "cus_1042",
-        "email": "ada@example.com",
-        "first_name": "Ada",
-        "last_name": "Lovelace",
-        "plan": "pro",
-        "status": "active",
-        "locale": "en",
-        "timezone": "Europe/Berlin",
-        "signed_up_at": datetime(2023, 3, 14, 9, 30, tzinfo=UTC),
-        "cancelled_at": None,
-        "last_active_at": datetime(2024, 5, 2, 16, 5, tzinfo=UTC),
-        "days_inactive": 34,
-        "activity_count": 57,
-        "cadence_days": 6.5,
-        "attributes": {},
-    }
-    unknown = set(overrides) - set(CUSTOMER_FIELDS)
-    if unknown:
-        raise ValueError(
-            f"unknown customer field(s) {', '.join(sorted(unknown))}: "
-            f"use one of {', '.join(CUSTOMER_FIELDS)} (extra columns go in attributes)"
-        )
-    customer.update(overrides)
-    return customer
-
-
-def build_sample_context(
-    *,
-    template: str,
-    customer: dict[str, Any] | None = None,
-    campaign: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The context `check` and `preview` render with; ``survey_url`` is always present."""
-    return build_context(
-        customer=customer if customer is not None else sample_customer(),
-        campaign=campaign
-        if campaign is not None
-        else {"id": "preview", "template": template, "survey": None},
-        unsubscribe_url="https://retention.invalid/u/sample-token",
-        survey_url="https://retention.invalid/s/sample-token",
-        track=lambda url: url,
-    )

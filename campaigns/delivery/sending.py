@@ -16,9 +16,10 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from campaigns.delivery import outbox
+import campaigns.delivery.outbox as outbox
+from campaigns.delivery.context import build_context, customer_context
 from campaigns.delivery.emails import build_email, sender_domain
-from campaigns.delivery.rendering import TemplateStore, build_context, customer_context
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sendwindow import next_send_time, waiting_note
 from campaigns.delivery.tokens import Signer, links
 from campaigns.delivery.transport import Transport

@@ -250,8 +250,3 @@ def cancel_customers(
         [{"b_id": customer_id, "b_at": when} for customer_id, when in sorted(cancelled_at.items())],
     )
 
-
-def cancel(session: Session, customer_id: int, at: datetime) -> None:
-    """Mark one customer (Customer.id) cancelled at ``at``."""
-    cancel_customers(session, {customer_id: at})
-

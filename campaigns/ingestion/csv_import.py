@@ -9,10 +9,9 @@ from __future__ import annotations
 import csv
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, Literal
 
 from pydantic import ValidationError
@@ -67,47 +66,11 @@ class ImportReport:
             self.rejected.append((line, message))
 
 
-class _Rejects:
-    """The rejects CSV: the original columns plus ``error``, opened at the first rejected row.
-
-    A clean import leaves no rejects file behind, and removes one an earlier import left at
-    the same path, so the file never describes the wrong run.
-    """
-
-    def __init__(self, path: Path | None, header: list[str]) -> None:
-        self._path = path
-        self._header = header
-        self._handle: IO[str] | None = None
-        self._writer: Any = None
-
-    def write(self, cells: list[str], message: str) -> None:
-        if self._path is None:
-            return
-        if self._handle is None:
-            self._handle = self._path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._handle)
-            self._writer.writerow([*self._header, "error"])
-        padded = cells + [""] * (len(self._header) - len(cells))
-        self._writer.writerow([*padded, message])
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-        elif self._path is not None and self._path.exists():
-            log.info("no rows rejected: removing %s from an earlier import", self._path)
-            self._path.unlink()
+# Where a rejected row goes: (the file's header, the row's cells, "line N: what is wrong").
+RejectSink = Callable[[Sequence[str], Sequence[str], str], None]
 
 
-@contextmanager
-def _rejects_file(path: Path | None, header: list[str]) -> Iterator[_Rejects]:
-    rejects = _Rejects(path, header)
-    try:
-        yield rejects
-    finally:
-        rejects.close()
-
-
-def _column_names(header: list[str], kind: ImportKind, path: Path, line: int) -> list[str]:
+def _column_names(header: list[str], kind: ImportKind, path: str, line: int) -> list[str]:
     required, optional = _COLUMNS[kind]
     known = {name: name for name in (*required, *optional)}
     names: list[str] = []
@@ -131,75 +94,79 @@ def _column_names(header: list[str], kind: ImportKind, path: Path, line: int) ->
 
 def import_csv(
     session: Session,
-    path: Path | str,
+    source: IO[str],
     kind: ImportKind,
     *,
+    name: str | None = None,
     batch_size: int = 1000,
     non_activity_events: frozenset[str] = frozenset(),
     on_progress: Callable[[int], None] | None = None,
-    rejects_path: Path | None = None,
+    on_reject: RejectSink | None = None,
 ) -> ImportReport:
     """Import a customers or events CSV: good rows are kept, bad rows reported by line.
 
     Streams the file and commits every ``batch_size`` rows, so memory stays flat and an
     interrupted import keeps what it committed (re-running it is harmless).  Empty cells are
     absent values.  ``on_progress`` receives the number of rows read so far after each batch.
-    Rejected rows go to ``rejects_path`` (their original cells plus an ``error`` column) when
-    there are any.  Raises CsvFormatError when the file as a whole is unusable.
+    ``source`` is text opened with ``newline=""`` (``encoding="utf-8-sig"`` for files from
+    spreadsheets); errors name it by ``name``, else its ``name`` attribute.  Each rejected
+    row also goes to ``on_reject``.  Raises CsvFormatError when the file as a whole is unusable.
     """
     if kind not in _COLUMNS:
         raise ValueError(f"kind must be 'customers' or 'events', not {kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    path = Path(path)
-    if rejects_path is not None and rejects_path.resolve() == path.resolve():
-        raise ValueError(f"the rejects file must not be the imported file itself ({path})")
+    path = name if name is not None else str(getattr(source, "name", "<csv>"))
     report = ImportReport(kind=kind)
     model: type[CustomerIn] | type[EventIn] = CustomerIn if kind == "customers" else EventIn
 
-    with path.open(newline="", encoding="utf-8-sig") as handle, _fewer_gc_pauses():
-        reader = csv.reader(handle)
+    with _fewer_gc_pauses():
+        reader = csv.reader(source)
         header, header_line = _read_header(reader, path)
         columns = _column_names(header, kind, path, header_line)
-        with _rejects_file(rejects_path, header) as rejects:
-            batch: list[tuple[int, list[str], Any]] = []
-            read_since_flush = 0
 
-            def flush() -> None:
-                nonlocal batch, read_since_flush
-                if batch:
-                    try:
-                        _write_batch(session, kind, batch, report, rejects, non_activity_events)
-                        session.commit()
-                    except Exception:
-                        session.rollback()  # earlier batches stay committed
-                        raise
-                if read_since_flush and on_progress is not None:
-                    on_progress(report.rows)
-                batch, read_since_flush = [], 0
+        def rejects(cells: list[str], message: str) -> None:
+            if on_reject is not None:
+                on_reject(header, cells, message)
 
-            while True:
-                line = reader.line_num + 1  # where the next record starts
+        batch: list[tuple[int, list[str], Any]] = []
+        read_since_flush = 0
+
+        def flush() -> None:
+            nonlocal batch, read_since_flush
+            if batch:
                 try:
-                    cells = next(reader)
-                except StopIteration:
-                    break
-                except (csv.Error, UnicodeDecodeError) as exc:
-                    flush()
-                    raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
-                if not any(cell.strip() for cell in cells):
-                    continue  # blank line
-                report.rows += 1
-                read_since_flush += 1
-                outcome = _parse_row(model, columns, cells)
-                if isinstance(outcome, str):
-                    report.reject(line, outcome)
-                    rejects.write(cells, f"line {line}: {outcome}")
-                else:
-                    batch.append((line, cells, outcome))
-                if read_since_flush >= batch_size:
-                    flush()
-            flush()
+                    _write_batch(session, kind, batch, report, rejects, non_activity_events)
+                    session.commit()
+                except Exception:
+                    session.rollback()  # earlier batches stay committed
+                    raise
+            if read_since_flush and on_progress is not None:
+                on_progress(report.rows)
+            batch, read_since_flush = [], 0
+
+        while True:
+            line = reader.line_num + 1  # where the next record starts
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError) as exc:
+                flush()
+                raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
+            if not any(cell.strip() for cell in cells):
+                continue  # blank line
+            report.rows += 1
+            read_since_flush += 1
+            outcome = _parse_row(model, columns, cells)
+            if isinstance(outcome, str):
+                report.reject(line, outcome)
+                rejects(cells, f"line {line}: {outcome}")
+            else:
+                batch.append((line, cells, outcome))
+            if read_since_flush >= batch_size:
+                flush()
+        flush()
     report.rejected.sort()
     log.info(
         "imported %s from %s: %d rows, %d inserted, %d updated, %d duplicates, %d rejected",
@@ -224,7 +191,7 @@ def _fewer_gc_pauses() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
-def _read_header(reader: Any, path: Path) -> tuple[list[str], int]:
+def _read_header(reader: Any, path: str) -> tuple[list[str], int]:
     try:
         for cells in reader:
             if any(cell.strip() for cell in cells):
@@ -262,7 +229,7 @@ def _write_batch(
     kind: ImportKind,
     batch: list[tuple[int, list[str], Any]],
     report: ImportReport,
-    rejects: _Rejects,
+    rejects: Callable[[list[str], str], None],
     non_activity_events: frozenset[str],
 ) -> None:
     records = [record for _, _, record in batch]
@@ -279,4 +246,4 @@ def _write_batch(
     for index, message in recorded.errors:
         line, cells, _ = batch[index]
         report.reject(line, message)
-        rejects.write(cells, f"line {line}: {message}")
+        rejects(cells, f"line {line}: {message}")

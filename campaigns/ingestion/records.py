@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
@@ -112,15 +112,7 @@ class CustomerIn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _extra_fields_are_attributes(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        extra = {k: v for k, v in data.items() if k not in _CUSTOMER_KEYS}
-        if not extra:
-            return data
-        cleaned = {k: v for k, v in data.items() if k in _CUSTOMER_KEYS}
-        attributes = cleaned.get("attributes")
-        cleaned["attributes"] = {**attributes, **extra} if isinstance(attributes, Mapping) else extra
-        return cleaned
+        return _fold_extra(data, _CUSTOMER_KEYS, "attributes")
 
     @field_validator("external_id", mode="before")
     @classmethod
@@ -197,17 +189,7 @@ class EventIn(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _extra_fields_are_properties(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        extra = {k: v for k, v in data.items() if k not in _EVENT_KEYS}
-        if not extra:
-            return data
-        cleaned = {k: v for k, v in data.items() if k in _EVENT_KEYS}
-        properties = cleaned.get("properties")
-        if isinstance(properties, str):
-            properties = _json_object(properties)
-        cleaned["properties"] = {**properties, **extra} if isinstance(properties, Mapping) else extra
-        return cleaned
+        return _fold_extra(data, _EVENT_KEYS, "properties", parse=_json_object)
 
     @field_validator("customer_id", "client_id", mode="before")
     @classmethod
@@ -226,6 +208,24 @@ class EventIn(BaseModel):
 
 
 # Keys a record may carry by name or alias; anything else is an attribute / a property.
+def _fold_extra(
+    data: Any, known: frozenset[str], into: str, parse: Callable[[str], Any] | None = None
+) -> Any:
+    """A record whose unknown keys went into its ``into`` mapping (attributes, properties);
+    ``parse`` reads that mapping when it came as text (a CSV cell)."""
+    if not isinstance(data, Mapping):
+        return data
+    extra = {k: v for k, v in data.items() if k not in known}
+    if not extra:
+        return data
+    cleaned = {k: v for k, v in data.items() if k in known}
+    inner = cleaned.get(into)
+    if parse is not None and isinstance(inner, str):
+        inner = parse(inner)
+    cleaned[into] = {**inner, **extra} if isinstance(inner, Mapping) else extra
+    return cleaned
+
+
 _CUSTOMER_KEYS = frozenset({"id", *CustomerIn.model_fields})
 _EVENT_KEYS = frozenset({"id", *EventIn.model_fields})
 

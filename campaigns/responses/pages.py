@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_pages"
 
-BASE = "base.html.j2"
 UNSUBSCRIBE_CONFIRM = "unsubscribe_confirm.html.j2"
 UNSUBSCRIBED = "unsubscribed.html.j2"
 SURVEY = "survey.html.j2"

@@ -44,7 +44,6 @@ MAX_DAYS = 36_525  # a century: larger day counts overflow date arithmetic
 COMPUTED_FIELDS = (*DAY_FIELDS, "overdue_ratio", "lapsed")
 EVENT_KEYS = ("event", "no_event")
 GROUP_KEYS = ("all", "any", "not")
-NOT_SUPPORTED_YET: dict[str, str] = {}
 OPERATORS = ("in", "not_in", "at_least", "at_most", "between", "before", "after", "exists")
 _ATTRIBUTE = re.compile(r"^attributes\.([A-Za-z0-9_-]+)$")
 
@@ -118,8 +117,6 @@ def _parse_entry(key: str, value: Any, path: Path) -> Condition:
         return _parse_event(key, value, path)
     if key == "answer":
         return _parse_answer(value, path)
-    if key in NOT_SUPPORTED_YET:
-        raise ConditionError(f"`{key}` is not supported yet ({NOT_SUPPORTED_YET[key]})", path)
     if key in CUSTOMER_FIELDS or key in COMPUTED_FIELDS or _ATTRIBUTE.match(key):
         return _parse_field(key, value, path)
     from difflib import get_close_matches

@@ -59,9 +59,6 @@ def _percent(value: Any) -> float:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
-# Keys of the design that this version refuses rather than silently ignores.
-NOT_SUPPORTED_YET: dict[str, str] = {}
-
 
 def _send_rate(value: Any) -> Any:
     """``20/s`` → (20, 1000 ms); also /m and /h."""
@@ -480,8 +477,6 @@ def _humane(error: Any, path: tuple[str | int, ...]) -> str:
         return str(error["msg"]).removeprefix("Value error, ")
     if kind == "extra_forbidden":
         key = str(path[-1])
-        if key in NOT_SUPPORTED_YET:
-            return f"`{key}` is not supported yet ({NOT_SUPPORTED_YET[key]}); remove it for now"
         known = _known_keys(path[:-1])
         hint = get_close_matches(key, known, n=1)
         suggestion = f" (did you mean `{hint[0]}`?)" if hint else ""

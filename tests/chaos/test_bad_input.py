@@ -253,7 +253,8 @@ def test_runaway_template_is_refused_quickly(tmp_path, payload):
     (tmp_path / "t" / "body.txt.j2").write_text(payload + "{{ unsubscribe_url }}")
     script = textwrap.dedent(f"""
         from campaigns.errors import TemplateError
-        from campaigns.delivery.rendering import TemplateStore, build_sample_context
+        from campaigns.delivery.context import build_sample_context
+        from campaigns.delivery.rendering import TemplateStore
         try:
             TemplateStore({str(tmp_path)!r}).render("t", build_sample_context(template="t"))
         except TemplateError:

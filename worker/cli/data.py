@@ -32,11 +32,14 @@ def _import(kind: Literal["customers", "events"], file: Path, rejects: Path | No
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from campaigns.ingestion.csv_import import import_csv
+    from worker.cli.rejects import RejectsFile
 
     rt = build_runtime(last_good="use")  # data keeps flowing in during a bad rules.yaml edit
     if not file.is_file():
         fail(f"{file}: no such file")
     rejects = rejects or file.with_name(file.stem + ".rejects.csv")
+    if rejects.resolve() == file.resolve():
+        fail(f"--rejects {rejects}: that is the imported file itself; choose another path")
     total = max(sum(1 for _ in file.open("rb")) - 1, 0)
     with Progress(
         TextColumn("{task.description}"),
@@ -54,15 +57,19 @@ def _import(kind: Literal["customers", "events"], file: Path, rejects: Path | No
             elapsed = (datetime.now(UTC) - started).total_seconds() or 1e-9
             progress.update(task, completed=rows, rate=f"{rows / elapsed:,.0f}")
 
-        with Session(rt.engine) as session, user_errors():
+        with (
+            Session(rt.engine) as session, user_errors(),
+            file.open(newline="", encoding="utf-8-sig") as source, RejectsFile(rejects) as sink,
+        ):
             report = import_csv(
                 session,
-                file,
+                source,
                 kind,
+                name=str(file),
                 non_activity_events=frozenset(rt.rules.defaults.non_activity_events),
                 on_progress=on_progress,
                 batch_size=10_000,  # bigger batches: +30% events/s, memory still flat
-                rejects_path=rejects,
+                on_reject=sink,
             )
         progress.update(task, completed=report.rows, total=report.rows)
     for line, message in report.rejected:
