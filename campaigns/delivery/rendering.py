@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,16 @@ from typing import Any
 import css_inline
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import StrictUndefined, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
-from jinja2.utils import missing
 
 from campaigns.delivery.context import build_sample_context
+from campaigns.delivery.sandbox import (
+    RENDER_BUDGET,
+    LocatingUndefined,
+    Sandbox,
+    finalize,
+    prepare,
+    render_budget,
+)
 from campaigns.delivery.template_errors import template_location
 from campaigns.errors import TemplateError
 from campaigns.locales import LOCALE_TAG, locale_chain, normalize
@@ -62,119 +66,6 @@ class RenderedMessage:
     html: str | None
 
 
-class _Record(dict[str, Any]):
-    """A dict that knows its path in the context ("customer.attributes").
-
-    Only the error message uses the label; templates see an ordinary dict and
-    the sandbox hides underscore attributes from them.
-    """
-
-    __slots__ = ("_label",)
-
-    def __init__(self, data: Mapping[str, Any], label: str) -> None:
-        super().__init__(
-            (key, _Record(value, f"{label}.{key}") if isinstance(value, dict) else value)
-            for key, value in data.items()
-        )
-        self._label = label
-
-
-class _Undefined(StrictUndefined):
-    """StrictUndefined whose message names the variable and what was available."""
-
-    __slots__ = ()
-
-    def __init__(
-        self,
-        hint: str | None = None,
-        obj: Any = missing,
-        name: str | None = None,
-        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
-    ) -> None:
-        if isinstance(obj, Undefined):
-            # Something looked up on an undefined (``(x|attr('__class__')).__mro__``):
-            # report the first failure, e.g. the sandbox refusal, not a
-            # confusing "'Undefined object' has no attribute".
-            hint, name, exc = obj._undefined_hint, obj._undefined_name, obj._undefined_exception
-            obj = obj._undefined_obj
-        super().__init__(hint, obj, name, exc)
-
-    @property
-    def _undefined_message(self) -> str:
-        if self._undefined_hint:
-            return self._undefined_hint
-        obj, name = self._undefined_obj, self._undefined_name
-        if obj is missing:
-            return f"undefined name {name!r}"
-        if isinstance(obj, _Record):
-            available = ", ".join(sorted(map(str, obj))) or "nothing (it is empty)"
-            message = f"{obj._label!r} has no attribute {name!r} — available: {available}"
-            if obj._label.endswith("attributes"):
-                message += (
-                    f"; for a value only some customers have, write "
-                    f"`{{% if {obj._label}.{name} is defined %}}`"
-                )
-            return message
-        return str(super()._undefined_message)
-
-
-# What one render may build: loop steps over range() and the size of what `*` repeats.
-# Real emails need a few hundred; a runaway edit must fail fast, not hang a worker.
-RENDER_BUDGET = 100_000
-_budget: ContextVar[list[int] | None] = ContextVar("render_budget", default=None)
-
-
-def _spend(amount: int) -> None:
-    budget = _budget.get()
-    if budget is None:
-        return
-    budget[0] -= amount
-    if budget[0] < 0:
-        raise SecurityError(f"the template does too much work (over {RENDER_BUDGET} loop steps in one "
-                            "render): loop over the data you need, not over large ranges")
-
-
-def _budgeted_range(*args: int) -> range:
-    steps = safe_range(*args)
-    _spend(len(steps))
-    return steps
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.globals["range"] = _budgeted_range
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
-            raise SecurityError(f"exponent {right!r} is too large for a template")
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
-                    if len(sequence) * times > RENDER_BUDGET:
-                        raise SecurityError(f"`*` would build {len(sequence) * times} items: at most "
-                                            f"{RENDER_BUDGET} in a template")
-                    _spend(max(0, len(sequence) * times))
-        return super().call_binop(context, operator, left, right)
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
-        owner = obj._label if isinstance(obj, _Record) else f"a {type(obj).__name__} value"
-        return self.undefined(
-            f"{attribute!r} of {owner} is off limits: templates may read data, "
-            "not change it or reach Python internals",
-            name=attribute,
-            obj=obj,
-            exc=SecurityError,
-        )
-
-
-def _finalize(value: Any) -> Any:
-    # A missing first name should print as nothing, not as "None".
-    return "" if value is None else value
-
-
 def _one_line(text: str) -> str:
     # Collapsing all whitespace also removes CR/LF: no header injection.
     return " ".join(text.split())
@@ -200,12 +91,12 @@ class TemplateStore:
         self._html_env = self._environment(autoescape=True)
         self._text_env = self._environment(autoescape=False)
 
-    def _environment(self, *, autoescape: bool) -> _Sandbox:
-        return _Sandbox(
+    def _environment(self, *, autoescape: bool) -> Sandbox:
+        return Sandbox(
             loader=jinja2.FileSystemLoader(str(self._root_abs)),
-            undefined=_Undefined,
+            undefined=LocatingUndefined,
             autoescape=autoescape,
-            finalize=_finalize,
+            finalize=finalize,
             trim_blocks=True,
             lstrip_blocks=True,
             auto_reload=True,  # marketing edits reach a running daemon
@@ -231,7 +122,7 @@ class TemplateStore:
                 file=self._display(name),
             )
         files = self.resolve(name, locale)
-        return self._render_resolved(files, _prepare(context))
+        return self._render_resolved(files, prepare(context))
 
     def locales(self, name: str) -> list[str]:
         """The locale folders of one template, as named on disk."""
@@ -328,7 +219,7 @@ class TemplateStore:
         # Sentinels in place of the required links: if one never reaches the
         # output, that part of the email lacks the link.
         sentinels = {key: f"https://sentinel.invalid/{key}/f3a9c1" for key in required_names}
-        prepared = _prepare({**sample_context, **sentinels})
+        prepared = prepare({**sample_context, **sentinels})
         outputs: dict[str, str] = {}
         for file, path in parsed.items():
             try:
@@ -381,7 +272,7 @@ class TemplateStore:
 
     def _render_file(self, path: str, context: Mapping[str, Any]) -> str:
         """Render one file, ``path`` relative to the templates root (``NAME/zh-CN/subject.j2``)."""
-        token = _budget.set([RENDER_BUDGET])
+        token = render_budget.set([RENDER_BUDGET])
         try:
             return self._env_for(path).get_template(path).render(context)
         except Exception as exc:
@@ -394,9 +285,9 @@ class TemplateStore:
                 )
             raise error from exc
         finally:
-            _budget.reset(token)
+            render_budget.reset(token)
 
-    def _env_for(self, path: str) -> _Sandbox:
+    def _env_for(self, path: str) -> Sandbox:
         # Shared files at the root (layouts, partials) count as HTML unless named .txt.j2.
         if path.rpartition("/")[2] == SUBJECT or path.endswith(".txt.j2"):
             return self._text_env
@@ -443,7 +334,3 @@ def _display_path(path: Path) -> str:
 
 def _valid_name(name: str) -> bool:
     return bool(name) and name[0] not in "._" and "/" not in name and "\\" not in name
-
-
-def _prepare(context: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _Record(value, key) if isinstance(value, dict) else value for key, value in context.items()}

@@ -1,12 +1,5 @@
-"""SMTP delivery: pooled connections, replies sorted into retry / bounce / misconfiguration.
-
-Every transport answers ``send(message) -> str`` with a short reply worth
-recording on the delivery, and sorts failures into the two outcomes the
-worker acts on: ``TransientDeliveryError`` (retry later) and
-``PermanentDeliveryError`` (record a bounce, never retry).  A broken
-deployment (bad URL, rejected credentials, untrusted certificate) raises
-``ConfigurationError`` instead, so no delivery is blamed for it.
-"""
+"""SMTP delivery: pooled connections, replies sorted into retry / bounce / misconfiguration
+as every transport sorts them (see ``worker.mail``)."""
 
 from __future__ import annotations
 
