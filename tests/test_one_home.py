@@ -7,6 +7,7 @@ test_inactivity_reference.py and test_addresses.py.)
 from __future__ import annotations
 
 import inspect
+import re
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -124,3 +125,16 @@ def test_the_campaigns_map_names_each_stage_entry_point_from_its_home() -> None:
     assert campaigns.__all__ == list(campaigns._HOMES)
     for name, home in campaigns._HOMES.items():
         assert getattr(campaigns, name) is getattr(importlib.import_module(home), name), name
+
+
+def test_the_dialect_insert_switch_is_written_only_in_campaigns_sql() -> None:
+    # New upserts keep appearing; each must ask campaigns.sql.dialect_insert, not pick a dialect.
+    switch = re.compile(r"\b(postgresql|sqlite)\.insert\b")
+    copies = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in [*ROOT.glob("campaigns/**/*.py"), *ROOT.glob("worker/**/*.py")]
+        if path != ROOT / "campaigns" / "sql.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if switch.search(line)
+    ]
+    assert copies == []

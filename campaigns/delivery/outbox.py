@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -25,7 +24,7 @@ from campaigns.models import (
     WorkerHeartbeat,
 )
 from campaigns.responses.notify import notify
-from campaigns.sql import chunks
+from campaigns.sql import chunks, dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +162,7 @@ def suppress(session: Session, email: str, reason: str, *, now: datetime, commit
     leaves the transaction open for a caller that writes more in the same one.
     """
     address = email.strip().lower()
-    dialect = session.get_bind().dialect.name
-    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Suppression)
+    insert = dialect_insert(session, Suppression)
     added = session.execute(
         insert.values(email=address, reason=reason[:255], created_at=now)
         .on_conflict_do_nothing(index_elements=["email"])
@@ -358,7 +356,6 @@ def paused_reason(session: Session, campaign_id: str) -> str | None:
 
 def _ensure_state(session: Session, campaign_id: str) -> None:
     # ON CONFLICT rather than commit-or-rollback: the caller's transaction stays whole.
-    dialect = session.get_bind().dialect.name
-    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(CampaignState)
+    insert = dialect_insert(session, CampaignState)
     session.execute(insert.values(campaign_id=campaign_id, policy_failures=0)
                     .on_conflict_do_nothing(index_elements=["campaign_id"]))

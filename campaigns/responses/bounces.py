@@ -23,10 +23,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -42,6 +40,7 @@ from campaigns.models import (
     InteractionKind,
 )
 from campaigns.responses.notify import notify
+from campaigns.sql import dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +189,7 @@ def report_key(source: str, report_id: str, email: str) -> str:
 def _store(session: Session, report: BounceReport, *, email: str, delivery_id: int | None,
            campaign_id: str | None, occurred: datetime, now: datetime) -> bool:
     """Insert the report's row; False when its key is there already (a repeat)."""
-    dialect = session.get_bind().dialect.name
-    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Bounce)
+    insert = dialect_insert(session, Bounce)
     inserted = session.execute(
         insert.values(key=report.key[:KEY_MAX], source=report.source, kind=report.kind, email=email[:320],
                       delivery_id=delivery_id, campaign_id=campaign_id, reason=report.reason[:1000] or None,
