@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 from worker.database import alembic_config, make_engine, upgrade
@@ -90,7 +91,8 @@ def test_processes_starting_together_upgrade_one_after_another(postgres_url) -> 
     engine = make_engine(postgres_url)
     try:
         with engine.connect() as connection:
-            assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0001"
+            head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+            assert connection.scalar(sa.text("SELECT version_num FROM alembic_version")) == head
             differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
         assert differences == []
     finally:

@@ -6,8 +6,6 @@ Create Date: 2026-12-01
 """
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
-import campaigns.models
 
 
 revision = '0002'
@@ -19,15 +17,15 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('bounce',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('email', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('source', sa.String(length=20), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('email', sa.String(length=320), nullable=False),
     sa.Column('delivery_id', sa.Integer(), nullable=True),
-    sa.Column('campaign_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
-    sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
-    sa.Column('occurred_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('created_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('campaign_id', sa.String(length=100), nullable=True),
+    sa.Column('reason', sa.String(length=1000), nullable=True),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['delivery_id'], ['delivery.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key')
@@ -39,7 +37,7 @@ def upgrade() -> None:
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_delivery_message_id'), ['message_id'], unique=False)
     with op.batch_alter_table('campaign_state', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('approved_at', campaigns.models.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('approved_at', sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
