@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaigns.ingestion import bulk
+import campaigns.ingestion.bulk as bulk
 from campaigns.models import Customer, CustomerStatus, Event
 from campaigns.sql import chunks
 

@@ -28,8 +28,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+import campaigns.ingestion.bulk as bulk
 from campaigns.addresses import is_mailbox
-from campaigns.ingestion import bulk
 from campaigns.ingestion.activity import apply_activity, cancel_customers, later_of
 from campaigns.models import Customer, CustomerStatus, Event
 from campaigns.sql import chunks, dialect_insert

@@ -6,8 +6,6 @@ Create Date: 2026-12-01
 """
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
-import campaigns.models
 
 
 revision = '0003'
@@ -19,14 +17,14 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('webhook_event',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('key', sa.String(length=200), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
     sa.Column('customer_id', sa.Integer(), nullable=True),
     sa.Column('delivery_id', sa.Integer(), nullable=True),
-    sa.Column('campaign_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+    sa.Column('campaign_id', sa.String(length=100), nullable=True),
     sa.Column('data', sa.JSON(), nullable=False),
-    sa.Column('occurred_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('dispatched_at', campaigns.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['customer_id'], ['customer.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key')
@@ -35,15 +33,15 @@ def upgrade() -> None:
     op.create_table('webhook_message',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('event_id', sa.Integer(), nullable=False),
-    sa.Column('url', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
-    sa.Column('body', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('url', sa.String(length=1000), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('body', sa.String(), nullable=False),
+    sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
-    sa.Column('created_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('delivered_at', campaigns.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.String(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['event_id'], ['webhook_event.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('event_id', 'url', name='uq_webhook_message')
@@ -52,9 +50,9 @@ def upgrade() -> None:
     op.create_table('webhook_attempt',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id', sa.Integer(), nullable=False),
-    sa.Column('attempted_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('attempted_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('status_code', sa.Integer(), nullable=True),
-    sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('error', sa.String(), nullable=True),
     sa.Column('duration_ms', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['message_id'], ['webhook_message.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
