@@ -6,8 +6,6 @@ Create Date: 2026-12-01
 """
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
-import campaigns.models
 
 
 revision = '0004'
@@ -18,13 +16,13 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table('worker_heartbeat',
-    sa.Column('worker_id', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-    sa.Column('started_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('beat_at', campaigns.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('worker_id', sa.String(length=100), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('beat_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('worker_id')
     )
     with op.batch_alter_table('delivery') as batch_op:
-        batch_op.add_column(sa.Column('claimed_by', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True))
+        batch_op.add_column(sa.Column('claimed_by', sa.String(length=100), nullable=True))
 
 
 def downgrade() -> None:
