@@ -106,7 +106,8 @@ RULES_MISTAKES = [
     pytest.param('"0 10 * * TUE"', '"0 25 * * TUE"', 5,
                  "invalid cron expression '0 25 * * TUE'", id="bad-cron"),
     pytest.param("    template: check_in", "    template: check_inn", 5,
-                 "unknown template 'check_inn' (templates in", id="unknown-template"),
+                 "unknown template 'check_inn' (did you mean 'check_in'? templates in",
+                 id="unknown-template"),
 ]
 
 

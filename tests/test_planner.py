@@ -185,7 +185,7 @@ def test_frequency_cap_counts_every_campaign_and_priority_picks_the_winner(engin
 
 
 def test_holdout_is_deterministic_and_recorded_but_not_queued(engine):
-    text = MISS_YOU + "        holdout: 20%\n"
+    text = "    defaults: {blast_guard: {share: 100%}}\n" + MISS_YOU + "        holdout: 20%\n"
     with Session(engine) as session:
         for _ in range(1000):
             add_customer(session, inactive_days=40)

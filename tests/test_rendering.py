@@ -167,7 +167,7 @@ def test_undefined_name_error_lists_the_context_names(root: Path) -> None:
     assert [(e.file.rsplit("/", 2)[-2:], e.line) for e in errors] == [(["t", "body.txt.j2"], 3)]
     assert errors[0].message == (
         "undefined name 'coupon' — available: campaign, customer, survey_url, track, "
-        "unsubscribe_url"
+        "unsubscribe_url — in: {{ coupon }}"
     )
 
 
@@ -282,7 +282,8 @@ def test_python_error_raised_by_a_template_is_a_template_error(root: Path) -> No
 # --- required files and links ------------------------------------------------
 
 def test_missing_text_body_is_reported(root: Path) -> None:
-    store = make_store(root, {"t/subject.j2": "s", "t/body.html.j2": "{{ unsubscribe_url }}"})
+    store = make_store(root, {"t/subject.j2": "s",
+                              "t/body.html.j2": '<a href="{{ unsubscribe_url }}">Unsubscribe</a>'})
     errors = store.check("t", build_sample_context(template="t"))
     assert [e.message for e in errors] == [
         "missing body.txt.j2: every template needs subject.j2 and body.txt.j2"
@@ -323,8 +324,8 @@ def test_html_part_without_unsubscribe_link_is_an_error(root: Path) -> None:
     })
     errors = store.check("t", build_sample_context(template="t"))
     assert [e.message for e in errors] == [
-        "the HTML part never shows {{ unsubscribe_url }}: "
-        "every email must carry a visible unsubscribe link"
+        "the HTML part has no visible link to {{ unsubscribe_url }} (an <a href> with text, outside "
+        "comments and hidden elements): every email must carry a visible unsubscribe link"
     ]
 
 

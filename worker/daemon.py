@@ -34,6 +34,7 @@ from worker.passes import LostLeadership, run_pass, settle_stopped_workers
 from worker.reloading import Reloader
 from worker.runtime import Runtime
 from worker.serving import HttpServer, bind, ops_app
+from worker.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def where_mail_went(rt: Runtime) -> str:
         path = Path(url.removeprefix("maildir://"))
         count = len(list((path / "new").glob("*"))) if (path / "new").is_dir() else 0
         return (
-            f"emails are in {path}/ (a Maildir, {count} messages in {path}/new): open it with any "
+            f"emails are in {path}/ (a Maildir, {plural(count, 'message')} in {path}/new): open it with any "
             f"mail client, e.g. `mutt -f {path}`"
         )
     if url.startswith("console://"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -17,12 +19,14 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
-from campaigns.delivery.context import build_context, sample_customer
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sending import Sender
 from campaigns.delivery.tokens import Signer
 from campaigns.errors import RulesError, RulesErrors, SourceError
+from campaigns.models import utcnow
+from campaigns.preflight import data_warnings, template_errors
 from campaigns.responses.pages import Pages
 from campaigns.rules.schema import Rules, load_rules, parse_rules
 from worker.database import ensure_secret_key, make_engine, read_setting, upgrade, write_setting
@@ -125,44 +129,26 @@ class Runtime:
         self.engine.dispose()
 
 
-def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | None, list[str]]:
-    """Validate rules.yaml and every template it uses; (rules, error lines)."""
+def check_files(
+    rules_path: Path, templates: TemplateStore, *, engine: Engine | None = None
+) -> tuple[Rules | None, list[str]]:
+    """Validate rules.yaml and every template it uses; (rules, error lines).
+
+    With an ``engine`` whose database holds customers, templates also render for a
+    sample of them (every empty field, locale, plan and status).
+    """
     try:
         rules = load_rules(rules_path)
     except RulesErrors as exc:
         return None, [e.format() for e in exc.errors]
-    errors: list[SourceError] = []
-    for index, campaign in enumerate(rules.campaigns):
-        for number, template in enumerate(campaign.templates):
-            if not templates.exists(template):
-                known = ", ".join(templates.names()) or "none"
-                where = (
-                    ("campaigns", index, "variants", number, "template")
-                    if campaign.variants
-                    else ("campaigns", index, "template")
-                )
-                errors.append(
-                    rules.error_at(
-                        where, f"unknown template {template!r} (templates in {templates.root}: {known})"
-                    )
-                )
-                continue
-            context = build_context(
-                customer=sample_customer(),
-                campaign={"id": campaign.id, "template": template, "survey": campaign.survey},
-                unsubscribe_url="https://retention.invalid/u/sample",
-                survey_url="https://retention.invalid/s/sample" if campaign.survey else None,
-                track=lambda url: url,
-            )
-            required = ("unsubscribe_url", "survey_url") if campaign.survey else ("unsubscribe_url",)
-            errors.extend(templates.check(template, context, required_names=required))
+    with _reading(engine) as session:
+        errors: list[SourceError] = template_errors(rules, templates, session=session, now=utcnow())
     from worker.outgoing_webhooks import secret_problem  # it sends through this module's Runtime
 
     for index, webhook in enumerate(rules.webhooks):
         problem = secret_problem(webhook)
         if problem:
             errors.append(rules.error_at(("webhooks", index, "secret_env"), problem))
-    errors.extend(templates.check_all())
     errors.extend(Pages(templates.root).check())  # the user's overrides among the built-in pages
     lines = []
     for error in errors:
@@ -170,6 +156,23 @@ def check_files(rules_path: Path, templates: TemplateStore) -> tuple[Rules | Non
         if line not in lines:
             lines.append(line)
     return rules, lines
+
+
+def check_warnings(rules: Rules, *, engine: Engine | None = None) -> list[str]:
+    """What may be intended but usually is not: no conditions, values no customer has."""
+    with _reading(engine) as session:
+        return data_warnings(rules, session, now=utcnow())
+
+
+@contextmanager
+def _reading(engine: Engine | None) -> Iterator[Session | None]:
+    """A session on a migrated database, or None (no database yet: checks skip the data)."""
+    if engine is None or not sa.inspect(engine).has_table("customer"):
+        yield None
+        return
+    with Session(engine) as session:
+        yield session
+        session.rollback()
 
 
 def build(
@@ -289,7 +292,7 @@ def reload_rules(rt: Runtime, *, force: bool = False, templates_changed: bool = 
         return False
     if not force and not templates_changed and text == rt.state.source:
         return False
-    rules, lines = check_files(path, rt.templates)
+    rules, lines = check_files(path, rt.templates, engine=rt.engine)
     if rules is None or lines:
         rt.state.source = text
         error = "; ".join(lines)

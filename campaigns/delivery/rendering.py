@@ -27,7 +27,7 @@ import css_inline
 import jinja2
 from jinja2.exceptions import SecurityError
 
-from campaigns.delivery.context import build_sample_context
+from campaigns.delivery.context import CUSTOMER_FIELDS, build_sample_context
 from campaigns.delivery.sandbox import (
     RENDER_BUDGET,
     LocatingUndefined,
@@ -37,6 +37,8 @@ from campaigns.delivery.sandbox import (
     render_budget,
 )
 from campaigns.delivery.template_errors import template_location
+from campaigns.delivery.template_names import unknown_names
+from campaigns.delivery.visible_links import has_visible_link
 from campaigns.errors import TemplateError
 from campaigns.locales import LOCALE_TAG, locale_chain, normalize
 
@@ -52,6 +54,7 @@ TEMPLATE_FILES = (SUBJECT, TEXT_BODY, HTML_BODY)
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 _STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
 
+CAMPAIGN_FIELDS = ("id", "template", "survey")  # the keys of the ``campaign`` dict
 _PART_NAMES = {TEXT_BODY: "text", HTML_BODY: "HTML"}
 _REQUIREMENT_REASONS = {
     "unsubscribe_url": "every email must carry a visible unsubscribe link",
@@ -170,13 +173,14 @@ class TemplateStore:
         *,
         required_names: tuple[str, ...] = ("unsubscribe_url",),
     ) -> list[TemplateError]:
-        """Every problem of one template, in every locale: missing files, syntax,
-        undefined names, no unsubscribe link.  Returns them all rather than stopping at
-        the first."""
+        """Every problem of one template, in every locale: missing files, syntax, names
+        unknown on any branch, no visible unsubscribe link.  Returns them all rather than
+        stopping at the first."""
         if not _valid_name(name) or not (self._root_abs / name).is_dir():
             return [
                 TemplateError(
-                    f"no template directory {name!r}: create {name}/{SUBJECT} and {name}/{TEXT_BODY}",
+                    f"no template directory {name!r}{self._folder_hint(name)}: "
+                    f"create {name}/{SUBJECT} and {name}/{TEXT_BODY}",
                     file=self._display(name),
                 )
             ]
@@ -213,6 +217,8 @@ class TemplateStore:
                 if path not in checked:
                     errors.append(self._error(exc, path))
             else:
+                if path not in checked:
+                    errors.extend(self.check_names(path, sample_context))
                 parsed[file] = path
             checked.add(path)
 
@@ -227,20 +233,70 @@ class TemplateStore:
                 if file == HTML_BODY:
                     outputs[file] = self._inline(outputs[file], path)
             except TemplateError as exc:
-                errors.append(exc)
+                if (exc.file, exc.line) not in {(e.file, e.line) for e in errors}:  # not found twice
+                    errors.append(exc)
         if SUBJECT in outputs and not _one_line(outputs[SUBJECT]):
             errors.append(TemplateError("the subject renders empty", file=self._display(files[SUBJECT])))
         for file in (TEXT_BODY, HTML_BODY):
             for key, sentinel in sentinels.items():
-                if file in outputs and sentinel not in outputs[file]:
+                if file not in outputs:
+                    continue
+                if file == HTML_BODY:
+                    shown = has_visible_link(outputs[file], sentinel)
+                    problem = (f"the HTML part has no visible link to {{{{ {key} }}}} (an <a href> with "
+                               "text, outside comments and hidden elements)")
+                else:
+                    shown = sentinel in outputs[file]
+                    problem = f"the text part never shows {{{{ {key} }}}}"
+                if not shown:
                     reason = _REQUIREMENT_REASONS.get(key, "this campaign needs it")
-                    errors.append(
-                        TemplateError(
-                            f"the {_PART_NAMES[file]} part never shows {{{{ {key} }}}}: {reason}",
-                            file=self._display(files[file]),
-                        )
-                    )
+                    errors.append(TemplateError(f"{problem}: {reason}", file=self._display(files[file])))
         return errors
+
+    def check_render(self, name: str, context: Mapping[str, Any]) -> list[TemplateError]:
+        """Render every file of a template as the context's customer gets it (their locale);
+        the errors, located, without stopping at the first."""
+        prepared = prepare(context)
+        customer = context.get("customer")
+        locale = customer.get("locale") if isinstance(customer, Mapping) else None
+        errors = []
+        for file, path in self.resolve(name, locale).items():
+            try:
+                output = self._render_file(path, prepared)
+                if file == HTML_BODY:
+                    self._inline(output, path)
+            except TemplateError as exc:
+                errors.append(exc)
+        return errors
+
+    def check_names(self, template_file: str, sample_context: Mapping[str, Any]) -> list[TemplateError]:
+        """Names read on any branch of one file that the context will not hold."""
+        env = self._env_for(template_file)
+        try:
+            source, filename, _ = env.loader.get_source(env, template_file)  # type: ignore[union-attr]
+            tree = env.parse(source, template_file, filename)
+        except Exception:  # get_template reports syntax errors, located
+            return []
+        keys: dict[str, tuple[str, ...] | None] = {key: None for key in sample_context}
+        if "customer" in keys:
+            keys["customer"] = CUSTOMER_FIELDS
+        if "campaign" in keys:
+            keys["campaign"] = CAMPAIGN_FIELDS
+        lines = source.splitlines()
+        return [
+            TemplateError(
+                problem.message + _source_excerpt(lines, problem.line),
+                file=self._display(template_file),
+                line=problem.line,
+            )
+            for problem in unknown_names(tree, context=keys, globals_=list(env.globals))
+        ]
+
+    def _folder_hint(self, name: str) -> str:
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, self._directories(), n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
 
     def check_all(
         self,
@@ -254,6 +310,8 @@ class TemplateStore:
                 self._env_for(path.name).get_template(path.name)
             except Exception as exc:  # reported to the user, not swallowed
                 errors.append(self._error(exc, path.name))
+            else:
+                errors.extend(self.check_names(path.name, make_context(path.name)))
         for name in self._directories():
             errors.extend(self.check(name, make_context(name)))
         # A broken layout shows up once per template (and locale) that extends it.
@@ -297,11 +355,23 @@ class TemplateStore:
         """Locate a jinja (or template-triggered Python) exception in its source file;
         ``path`` (relative to the templates root) is where it is reported otherwise."""
         where, line = template_location(exc, self._display_template_file)
-        message = (
-            exc.message or str(exc) if isinstance(exc, jinja2.TemplateSyntaxError)
-            else _describe(exc, self._display_root)
-        )
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            message = exc.message or str(exc)
+            if exc.source and exc.lineno:
+                message += _source_excerpt(exc.source.splitlines(), exc.lineno)
+        else:
+            message = _describe(exc, self._display_root)
+            if line is not None and where is not None:
+                message += self._excerpt(where, line)
         return TemplateError(message, file=where or self._display(path), line=line)
+
+    def _excerpt(self, display: str, line: int) -> str:
+        relative = display.removeprefix(self._display_root).lstrip("/")
+        try:
+            lines = (self._root_abs / relative).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return _source_excerpt(lines, line)
 
     def _display_template_file(self, filename: str) -> str | None:
         path = Path(os.path.normpath(filename))
@@ -321,6 +391,16 @@ def _describe(exc: Exception, display_root: str) -> str:
     if isinstance(exc, jinja2.TemplateError):
         return exc.message or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
+
+
+def _source_excerpt(lines: list[str], line: int) -> str:
+    """`` — in: <the source line>``, shortened, so the error shows what to look for."""
+    if not 1 <= line <= len(lines):
+        return ""
+    text = " ".join(lines[line - 1].split())
+    if not text:
+        return ""
+    return f" — in: {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 def _display_path(path: Path) -> str:

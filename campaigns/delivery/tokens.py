@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -136,12 +137,18 @@ class Links:
 
     def track(self, url: str) -> str:
         """A click-tracked link that redirects to ``url`` (http or https only)."""
-        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
-            raise ValueError(
-                f"track() needs an absolute http(s) URL, got {url!r}: "
-                'write e.g. track("https://acme.example/reports")'
-            )
-        return f"{self.public_url}/c/{self.signer.click_token(self.delivery_id, url)}"
+        return f"{self.public_url}/c/{self.signer.click_token(self.delivery_id, trackable(url))}"
+
+
+def trackable(url: Any) -> str:
+    """``url`` if track() may link to it: an absolute http(s) URL with a host; else ValueError."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"track() needs an absolute http(s) URL, got {url!r}: "
+            'write e.g. track("https://acme.example/reports")'
+        )
+    return str(url)
 
 
 def links(public_url: str, signer: Signer, delivery_id: int) -> Links:

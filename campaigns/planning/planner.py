@@ -146,6 +146,7 @@ class Planner:
         self.rules = rules
         self.now = now
         self.customer_id = customer_id
+        self._total_customers: int | None = None
         self.sql = SqlContext(now=now, passive_churn_after=rules.defaults.passive_churn_after)
 
     # ------------------------------------------------------------ expressions
@@ -323,7 +324,7 @@ class Planner:
             ]
 
         if self.customer_id is None:
-            plan.blast_guard = self._blast_guard(campaign, plan.audience, state)
+            plan.blast_guard = self._blast_guard(session, campaign, plan.audience, state)
         state.last_pass_at = self.now
         if plan.blast_guard:
             log.warning(
@@ -417,12 +418,25 @@ class Planner:
             raise LookupError(f"campaign state {campaign_id!r} vanished")
         return state
 
-    def _blast_guard(self, campaign: Campaign, audience: int, state: CampaignState) -> str | None:
+    def _blast_guard(
+        self, session: Session, campaign: Campaign, audience: int, state: CampaignState
+    ) -> str | None:
         guard = self.rules.defaults.blast_guard
         previous = state.last_audience
         if previous is None:
             if audience > guard.first_pass:
                 return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"
+            if audience and campaign.condition is None and campaign.trigger is None:
+                return (
+                    f"first pass of a campaign without conditions matches {audience} customers "
+                    "(add `when:` to narrow it, or approve it as it is)"
+                )
+            total = self._customer_total(session)
+            if audience > guard.min and audience > total * guard.share / 100:
+                return (
+                    f"first pass matches {audience} of {total} customers "
+                    f"(over share {guard.share:g}% and over min {guard.min})"
+                )
             return None
         if audience > guard.min and audience > guard.factor * previous:
             return (
@@ -430,6 +444,13 @@ class Planner:
                 f"(over {guard.factor:g}x and over min {guard.min})"
             )
         return None
+
+    def _customer_total(self, session: Session) -> int:
+        if self._total_customers is None:
+            self._total_customers = int(
+                session.execute(sa.select(sa.func.count()).select_from(Customer)).scalar_one()
+            )
+        return self._total_customers
 
     def _insert(
         self, session: Session, campaign: Campaign, selection: sa.FromClause, *, held: bool

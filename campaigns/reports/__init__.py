@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from campaigns.errors import ReportError
+from campaigns.observed import attribute_keys, did_you_mean, has_attribute, has_customers
 from campaigns.reports.churn import (
     Breakdown,
     Cohort,
@@ -92,6 +93,7 @@ def build_report(
 ) -> Report:
     """The full report over the periods from the one containing ``start`` to the one containing ``end``."""
     group_column(by)  # a bad --by fails before any query runs
+    _check_breakdown(session, by)
     grid: Grid = make_grid(period, start=start, end=end, as_of=now)
     losses = Losses(now=now, passive_after=rules.defaults.passive_churn_after)
     churn = churn_report(session, losses, grid, by)
@@ -110,4 +112,16 @@ def build_report(
         campaigns=tuple(funnels(session, start=grid.start, end=grid.end)),
         surveys=tuple(survey_answers(session, rules, start=grid.start, end=grid.end)),
         deliverability=deliverability(session, grid, thresholds or Thresholds()),
+    )
+
+
+def _check_breakdown(session: Session, by: str) -> None:
+    """A breakdown by an attribute nobody has would be one "(none)" group: say so instead."""
+    key = by.removeprefix("attributes.")
+    if key == by or not has_customers(session) or has_attribute(session, key):
+        return
+    known = attribute_keys(session)
+    raise ReportError(
+        f"--by {by}: no customer has attribute {key!r}"
+        f"{did_you_mean(key, known)} (attributes seen: {', '.join(known) or 'none'})"
     )

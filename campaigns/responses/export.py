@@ -13,6 +13,9 @@ from sqlmodel import col
 
 from campaigns.models import Customer, Interaction, InteractionKind, SurveyAnswer
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
 COLUMNS = ("kind", "at", "customer_id", "email", "campaign", "survey", "question", "answer", "url")
 
 
@@ -32,6 +35,16 @@ class ResponseRow:
         row = asdict(self)
         row["at"] = self.at.isoformat()
         return row
+
+    def as_csv_row(self) -> dict[str, Any]:
+        """The row with text a spreadsheet would execute made inert by a leading quote."""
+        return {key: spreadsheet_safe(value) for key, value in self.as_dict().items()}
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def responses(

@@ -88,6 +88,9 @@ class BlastGuard(Strict):
     factor: float = Field(default=3.0, gt=1)
     min: int = Field(default=100, ge=0)
     first_pass: int = Field(default=10_000, ge=0)
+    # A first pass reaching more than this share of all customers is held: on a base of a few
+    # thousand, `first_pass` alone never fires.
+    share: Percent = 50.0
 
 
 class QuietHours(Strict):

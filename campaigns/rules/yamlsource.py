@@ -81,7 +81,7 @@ def load_located(text: str) -> Located:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        return _raise_syntax(problem, mark)
+        return _raise_syntax(_explain(problem, exc.context, text, mark), mark)
     except ReaderError as exc:  # a control character: no mark, only an offset
         before = text[: exc.position]
         line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
@@ -99,6 +99,39 @@ def load_located(text: str) -> Located:
     located.data = _plain(node, (), located.positions)
     located.positions.setdefault((), (1, 1))
     return located
+
+
+_INDENTATION = (
+    "the indentation does not line up: keys of one mapping start in the same column, and "
+    "YAML counts spaces exactly (compare with the lines above)"
+)
+
+
+def _explain(problem: str, context: str | None, text: str, mark: Any) -> str:
+    """What a person editing the file should change, then the parser's own words."""
+    hint = _hint(problem, context, text, mark)
+    return f"{hint} (parser: {problem})" if hint else problem
+
+
+def _hint(problem: str, context: str | None, text: str, mark: Any) -> str | None:
+    lines = text.splitlines()
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if "\t" in problem or "\t" in line[: len(line) - len(line.lstrip())]:
+        return "a tab character: YAML indents with spaces only; replace the tab with spaces"
+    if problem == "mapping values are not allowed here":
+        before = line[: mark.column] if mark is not None else ""
+        if ":" in before.split("#")[0]:
+            return 'a value containing ": " must be quoted, e.g. `subject: "Offer: 20% off"`'
+        return _INDENTATION
+    if problem.startswith(("expected <block end>", "did not find expected key")):
+        return _INDENTATION
+    if problem == "could not find expected ':'":
+        return "write `key: value` (a space after the colon), or quote a value that goes on the next line"
+    if problem == "found unexpected end of stream" and context and "quoted" in context:
+        return "a quote opened earlier is never closed; close it on the same line"
+    if problem.startswith(("expected ',' or ']'", "expected ',' or '}'")):
+        return "brackets do not match: each [ needs a ] and each { a }"
+    return None
 
 
 def _raise_syntax(problem: str, mark: Any) -> Located:

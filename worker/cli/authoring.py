@@ -7,9 +7,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from campaigns.delivery.outbox import paused_reason
@@ -28,26 +30,49 @@ from worker.cli.common import (
     user_errors,
     write_file,
 )
-from worker.runtime import Runtime, check_files
+from worker.database import make_engine
+from worker.runtime import Runtime, check_files, check_warnings
+from worker.wording import plural
 
 # ---------------------------------------------------------------- check
 
 
 @app.command()
 def check() -> None:
-    """Validate rules.yaml and every template; exit 1 with file:line errors."""
+    """Validate rules.yaml and every template (rendered for a sample of your customers too);
+    exit 1 with file:line errors. Warnings (values no customer has, no conditions) keep exit 0."""
     cfg = settings()
+    templates = TemplateStore(cfg.templates)
     with user_errors():
-        rules, lines = check_files(cfg.rules, TemplateStore(cfg.templates))
+        engine = _existing_database(cfg.database_url)
+        try:
+            rules, lines = check_files(cfg.rules, templates, engine=engine)
+            warnings = check_warnings(rules, engine=engine) if rules is not None and not lines else []
+        finally:
+            if engine is not None:
+                engine.dispose()
     for line in lines:
         out.print(line, markup=False, soft_wrap=True)
     if lines or rules is None:
         raise typer.Exit(1)
+    for line in warnings:
+        out.print(line, markup=False, soft_wrap=True)
     out.print(
         f"OK: {cfg.rules} ({len(rules.campaigns)} campaigns, {len(rules.surveys)} surveys) "
-        f"and {len(TemplateStore(cfg.templates).names())} templates in {cfg.templates}",
+        f"and {len(templates.names())} templates in {cfg.templates}"
+        + (f", {plural(len(warnings), 'warning')}" if warnings else ""),
         markup=False,
     )
+
+
+def _existing_database(url: str) -> Engine | None:
+    """An engine on the configured database if it exists; `check` never creates one."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:" or not Path(database).is_file():
+            return None
+    return make_engine(url)
 
 
 # ---------------------------------------------------------------- plan
@@ -103,6 +128,8 @@ def plan(
     out.print(table)
     for note in notes_by_campaign:
         out.print(note, markup=False, soft_wrap=True)
+    for line in check_warnings(rt.rules, engine=rt.engine):
+        out.print(line, markup=False, soft_wrap=True)
     for p in result.plans:
         if p.sample:
             out.print(
@@ -269,7 +296,8 @@ def approve(campaign: Annotated[str, typer.Argument(
     if paused:
         out.print(f"{campaign}: resumed (it was paused: {paused})", markup=False)
     out.print(
-        f"{campaign}: released {released} held deliveries; they go out with the next pass", markup=False
+        f"{campaign}: released {plural(released, 'held delivery')}; they go out with the next pass",
+        markup=False,
     )
 
 

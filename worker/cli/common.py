@@ -86,9 +86,6 @@ def parse_moment(value: str | None, option: str = "--at") -> datetime:
 
 
 
-FORMATS = ("table", "json", "html")
-
-
 def _moment(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None

@@ -14,7 +14,6 @@ from sqlmodel import Session
 
 from worker.cli.app import app, import_app
 from worker.cli.common import (
-    FORMATS,
     _month_or_moment,
     _write,
     build_runtime,
@@ -24,6 +23,11 @@ from worker.cli.common import (
     parse_moment,
     user_errors,
 )
+
+# Literal choices: `--help` lists them and a typo is a usage error naming them.
+ResponseFormat = Literal["table", "csv", "json"]
+ReportFormat = Literal["table", "json", "html"]
+Period = Literal["month", "week", "quarter"]
 
 # ---------------------------------------------------------------- import
 
@@ -85,6 +89,11 @@ def _import(kind: Literal["customers", "events"], file: Path, rejects: Path | No
     if report.rejected_count:
         summary += f" (written to {rejects})"
     out.print(summary, markup=False)
+    if report.rejected_count:
+        # The good rows are stored; a script or CI job must still notice the bad ones.
+        err.print(f"error: {report.rejected_count} of {report.rows} rows rejected; fix them in "
+                  f"{rejects} and import that file again", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @import_app.command("customers")
@@ -112,7 +121,7 @@ def import_events(
 def responses(
     survey: Annotated[str | None, typer.Option(help="Only the answers to this survey.")] = None,
     since: Annotated[str | None, typer.Option(help="Only responses since this ISO date/time.")] = None,
-    format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    format: Annotated[ResponseFormat, typer.Option("--format", help="Output format.")] = "table",
 ) -> None:
     """Survey answers, clicks and unsubscribes, for reading or export."""
     import csv
@@ -121,8 +130,6 @@ def responses(
     from campaigns.responses.export import COLUMNS
     from campaigns.responses.export import responses as export
 
-    if format not in ("table", "csv", "json"):
-        fail(f"--format {format!r}: use table, csv or json")
     rt = build_runtime()
     if survey is not None and survey not in rt.rules.surveys:
         fail(
@@ -135,7 +142,7 @@ def responses(
             writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
             writer.writeheader()
             for row in rows:
-                writer.writerow(row.as_dict())
+                writer.writerow(row.as_csv_row())
         elif format == "json":
             sys.stdout.write(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2) + "\n")
         else:
@@ -152,25 +159,23 @@ def responses(
 
 @app.command()
 def report(
-    period: Annotated[str, typer.Option(help="month, week or quarter (UTC).")] = "month",
+    period: Annotated[Period, typer.Option(help="Period length (UTC).")] = "month",
     from_: Annotated[str | None, typer.Option(
         "--from", help="First period: the one containing this date (default: 12 months/weeks, 8 quarters)."
     )] = None,
     to: Annotated[str | None, typer.Option(help="Last period: the one containing this date (default: now).")]
     = None,
     by: Annotated[str, typer.Option(help="Churn breakdown: plan or attributes.KEY.")] = "plan",
-    format: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
+    format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
 ) -> None:
     """Churn, retention, cohorts, why customers leave, and what each campaign achieved."""
     from campaigns.models import utcnow
-    from campaigns.reports import PERIODS, Thresholds, build_report
+    from campaigns.observed import has_customers
+    from campaigns.reports import Thresholds, build_report
     from worker import report as report_output
+    from worker.mail import mask_url
 
-    if format not in FORMATS:
-        fail(f"--format {format!r}: use table, json or html")
-    if period not in PERIODS:
-        fail(f"--period {period!r}: use month, week or quarter")
     start, end = _month_or_moment(from_, "--from"), _month_or_moment(to, "--to")
     rt = build_runtime()
     with Session(rt.engine) as session, user_errors():
@@ -178,6 +183,15 @@ def report(
                                 hard_bounce_rate=rt.settings.hard_bounce_rate_threshold)
         result = build_report(session, rt.rules, now=utcnow(), period=period, start=start, end=end, by=by,
                               thresholds=thresholds)
+        empty = not has_customers(session)
+    if empty and format == "table":
+        out.print(
+            f"No customers in {mask_url(rt.settings.database_url)} yet: import them first with "
+            "`retention import customers FILE.csv` (and events with `retention import events FILE.csv`), "
+            "or try `retention demo`.",
+            markup=False, soft_wrap=True,
+        )
+        return
     if format == "json":
         _write(report_output.dumps(report_output.report_json(result)), output)
     elif format == "html":
@@ -198,7 +212,7 @@ def customers(
     at_risk: Annotated[bool, typer.Option("--at-risk", help="Active customers most likely to churn now.")]
     = False,
     limit: Annotated[int, typer.Option(min=1, help="How many customers to list.")] = 20,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: Annotated[Literal["table", "json"], typer.Option("--format", help="Output format.")] = "table",
 ) -> None:
     """List customers: --at-risk ranks active ones by health (recency vs their cadence, activity trend)."""
     from campaigns.models import utcnow
@@ -207,8 +221,6 @@ def customers(
 
     if not at_risk:
         fail("say which customers to list: --at-risk (customers most likely to churn now)")
-    if format not in ("table", "json"):
-        fail(f"--format {format!r}: use table or json")
     rt = build_runtime()
     defaults = rt.rules.defaults
     with Session(rt.engine) as session:

@@ -22,6 +22,7 @@ from worker.cli.common import (
     user_errors,
 )
 from worker.runtime import Runtime
+from worker.wording import plural
 
 
 @db_app.command("upgrade")
@@ -169,7 +170,7 @@ def _print_summary(rt: Runtime, summary: Any) -> None:
                   markup=False, soft_wrap=True)
     if summary.pending:
         out.print(
-            f"{summary.pending} deliveries still waiting (send window, retries), this pass's and "
+            f"{plural(summary.pending, 'delivery')} still waiting (send window, retries), this pass's and "
             "earlier ones; a later pass sends them",
             markup=False,
         )
