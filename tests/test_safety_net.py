@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import mailbox
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -338,3 +344,163 @@ def test_a_report_by_an_attribute_nobody_has_says_so(workdir):
     import_customers(workdir, ["c1,c1@example.com,pro,active,ads"], header="id,email,plan,status,source")
     result = retention(workdir, "report", "--by", "attributes.sorce", code=1)
     assert "no customer has attribute 'sorce'; did you mean 'source'?" in result.stderr
+
+
+# ---------------------------------------------------------------- 2. deliveries and retry
+
+
+def test_failed_deliveries_are_listed_and_sent_again_after_the_fix(workdir):
+    import_customers(
+        workdir,
+        [f"c{i},c{i}@example.com,pro,active,2026-01-01T10:00:00+00:00" for i in range(3)],
+        header="id,email,plan,status,last_active_at",
+    )
+    write_rules(
+        workdir,
+        "  - id: we-miss-you\n    template: we_miss_you\n"
+        "    when: {status: active, days_inactive: {at_least: 30}}\n",
+    )
+    body = workdir / "templates/we_miss_you/body.txt.j2"
+    fixed = body.read_text()
+    body.write_text(fixed.replace("Warmly,", "Warmly, {{ customer.attributes.nosuch }}"))
+    failed_run = retention(workdir, "run", "--once", "--no-web", code=1)
+    assert "3 deliveries failed" in failed_run.stderr
+    listed = retention(workdir, "deliveries", "--status", "failed")
+    assert "Deliveries: 3 of 3" in listed.stdout and "nosuch" in listed.stdout
+    assert outbox(workdir) == 0
+
+    body.write_text(fixed)
+    sql(workdir, "UPDATE customer SET unsubscribed_at = '2026-01-02 00:00:00' WHERE external_id = 'c2'")
+    sql(
+        workdir,
+        "UPDATE delivery SET status = 'unknown' WHERE customer_id = "
+        "(SELECT id FROM customer WHERE external_id = 'c1')",
+    )
+    retried = retention(workdir, "retry", "we-miss-you")
+    assert "1 delivery queued again" in retried.stdout
+    assert "1 not retried: unsubscribed or suppressed since" in retried.stdout
+    retention(workdir, "run", "--once", "--no-web")
+    assert outbox(workdir) == 1  # c0; c1 is `unknown` (it may have arrived), c2 unsubscribed
+
+    assert (
+        "1 delivery queued again" in retention(workdir, "retry", "we-miss-you", "--status", "unknown").stdout
+    )
+    retention(workdir, "run", "--once", "--no-web")
+    assert outbox(workdir) == 2
+    assert "Deliveries: 2 of 2, status sent" in retention(workdir, "deliveries", "--status", "sent").stdout
+
+
+def test_retry_re_checks_the_frequency_cap(workdir):
+    import_customers(
+        workdir,
+        ["c0,c0@example.com,pro,active,2026-01-01T10:00:00+00:00"],
+        header="id,email,plan,status,last_active_at",
+    )
+    write_rules(
+        workdir,
+        "  - id: broken\n    template: we_miss_you\n    once: true\n    when: {status: active}\n"
+        "    priority: 5\n"
+        "  - id: other\n    template: check_in\n    once: true\n    when: {status: active}\n",
+        defaults="  frequency_cap: {max: 1, per: 7d}\n",
+    )
+    body = workdir / "templates/we_miss_you/body.txt.j2"
+    fixed = body.read_text()
+    body.write_text(fixed.replace("Warmly,", "Warmly, {{ customer.attributes.nosuch }}"))
+    retention(workdir, "run", "--once", "--no-web", code=1)  # `broken` fails
+    retention(workdir, "run", "--once", "--no-web")  # `other` is sent: the cap is reached
+    body.write_text(fixed)
+    retried = retention(workdir, "retry", "broken")
+    assert "1 not retried: the customer reached a frequency cap since" in retried.stdout
+
+
+# ---------------------------------------------------------------- 6. output at 80 columns, piped
+
+AT_80 = 80
+
+
+def no_cut(text: str) -> None:
+    """Nothing cut, and tables within the width (messages stay one line each, whatever their length)."""
+    assert "…" not in text, text
+    drawn = [line for line in text.splitlines() if any(c in line for c in "│┃─━")]
+    assert all(len(line.rstrip()) <= AT_80 for line in drawn), text
+
+
+def test_plan_report_at_risk_and_responses_read_at_80_columns_when_piped(workdir):
+    retention(workdir, "demo", "--customers", "300")
+    no_cut(retention(workdir, "plan", columns=AT_80).stdout)
+    no_cut(retention(workdir, "report", columns=AT_80).stdout)
+    no_cut(retention(workdir, "customers", "--at-risk", columns=AT_80).stdout)
+    no_cut(retention(workdir, "responses", columns=AT_80).stdout)
+    no_cut(retention(workdir, "deliveries", "--limit", "5", columns=AT_80).stdout)
+    no_cut(retention(workdir, "explain", "demo-00007", columns=AT_80).stdout)
+    wide = retention(workdir, "plan", columns=200).stdout
+    assert "┃ campaign" in wide  # a grid where it fits
+
+
+def test_plan_and_explain_speak_json(workdir):
+    import_customers(workdir, ["c1,c1@example.com,pro,active"])
+    plan = json.loads(retention(workdir, "plan", "--format", "json").stdout)
+    assert plan["dry_run"] is True
+    assert {c["campaign"] for c in plan["campaigns"]} >= {"we-miss-you", "exit-survey"}
+    explained = json.loads(retention(workdir, "explain", "c1", "--format", "json").stdout)
+    assert explained["customer"]["id"] == "c1"
+    assert {c["campaign"] for c in explained["campaigns"]} >= {"we-miss-you"}
+
+
+# ---------------------------------------------------------------- 7. the web role's pages
+
+
+@pytest.fixture
+def web(workdir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    environment["RETENTION_SECRET_KEY"] = "test-key"
+    process = subprocess.Popen(
+        [str(RETENTION), "web", "--port", str(port)],
+        cwd=workdir,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=2)
+            break
+        except (OSError, urllib.error.HTTPError):
+            assert process.poll() is None and time.monotonic() < deadline, "the web role did not start"
+            time.sleep(0.1)
+    yield base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def fetch(url: str, method: str = "GET") -> tuple[int, str, str]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["content-type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["content-type"], exc.read().decode()
+
+
+def test_unknown_pages_and_wrong_methods_get_the_branded_page_and_apis_json(workdir, web):
+    status, kind, body = fetch(web + "/no/such/page")
+    assert (status, kind.split(";")[0]) == (404, "text/html")
+    assert "<h1>Page not found</h1>" in body
+    status, kind, body = fetch(web + "/u/some-token", method="DELETE")
+    assert (status, kind.split(";")[0]) == (405, "text/html")
+    assert "This page cannot do that" in body
+    status, kind, _ = fetch(web + "/api/v1/nope")
+    assert (status, kind) == (404, "application/json")
+
+
+def test_the_links_of_a_preview_lead_to_a_page_saying_it_was_a_test(workdir, web):
+    text = retention(workdir, "preview", "exit-survey").stdout
+    for path in sorted(set(re.findall(r"/[us]/[A-Za-z0-9._-]+", text))):
+        status, _, body = fetch(web + path)
+        assert status == 200, body
+        assert "This was a test email" in body and "no longer works" not in body

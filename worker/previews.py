@@ -16,6 +16,7 @@ from sqlmodel import Session, col, or_, select
 from campaigns.addresses import parse_address
 from campaigns.delivery.context import sample_customer
 from campaigns.delivery.sending import Sender
+from campaigns.delivery.tokens import TEST_DELIVERY_ID
 from campaigns.errors import RetentionError
 from campaigns.models import Customer, Delivery
 from campaigns.rules.schema import Campaign
@@ -83,7 +84,7 @@ def compose(sender: Sender, campaign: Campaign, customer: Customer, *, template:
     """The message ``customer`` would get, optionally as if their locale were ``locale``."""
     if locale is not None:
         customer = customer.model_copy(update={"locale": locale or None})
-    delivery = Delivery(id=0, campaign_id=campaign.id, customer_id=customer.id or 0,
+    delivery = Delivery(id=TEST_DELIVERY_ID, campaign_id=campaign.id, customer_id=customer.id or 0,
                         episode="preview", template=template)
     return sender.compose(delivery, customer, campaign, now)
 

@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from campaigns.delivery.tokens import Purpose
+from campaigns.delivery.tokens import TEST_DELIVERY_ID, Purpose
 from campaigns.errors import (
     InvalidToken,
     SurveyUnavailable,
@@ -87,6 +88,23 @@ _TOKEN_PROBLEMS = {
     "wrong_purpose": (400, "This link does not work",
                       "This link is meant for something else. Please use the link from the email as it is."),
 }
+# Paths where clients are programs (JSON errors); everything else is a page a person sees.
+_MACHINE_PATHS = ("/api/", "/v1/", "/webhooks/", "/healthz", "/readyz", "/metrics")
+_HTTP_PROBLEMS = {
+    400: ("Bad request", "This request could not be understood. Please use the link from the email as is."),
+    404: ("Page not found", "There is nothing at this address. Please use the link from the email as it is, "
+                            "or copy the whole address into your browser."),
+    405: ("This page cannot do that", "This address does not take that kind of request. Please use the link "
+                                      "from the email as it is."),
+}
+_TEST_LINKS = {
+    Purpose.unsubscribe: ("This was a test email", "This unsubscribe link came from a test email (a preview "
+                          "or `retention send-test`), so nothing was changed. In a real email it "
+                          "unsubscribes the customer."),
+    Purpose.survey: ("This was a test email", "This survey link came from a test email (a preview or "
+                     "`retention send-test`), so no answers are recorded. In a real email it opens the "
+                     "survey."),
+}
 _BAD_LINK = (400, "This link does not work",
              "The link seems to be incomplete or changed. Please open it again from the email, "
              "or copy the whole address into your browser.")
@@ -122,13 +140,27 @@ def create_app(rt: Runtime, role: str = "web") -> FastAPI:
     async def on_problem(request: Request, problem: Problem) -> Response:
         return error_page(problem, request)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Machines calling the APIs get FastAPI's JSON; people following a link get a page.
+        if request.url.path.startswith(_MACHINE_PATHS):
+            return await http_exception_handler(request, exc)
+        title, message = _HTTP_PROBLEMS.get(exc.status_code, _HTTP_PROBLEMS[400])
+        page = error_page(Problem(exc.status_code, title, message))
+        for name, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+            page.headers[name] = value
+        return page
+
     def verify(purpose: Purpose, token: str, max_age: timedelta | None = None) -> int:
         try:
             payload = rt.signer.load(purpose, token, max_age=max_age)
         except InvalidToken as exc:
             log.info("refused a %s link: %s", purpose, exc)
             raise Problem(*_TOKEN_PROBLEMS.get(exc.reason, _BAD_LINK)) from None
-        return int(payload["delivery_id"])
+        delivery_id = int(payload["delivery_id"])
+        if delivery_id == TEST_DELIVERY_ID:
+            raise Problem(200, *_TEST_LINKS[purpose])
+        return delivery_id
 
     async def in_session(work: Callable[[Session], T]) -> T:
         try:
@@ -218,6 +250,8 @@ def create_app(rt: Runtime, role: str = "web") -> FastAPI:
             raise Problem(*_BAD_LINK) from None
         target = _redirect_target(payload["url"])
         delivery_id, now = int(payload["delivery_id"]), utcnow()
+        if delivery_id == TEST_DELIVERY_ID:  # a test email: the reader gets there, nothing is counted
+            return RedirectResponse(target, status_code=303, headers=PAGE_HEADERS)
         try:
             await in_session(lambda s: responses.record_click(s, delivery_id, target, now=now))
         except Problem as problem:

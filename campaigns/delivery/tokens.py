@@ -22,6 +22,9 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from campaigns.errors import ConfigurationError, InvalidToken
 from campaigns.rules.durations import format_duration
 
+# The delivery id in the links of previews and test emails: the web says "this was a test".
+TEST_DELIVERY_ID = 0
+
 
 class Purpose(StrEnum):
     unsubscribe = "unsubscribe"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from worker.cli import authoring, data, project, roles, webhooks
+from worker.cli import authoring, data, deliveries, project, roles, webhooks
 from worker.cli.app import app
 
-__all__ = ["app", "authoring", "data", "main", "project", "roles", "webhooks"]
+__all__ = ["app", "authoring", "data", "deliveries", "main", "project", "roles", "webhooks"]
 
 
 def main() -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 import typer
-from rich.markup import escape
-from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -31,6 +31,7 @@ from worker.cli.common import (
     write_file,
 )
 from worker.database import make_engine
+from worker.report.layout import FittedTable
 from worker.runtime import Runtime, check_files, check_warnings
 from worker.wording import plural
 
@@ -90,11 +91,15 @@ VERDICT_COLUMNS = [
 ]
 
 
+OutputFormat = Literal["table", "json"]
+
+
 @app.command()
 def plan(
     at: Annotated[str | None, typer.Option(help="Plan as if it were this ISO time.")] = None,
     campaign: Annotated[list[str] | None, typer.Option(help="Only this campaign (repeatable).")] = None,
     show: Annotated[int, typer.Option(help="List N customers who would get each campaign.")] = 0,
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = "table",
 ) -> None:
     """Dry run: what a pass would do now, per campaign. Writes nothing."""
     rt = build_runtime()
@@ -105,42 +110,56 @@ def plan(
     with Session(rt.engine) as session:
         result = Planner(rt.rules, now=moment).run(session, campaign_ids=campaign, sample=show)
         session.rollback()  # the pass ran for real inside this transaction; keep none of it
-    table = Table(title=f"Plan at {moment.isoformat(timespec='seconds')} (dry run)")
-    table.add_column("campaign", no_wrap=True)
-    for _, title in VERDICT_COLUMNS:
-        table.add_column(title, justify="right")
-    notes_by_campaign: list[str] = []
+    warnings = check_warnings(rt.rules, engine=rt.engine)
+    notes: dict[str, list[str]] = {}
+    for p in result.plans:
+        found = notes.setdefault(p.campaign_id, [])
+        if not p.due:
+            found.append(p.not_due_reason or "not due")
+        if p.blast_guard:
+            found.append(f"HELD by blast guard: {p.blast_guard}; run `retention approve {p.campaign_id}`")
+        if p.over_max_per_pass:
+            found.append(f"{p.over_max_per_pass} over max_per_pass, next pass")
+    if format == "json":
+        _print_json({
+            "at": moment.isoformat(), "dry_run": True, "warnings": warnings,
+            "campaigns": [{
+                "campaign": p.campaign_id, "due": p.due, "audience": p.audience, "to_send": p.to_send,
+                "counts": dict(p.counts), "over_max_per_pass": p.over_max_per_pass,
+                "held_by_blast_guard": p.blast_guard, "notes": notes[p.campaign_id],
+                "sample": [{"customer_id": cid, "email": email} for cid, email in p.sample],
+            } for p in result.plans],
+        })
+        return
+    table = FittedTable(
+        f"Plan at {moment.isoformat(timespec='seconds')} (dry run)",
+        ["campaign", *(title for _, title in VERDICT_COLUMNS)],
+        justify=["left", *(["right"] * len(VERDICT_COLUMNS))],
+    )
     for p in result.plans:
         values = {"audience": p.audience, "to_send": p.to_send, **p.counts}
-        notes = []
-        if not p.due:
-            notes.append(p.not_due_reason or "not due")
-        if p.blast_guard:
-            notes.append(f"HELD by blast guard: {p.blast_guard}; {p.held} deliveries would wait for "
-                         f"`retention approve {p.campaign_id}`")
-        if p.earlier:
-            listed = ", ".join(f"{count} {status}" for status, count in sorted(p.earlier.items()))
-            notes.append(f"planned before: {listed}")
-        if p.over_max_per_pass:
-            notes.append(f"{p.over_max_per_pass} over max_per_pass, next pass")
         table.add_row(p.campaign_id, *(str(values[key]) for key, _ in VERDICT_COLUMNS))
-        notes_by_campaign.extend(f"{p.campaign_id}: {note}" for note in notes)
     out.print(table)
-    for note in notes_by_campaign:
-        out.print(note, markup=False, soft_wrap=True)
-    for line in check_warnings(rt.rules, engine=rt.engine):
+    for campaign_id, found in notes.items():
+        for note in found:
+            out.print(f"{campaign_id}: {note}", markup=False, soft_wrap=True)
+    for line in warnings:
         out.print(line, markup=False, soft_wrap=True)
     for p in result.plans:
         if p.sample:
-            out.print(
-                f"[bold]{p.campaign_id}[/bold]: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample)
-            )
+            out.print(f"{p.campaign_id}: " + ", ".join(f"{cid} <{email}>" for cid, email in p.sample),
+                      markup=False, soft_wrap=True)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
 
 @app.command()
 def explain(
     customer: Annotated[str, typer.Argument(help="Customer id (your own id).")],
     at: Annotated[str | None, typer.Option(help="Explain as if it were this ISO time.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = "table",
 ) -> None:
     """Why this customer would or would not get each campaign now, and their past deliveries."""
     from campaigns.planning.explain import explain as explain_customer
@@ -155,34 +174,42 @@ def explain(
         verdicts = explain_customer(session, rt.rules, row, now=moment)
         session.rollback()  # the narrowed pass ran for real; keep none of it
         history = past_deliveries(session, row)
-        out.print(
-            f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, plan {row.plan or '-'}, "
-            f"last active {row.last_active_at:%Y-%m-%d} "
-            if row.last_active_at
-            else f"[bold]{row.external_id}[/bold] <{row.email}> {row.status}, never active"
-        )
-    table = Table(title=f"Campaigns at {moment.isoformat(timespec='seconds')}")
-    for column in ("campaign", "verdict", "why"):
-        table.add_column(column, no_wrap=column != "why")
+    past_rows = [
+        {"campaign": d.campaign_id, "status": d.status, "planned": d.created_at, "sent": d.sent_at,
+         "converted": d.converted_at, "error": d.last_error}
+        for d in history
+    ]
+    if format == "json":
+        _print_json({
+            "at": moment.isoformat(),
+            "customer": {"id": row.external_id, "email": row.email, "status": row.status, "plan": row.plan,
+                         "last_active_at": row.last_active_at},
+            "campaigns": [{"campaign": v.campaign_id, "verdict": v.verdict, "reason": v.reason}
+                          for v in verdicts],
+            "past_deliveries": past_rows,
+        })
+        return
+    out.print(
+        f"{row.external_id} <{row.email}> {row.status}, plan {row.plan or '-'}, "
+        + (f"last active {row.last_active_at:%Y-%m-%d}" if row.last_active_at else "never active"),
+        markup=False, soft_wrap=True,
+    )
+    table = FittedTable(f"Campaigns at {moment.isoformat(timespec='seconds')}",
+                        ["campaign", "verdict", "why"])
     for verdict in verdicts:
-        table.add_row(verdict.campaign_id, verdict.verdict, escape(verdict.reason))
+        table.add_row(verdict.campaign_id, verdict.verdict, verdict.reason)
     out.print(table)
-    if history:
-        past = Table(title="Past deliveries")
-        for column in ("campaign", "status", "planned", "sent", "converted", "error"):
-            past.add_column(column)
-        for d in history:
-            past.add_row(
-                d.campaign_id,
-                d.status,
-                f"{d.created_at:%Y-%m-%d %H:%M}",
-                f"{d.sent_at:%Y-%m-%d %H:%M}" if d.sent_at else "",
-                f"{d.converted_at:%Y-%m-%d}" if d.converted_at else "",
-                escape(d.last_error or ""),
-            )
-        out.print(past)
-    else:
+    if not history:
         out.print("no past deliveries")
+        return
+    past = FittedTable("Past deliveries", ["campaign", "status", "planned", "sent", "converted", "error"])
+    for d in past_rows:
+        past.add_row(
+            str(d["campaign"]), str(d["status"]), f"{d['planned']:%Y-%m-%d %H:%M}",
+            f"{d['sent']:%Y-%m-%d %H:%M}" if d["sent"] else "",
+            f"{d['converted']:%Y-%m-%d}" if d["converted"] else "", str(d["error"] or ""),
+        )
+    out.print(past)
 
 
 # ---------------------------------------------------------------- preview / send-test

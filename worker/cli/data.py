@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 from sqlmodel import Session
 
 from worker.cli.app import app, import_app
@@ -23,6 +21,7 @@ from worker.cli.common import (
     parse_moment,
     user_errors,
 )
+from worker.report.layout import FittedTable
 
 # Literal choices: `--help` lists them and a typo is a usage error naming them.
 ResponseFormat = Literal["table", "csv", "json"]
@@ -146,12 +145,10 @@ def responses(
         elif format == "json":
             sys.stdout.write(json.dumps([row.as_dict() for row in rows], ensure_ascii=False, indent=2) + "\n")
         else:
-            table = Table(title="Responses")
-            for column in COLUMNS:
-                table.add_column(column)
+            table = FittedTable("Responses", COLUMNS)
             for row in rows:
                 values = row.as_dict()
-                table.add_row(*(escape(str(values[c])) if values[c] is not None else "" for c in COLUMNS))
+                table.add_row(*(str(values[c]) if values[c] is not None else "" for c in COLUMNS))
             out.print(table)
 
 

@@ -60,6 +60,15 @@ def run(
         if once:
             summary = daemon.run_once(rt, workers=workers)
             _print_summary(rt, summary)
+            failed = sum(row.other.get(DeliveryStatus.failed, 0) for row in summary.rows)
+            if failed:
+                # A script or cron job must notice; the deliveries wait for a fix and `retention retry`.
+                err.print(
+                    f"error: {plural(failed, 'delivery')} failed: `retention deliveries --status failed` "
+                    "shows why; after the fix, `retention retry CAMPAIGN` sends them",
+                    markup=False, soft_wrap=True,
+                )
+                raise typer.Exit(1)
         else:
             daemon.serve(rt, workers=workers, web=(None if no_web else (host, port)))
             exit_now()

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from campaigns.reports import Deliverability, Funnel, PeriodChurn, Rates, Report
@@ -15,18 +14,16 @@ from campaigns.reports.lift import CONFIDENCE, MIN_GROUP, NOT_ENOUGH_DATA
 from worker.report.formatting import (
     _pct,
 )
+from worker.report.layout import FittedTable
 
 
 def _table(
     title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "", *, text: int = 1
-) -> Table:
-    """A table whose first ``text`` columns are left-aligned text and the rest right-aligned numbers."""
-    table = Table(title=title, caption=caption or None, title_justify="left", caption_justify="left")
-    for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i < text else "right", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*row)
-    return table
+) -> FittedTable:
+    """A table whose first ``text`` columns are left-aligned text and the rest right-aligned numbers;
+    one record per row where the grid would not fit the width."""
+    justify = ["left" if i < text else "right" for i in range(len(columns))]
+    return FittedTable(title, columns, rows, caption=caption, justify=justify)
 
 
 PERIOD_COLUMNS = ("period", "at start", "acquired", "lost", "cancelled", "lapsed", "churn", "retention",
@@ -148,7 +145,7 @@ def report_tables(report: Report) -> Group:
     return Group(*parts)
 
 
-def _campaign_table(funnels: Sequence[Funnel]) -> Table:
+def _campaign_table(funnels: Sequence[Funnel]) -> FittedTable:
     return _table(
         "Campaigns", CAMPAIGN_COLUMNS, _campaign_rows(funnels, reasons=False),
         caption=(f"Lift = conversion rate of sent minus held-out, in percentage points. "
@@ -156,7 +153,7 @@ def _campaign_table(funnels: Sequence[Funnel]) -> Table:
     )
 
 
-def at_risk_table(result: AtRiskReport) -> Table:
+def at_risk_table(result: AtRiskReport) -> FittedTable:
     return _table(
         f"At risk: {len(result.customers)} of {result.considered} active customers, lowest health first",
         ["customer", "email", "plan", "why", "score", "inactive", "usual gap", "recent / before"],
