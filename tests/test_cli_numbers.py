@@ -48,7 +48,7 @@ def test_a_delivery_waiting_for_quiet_hours_follows_the_rules_in_force(workdir):
     lapsed_customers_csv(workdir, f"c1,ada@example.com,Ada,pro,active,UTC,{lapsed:%Y-%m-%d}")
     retention(workdir, "import", "customers", "customers.csv")
     first = retention(workdir, "run", "--once")
-    assert "1 deliveries still waiting" in first.stdout
+    assert "1 delivery still waiting" in first.stdout
     assert sent_messages(workdir) == 0
     write_rules(workdir)  # marketing removes quiet hours
     retention(workdir, "run", "--once")
