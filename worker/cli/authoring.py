@@ -117,7 +117,11 @@ def plan(
         if not p.due:
             found.append(p.not_due_reason or "not due")
         if p.blast_guard:
-            found.append(f"HELD by blast guard: {p.blast_guard}; run `retention approve {p.campaign_id}`")
+            found.append(f"HELD by blast guard: {p.blast_guard}; {p.held} deliveries would wait for "
+                         f"`retention approve {p.campaign_id}`")
+        if p.earlier:
+            listed = ", ".join(f"{count} {status}" for status, count in sorted(p.earlier.items()))
+            found.append(f"planned before: {listed}")
         if p.over_max_per_pass:
             found.append(f"{p.over_max_per_pass} over max_per_pass, next pass")
     if format == "json":
@@ -126,7 +130,8 @@ def plan(
             "campaigns": [{
                 "campaign": p.campaign_id, "due": p.due, "audience": p.audience, "to_send": p.to_send,
                 "counts": dict(p.counts), "over_max_per_pass": p.over_max_per_pass,
-                "held_by_blast_guard": p.blast_guard, "notes": notes[p.campaign_id],
+                "held_by_blast_guard": p.blast_guard, "held": p.held, "planned_before": dict(p.earlier),
+                "notes": notes[p.campaign_id],
                 "sample": [{"customer_id": cid, "email": email} for cid, email in p.sample],
             } for p in result.plans],
         })
