@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import textwrap
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from email.message import EmailMessage
@@ -71,8 +72,10 @@ class _Bouncing:
         self.transport.close()
 
 
-def simulate_quarter(rt: Runtime, *, customers: int, end: datetime, seed: int = SEED) -> QuarterSummary:
-    """Build the customer base as it was 12 weeks before ``end``, then live the 12 weeks."""
+def simulate_quarter(rt: Runtime, *, customers: int, end: datetime, seed: int = SEED,
+                     on_day: Callable[[int], None] | None = None) -> QuarterSummary:
+    """Build the customer base as it was 12 weeks before ``end``, then live the 12 weeks;
+    ``on_day(n)`` is told after each simulated day (for a progress display)."""
     start = (end - timedelta(days=QUARTER_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0)
     non_activity = frozenset(rt.rules.defaults.non_activity_events)
     with Session(rt.engine) as session:
@@ -98,6 +101,8 @@ def simulate_quarter(rt: Runtime, *, customers: int, end: datetime, seed: int = 
             summary.events += _record(rt, due, non_activity, now=moment)
             if moment in moments:
                 _pass(rt, sender, behaviour, summary, moment)
+        if on_day is not None:
+            on_day(number + 1)
     return summary
 
 
@@ -191,7 +196,7 @@ def story(summary: QuarterSummary, report: Report) -> list[str]:
         f"{QUARTER_DAYS} days, {summary.passes} passes.",
         f"  customers  {data.customers} ({plans}); {summary.events} events during the quarter",
         f"  emails     {sent} sent, {summary.outcomes['bounced']} bounced (addresses suppressed), "
-        f"{summary.unsubscribed} unsubscribed, {summary.answered} exit surveys answered",
+        f"{summary.unsubscribed} unsubscribed, {summary.answered} exit-survey responses",
     ]
     months = [p for p in report.periods if p.end > summary.start and not p.partial]
     if months:
@@ -219,7 +224,8 @@ def story(summary: QuarterSummary, report: Report) -> list[str]:
         lines.append(f"    {verdict}")
     for question in report.surveys:
         if question.kind == "choice" and question.answered:
-            spread = ", ".join(f"{c.choice} {c.share:.0f}%" for c in question.choices if c.count)
+            spread = ", ".join(f"{c.choice.replace('_', ' ')} {c.share:.0f}%"
+                               for c in question.choices if c.count)
             lines.append(f"why they left ({question.answered} answers to {question.question!r}): {spread}")
     return [wrapped for line in lines for wrapped in _wrap(line)]
 

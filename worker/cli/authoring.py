@@ -252,7 +252,7 @@ def preview(
     rt = build_runtime()
     with Session(rt.engine) as session:
         message = _compose(rt, session, campaign, customer, variant)
-    for header in ("From", "To", "Subject", "List-Unsubscribe"):
+    for header in ("From", "To", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post"):
         out.print(f"[bold]{header}:[/bold] {message[header]}", soft_wrap=True)
     text = message.get_body(("plain",))
     out.print()

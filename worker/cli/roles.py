@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -141,19 +143,32 @@ def _demo_quarter(rt: Runtime, customers: int, report_path: Path) -> None:
     from campaigns.reports import build_report
     from worker import report as report_output
     from worker.daemon import where_mail_went
-    from worker.demo import simulate_quarter, story
+    from worker.demo import QUARTER_DAYS, simulate_quarter, story
 
     with Session(rt.engine) as session:
         anchor = demo_anchor(session)
-    with err.status(f"simulating a quarter of {customers} customers, day by day…"), user_errors():
-        quarter = simulate_quarter(rt, customers=customers, end=anchor)
+    # Two passes a day for twelve weeks would log some 800 INFO lines: the summary says it.
+    chatty = [logging.getLogger(name) for name in ("worker", "campaigns")]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    title = f"simulating a quarter of {customers} customers, day by day"
+    try:
+        with err.status(f"{title}…") as status, user_errors():
+            def progress(day: int) -> None:
+                status.update(f"{title}: day {day} of {QUARTER_DAYS}")
+                if not err.is_terminal and day % 28 == 0:
+                    err.print(f"{title}: day {day} of {QUARTER_DAYS}", markup=False)
+
+            quarter = simulate_quarter(rt, customers=customers, end=anchor, on_day=progress)
+    finally:
+        for logger, level in zip(chatty, levels, strict=True):
+            logger.setLevel(level)
     with Session(rt.engine) as session, user_errors():
         result = build_report(session, rt.rules, now=anchor, start=quarter.start, end=anchor)
     for line in story(quarter, result):
         out.print(line, markup=False, soft_wrap=True)
     _write(report_output.report_html(result), report_path)
-    import textwrap
-
     for line in textwrap.wrap(where_mail_went(rt), width=80, break_on_hyphens=False):
         out.print(line, markup=False, soft_wrap=True)
     out.print("next: `retention report` for the full tables; `retention explain demo-00007`\n"
