@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, quote_from_bytes
@@ -73,17 +75,34 @@ class Daemon:
         """Replace rules.yaml (None: delete it), SIGHUP, and return the daemon's verdict line."""
         if text is None:
             self.rules.unlink()
-        elif isinstance(text, bytes):
-            self.rules.write_bytes(text)
         else:
-            self.rules.write_text(text, encoding="utf-8")
+            self.write(text)
         return self.hup()
+
+    def write(self, text: str | bytes) -> None:
+        """Replace rules.yaml at once, as editors save: a reload never reads half a file."""
+        partial = self.rules.with_name(self.rules.name + ".saving")
+        partial.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+        os.replace(partial, self.rules)
 
     def hup(self) -> str:
         seen = len(self.proc.lines)
         self.proc.popen.send_signal(signal.SIGHUP)
-        return self.proc.wait_for_line(
+        verdict = self.proc.wait_for_line(
             "rules not reloaded|keeping the rules loaded at|rules reloaded from", after=seen, timeout=15)
+        self._settle()
+        return verdict
+
+    def _settle(self, quiet: float = 1.0, timeout: float = 15) -> None:
+        """Wait until the daemon has logged nothing for ``quiet`` seconds: the file watcher also
+        reloads after each write (debounced), and a reload still running when the next example
+        writes the file would report its verdict as the next one's."""
+        deadline = time.monotonic() + timeout
+        count, since = len(self.proc.lines), time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if len(self.proc.lines) != count:
+                count, since = len(self.proc.lines), time.monotonic()
 
 
 # Input handling does not depend on the database backend: these run on SQLite only.
@@ -165,7 +184,7 @@ def test_rules_edit_that_is_not_utf8_keeps_the_daemon_running(daemon):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=mutated(ANY_CHARACTER, ODD_VALUES))
 def test_fuzzed_rules_edits_are_applied_or_refused_as_check_says_and_the_daemon_stays_up(daemon, text):
-    daemon.rules.write_text(text, encoding="utf-8")
+    daemon.write(text)
     rules, lines = check_files(daemon.rules, TemplateStore(ROOT / "templates"))  # what `check` says
     verdict = daemon.hup()
     assert daemon.proc.alive, daemon.proc.output
