@@ -14,10 +14,13 @@ pytest_plugins = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests mail every customer they create on purpose: the blast guard's share rule (a first
+# pass reaching most of the base is held) is tested in tests/test_safety_net.py.
 DEFAULT_RULES = """
 defaults:
   sender: "Acme <hello@acme.example>"
   timezone: UTC
+  blast_guard: {share: 100%}
 campaigns:
   - id: we-miss-you
     template: we_miss_you

@@ -78,11 +78,12 @@ def test_database_down_during_sends_sends_nothing_unclaimed_and_delivers_after_r
     with producer(rt) as roles:
         run_pass(rt, roles.enqueue)  # the planner still reaches the database; the worker does not
         # Every message is tried, retried and finally dropped by the broker: the claim
-        # (the first write) fails each time, so no SMTP conversation ever starts.
+        # (the first write) fails each time, so no message is ever sent; the only SMTP
+        # connection is the worker's start-up check that the server takes its login.
         wait_until(lambda: worker.count("Retries exceeded") >= 5, timeout=60,
                    what=lambda: f"the broker giving up on all five messages\n{worker.output}")
         assert worker.count("OperationalError") > 0
-        assert chaos_sink.connections == 0 and chaos_sink.messages == []
+        assert chaos_sink.connections <= 1 and chaos_sink.messages == []
         assert [(r.status, r.attempts) for r in deliveries(rt)] == [("queued", 0)] * 5
         pg_proxy.up()
         assert len(sweep(rt, roles.enqueue)) == 5  # the outbox outlives the broker's retries
