@@ -218,8 +218,8 @@ def demo(
     # init` would, so that `report`, `plan` and `explain` work there afterwards.
     if not cfg.rules.exists() and not cfg.templates.exists():
         examples.write_into_place(rules=cfg.rules, templates=cfg.templates)
-        out.print(f"wrote the example {cfg.rules} and {cfg.templates}/ to try (`retention init` does "
-                  "the same)", markup=False)
+        out.print(f"wrote the example {cfg.rules} and {cfg.templates}/ (as `retention init` does)",
+                  markup=False, soft_wrap=True)
     rt = build_runtime(cfg)
     if not quick:
         _demo_quarter(rt, customers, report or Path("demo-report.html"))
