@@ -91,6 +91,7 @@ def test_shipped_rules_and_templates_pass(project: Project) -> None:
     assert result.code == 0, result.output
     assert result.output.startswith("OK: ")
     assert "5 campaigns" in result.output
+    assert "1 survey)" in result.output  # counted nouns agree: not "1 surveys"
     assert not (project.root / "t.db").exists(), "check must not create the database"
 
 

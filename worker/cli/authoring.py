@@ -59,8 +59,9 @@ def check() -> None:
     for line in warnings:
         out.print(line, markup=False, soft_wrap=True)
     out.print(
-        f"OK: {cfg.rules} ({len(rules.campaigns)} campaigns, {len(rules.surveys)} surveys) "
-        f"and {len(templates.names())} templates in {cfg.templates}"
+        f"OK: {cfg.rules} ({plural(len(rules.campaigns), 'campaign')}, "
+        f"{plural(len(rules.surveys), 'survey')}) "
+        f"and {plural(len(templates.names()), 'template')} in {cfg.templates}"
         + (f", {plural(len(warnings), 'warning')}" if warnings else ""),
         markup=False,
     )
