@@ -1,7 +1,7 @@
 """P4: CSV import (customers, then events) against a raw executemany of the same rows.
 
 The raw side reads the same file with the csv module and inserts the cells
-as they are (text times, a JSON attributes column), 1000 rows and one commit
+as they are (text times, a JSON attributes column), BATCH_ROWS rows and one commit
 per batch like the importer — no validation, no time zones, no upsert.
 `api` sends the same events through POST /api/v1/events.
 """
@@ -17,10 +17,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from campaigns.ingestion.csv_import import import_csv
+from campaigns.ingestion.csv_import import BATCH_ROWS, import_csv
 from worker.database import make_engine
 
-BATCH = 1000
+BATCH = BATCH_ROWS  # what `retention import` commits at, for both sides
+API_BATCH = 1000  # the API's most items per call
 
 
 def ours(url: str, path: str, kind: str) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def api(url: str, customers_path: str, events_path: str) -> dict[str, Any]:
     rt = runtime_module.build(settings)
     with Session(rt.engine) as session:
         with open(customers_path, newline="", encoding="utf-8") as source:
-            import_csv(session, source, "customers", batch_size=10_000)
+            import_csv(session, source, "customers")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -116,7 +117,7 @@ def api(url: str, customers_path: str, events_path: str) -> dict[str, Any]:
         batch: list[dict[str, Any]] = []
         for row in reader:
             batch.append({k: v for k, v in row.items() if v})
-            if len(batch) == BATCH:
+            if len(batch) == API_BATCH:
                 batches.append(json.dumps({"events": batch}).encode())
                 batch = []
         if batch:
