@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from campaigns.reports import build_report
 from campaigns.reports.periods import make_grid
-from campaigns.rules.schema import load_rules
+from campaigns.rules import load_rules
 from worker.database import make_engine
 
 RULES = Path(__file__).resolve().parent / "rules.yaml"

@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from campaigns.planning.planner import BUCKETS, HASH_PRIME, hash_coefficients
-from campaigns.rules.schema import Rules
+from campaigns.planning.splits import BUCKETS, HASH_PRIME, hash_coefficients
+from campaigns.rules import Rules
 
 IN_FLIGHT = "('queued', 'sending', 'sent', 'held')"
 COOLING = "('queued', 'sending', 'sent', 'held', 'held_out')"

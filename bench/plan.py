@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from bench import child, handsql
 from campaigns.planning.planner import Planner
-from campaigns.rules.schema import load_rules
+from campaigns.rules import load_rules
 from worker.database import make_engine
 
 RULES = Path(__file__).resolve().parent / "rules.yaml"

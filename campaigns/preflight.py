@@ -36,8 +36,9 @@ from campaigns.observed import (
     event_names,
     has_customers,
 )
-from campaigns.rules.conditions import FieldTest, SqlContext, compile_condition, walk
-from campaigns.rules.schema import Campaign, Rules
+from campaigns.rules import Campaign, Rules
+from campaigns.rules.condition_sql import SqlContext, compile_condition
+from campaigns.rules.conditions import FieldTest, walk
 
 _NULLABLE = ("first_name", "last_name", "plan", "locale", "timezone", "signed_up_at", "cancelled_at",
              "last_active_at", "cadence_days")

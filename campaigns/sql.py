@@ -12,7 +12,7 @@ report contradict what the planner sends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -88,68 +88,33 @@ def cancel_moment() -> ColumnElement[datetime]:
 
 # ---------------------------------------------------------------- dialect functions
 
-
-class days_since(FunctionElement[float]):  # lower-case: reads like the SQL function it is
-    """Fractional days from a timestamp column to a moment, in each dialect's own arithmetic."""
-
-    type = sa.Float()
-    inherit_cache = True
-    name = "days_since"
+F = TypeVar("F", bound=type[FunctionElement[Any]])
 
 
-@compiles(days_since, "sqlite")
-def _days_since_sqlite(element: days_since, compiler: Any, **kw: Any) -> str:
-    column, moment = list(element.clauses)
-    return f"(julianday({compiler.process(moment, **kw)}) - julianday({compiler.process(column, **kw)}))"
+def per_dialect(*, sqlite: Callable[..., str], default: Callable[..., str]) -> Callable[[F], F]:
+    """Compile a function element to SQLite's SQL or to PostgreSQL's (the default).
 
-
-@compiles(days_since)
-def _days_since_default(element: days_since, compiler: Any, **kw: Any) -> str:
-    column, moment = list(element.clauses)
-    return (
-        f"(EXTRACT(EPOCH FROM ({compiler.process(moment, **kw)} - "
-        f"{compiler.process(column, **kw)})) / 86400.0)"
-    )
-
-
-class as_number(FunctionElement[float]):  # lower-case: reads like the SQL function it is
-    """Text to a number, or NULL when it is not one (never an error mid-query)."""
-
-    type = sa.Float()
-    inherit_cache = True
-    name = "as_number"
-
-
-@compiles(as_number, "sqlite")
-def _as_number_sqlite(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
-    return f"(CASE WHEN {text} = '' OR {text} GLOB '*[^0-9.eE+-]*' THEN NULL ELSE CAST({text} AS REAL) END)"
-
-
-@compiles(as_number)
-def _as_number_default(element: as_number, compiler: Any, **kw: Any) -> str:
-    text = f"trim({compiler.process(next(iter(element.clauses)), **kw)})"
-    return (
-        f"(CASE WHEN {text} ~ '^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
-        f"THEN CAST({text} AS DOUBLE PRECISION) END)"
-    )
-
-
-class attribute_text(FunctionElement[str]):  # lower-case: reads like the SQL function it is
-    """An attribute as the text a CSV cell would hold: JSON true is 'true', 42 is '42'.
-
-    Attributes arrive typed from the API (JSON booleans and numbers) and as text from CSV;
-    comparing both as text makes `attributes.beta: true` mean the same whatever the source.
+    Each side gets the element's arguments already compiled, in order, and returns the SQL.
     """
 
-    type = sa.String()
-    inherit_cache = True
-    name = "attribute_text"
+    def register(cls: F) -> F:
+        element_class: Any = cls  # FunctionElement declares neither attribute
+        element_class.name = cls.__name__
+        element_class.inherit_cache = True  # the SQL depends on the arguments only: cache it
+        for dialects, render in (("sqlite",), sqlite), ((), default):
+
+            def compile_sql(
+                element: Any, compiler: Any, render: Callable[..., str] = render, **kw: Any
+            ) -> str:
+                return render(*(compiler.process(clause, **kw) for clause in element.clauses))
+
+            compiles(cls, *dialects)(compile_sql)
+        return cls
+
+    return register
 
 
-@compiles(attribute_text, "sqlite")
-def _attribute_text_sqlite(element: attribute_text, compiler: Any, **kw: Any) -> str:
-    document, key = (compiler.process(c, **kw) for c in element.clauses)
+def _sqlite_attribute_text(document: str, key: str) -> str:
     path = f"'$.\"' || {key} || '\"'"
     # json_extract gives 1/0 for JSON booleans; json_type tells them from numbers.
     return (
@@ -158,25 +123,58 @@ def _attribute_text_sqlite(element: attribute_text, compiler: Any, **kw: Any) ->
     )
 
 
-@compiles(attribute_text)
-def _attribute_text_default(element: attribute_text, compiler: Any, **kw: Any) -> str:
-    document, key = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(CAST({document} AS JSON) ->> {key})"
+def _number_or_null(text: str, *, sqlite: bool) -> str:
+    text = f"trim({text})"
+    if sqlite:
+        return (
+            f"(CASE WHEN {text} = '' OR {text} GLOB '*[^0-9.eE+-]*' THEN NULL "
+            f"ELSE CAST({text} AS REAL) END)"
+        )
+    return (
+        f"(CASE WHEN {text} ~ '^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "
+        f"THEN CAST({text} AS DOUBLE PRECISION) END)"
+    )
 
 
-class epoch_seconds(FunctionElement[int]):  # lower-case: reads like the SQL function it is
+@per_dialect(
+    sqlite=lambda column, moment: f"(julianday({moment}) - julianday({column}))",
+    default=lambda column, moment: f"(EXTRACT(EPOCH FROM ({moment} - {column})) / 86400.0)",
+)
+class days_since(FunctionElement[float]):  # lower-case: reads like the SQL function it is
+    """Fractional days from a timestamp column to a moment, in each dialect's own arithmetic."""
+
+    type = sa.Float()
+
+
+@per_dialect(
+    sqlite=lambda text: _number_or_null(text, sqlite=True),
+    default=lambda text: _number_or_null(text, sqlite=False),
+)
+class as_number(FunctionElement[float]):
+    """Text to a number, or NULL when it is not one (never an error mid-query)."""
+
+    type = sa.Float()
+
+
+@per_dialect(
+    sqlite=_sqlite_attribute_text,
+    default=lambda document, key: f"(CAST({document} AS JSON) ->> {key})",
+)
+class attribute_text(FunctionElement[str]):
+    """An attribute as the text a CSV cell would hold: JSON true is 'true', 42 is '42'.
+
+    Attributes arrive typed from the API (JSON booleans and numbers) and as text from CSV;
+    comparing both as text makes `attributes.beta: true` mean the same whatever the source.
+    """
+
+    type = sa.String()
+
+
+@per_dialect(
+    sqlite=lambda moment: f"CAST(strftime('%s', {moment}) AS INTEGER)",
+    default=lambda moment: f"CAST(EXTRACT(EPOCH FROM {moment}) AS BIGINT)",
+)
+class epoch_seconds(FunctionElement[int]):
     """Whole seconds since 1970 of a timestamp."""
 
     type = sa.BigInteger()
-    inherit_cache = True
-    name = "epoch_seconds"
-
-
-@compiles(epoch_seconds, "sqlite")
-def _epoch_sqlite(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(strftime('%s', {compiler.process(next(iter(element.clauses)), **kw)}) AS INTEGER)"
-
-
-@compiles(epoch_seconds)
-def _epoch_default(element: epoch_seconds, compiler: Any, **kw: Any) -> str:
-    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(next(iter(element.clauses)), **kw)}) AS BIGINT)"

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from campaigns.models import Customer, Delivery, DeliveryStatus, Event, message_id_for
-from campaigns.rules.schema import Rules, parse_rules
+from campaigns.rules import Rules, parse_rules
 from worker.broker import QUEUE
 from worker.daemon import Roles
 from worker.database import make_engine, upgrade

@@ -24,15 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 from campaigns.models import Customer, Event
-from campaigns.rules.conditions import (
-    Condition,
-    EventTest,
-    FieldTest,
-    Group,
-    SqlContext,
-    compile_condition,
-    parse_when,
-)
+from campaigns.rules.condition_sql import SqlContext, compile_condition
+from campaigns.rules.conditions import Condition, EventTest, FieldTest, Group, parse_when
 from worker.database import make_engine
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)

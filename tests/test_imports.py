@@ -7,6 +7,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_ONLY = ("dramatiq", "apscheduler", "smtplib", "fastapi", "starlette", "uvicorn", "worker")
+# Past this a module has, every time so far, been holding a second concept.
+MAX_LINES = 420
+# Still over, each being split by its owner's issue; this list is meant to end empty.
+OVERSIZE = {
+    "campaigns/ingestion/records.py",  # validation vs upserts (the imports work)
+    "worker/mail/smtp.py",  # the send-path work reshapes it
+    "worker/daemon.py",  # the send-path work reshapes it
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -63,3 +71,13 @@ def test_the_domain_imports_no_broker_scheduler_smtp_http_or_worker() -> None:
         if target.split(".")[0] in RUNTIME_ONLY
     ]
     assert offending == []
+
+
+def test_no_module_outgrows_one_concept() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in _modules().values()
+        if "migrations" not in path.parts
+    }
+    over = {name: lines for name, lines in sizes.items() if lines > MAX_LINES and name not in OVERSIZE}
+    assert over == {}

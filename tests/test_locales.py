@@ -182,7 +182,7 @@ def test_survey_questions_are_asked_in_the_customers_language(make_runtime, loca
 
 def test_a_translation_of_an_unknown_choice_is_a_located_error(tmp_path):
     from campaigns.errors import RulesErrors
-    from campaigns.rules.schema import load_rules
+    from campaigns.rules import load_rules
 
     path = tmp_path / "rules.yaml"
     path.write_text(SURVEY_RULES.replace("not_needed: 不再需要", "too_slow: 太慢"), encoding="utf-8")

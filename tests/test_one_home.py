@@ -24,7 +24,7 @@ from campaigns.errors import RulesErrors, TemplateError
 from campaigns.ingestion.records import CustomerIn
 from campaigns.models import CampaignState
 from campaigns.responses.pages import ERROR, SAMPLE_CONTEXTS, Pages
-from campaigns.rules.schema import WEEKDAYS
+from campaigns.rules import WEEKDAYS
 from campaigns.sql import ID_CHUNK, chunks, dialect_insert
 from campaigns.timezones import customer_zone
 from tests.factories import migrated_engine, rules

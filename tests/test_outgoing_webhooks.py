@@ -24,7 +24,7 @@ from campaigns.models import Delivery, DeliveryStatus, WebhookAttempt, WebhookMe
 from campaigns.planning.conversions import credit_conversions
 from campaigns.responses import recording
 from campaigns.responses.notify import notify
-from campaigns.rules.schema import parse_rules
+from campaigns.rules import parse_rules
 from tests.factories import add_customer
 from worker import outgoing_webhooks as webhooks
 from worker.cli import app

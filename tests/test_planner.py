@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from campaigns.models import CampaignState, Delivery, DeliveryStatus, Suppression
-from campaigns.planning.planner import Planner, approve
+from campaigns.planning import Planner, approve
 from tests.factories import NOW, add_customer, add_event, migrated_engine, rules
 
 MISS_YOU = """

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from campaigns.errors import RulesError, RulesErrors
-from campaigns.rules.conditions import SqlContext, compile_condition
+from campaigns.rules import Rules, load_rules, parse_rules
+from campaigns.rules.condition_sql import SqlContext, compile_condition
 from campaigns.rules.durations import format_duration, parse_duration
-from campaigns.rules.schema import Rules, load_rules, parse_rules
 
 SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
 

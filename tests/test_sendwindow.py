@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.delivery.sendwindow import next_send_time
-from campaigns.rules.schema import QuietHours
+from campaigns.rules import QuietHours
 from campaigns.timezones import customer_zone
 
 NIGHT = QuietHours(start=time(21), end=time(8))

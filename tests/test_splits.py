@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.planning.planner import BUCKETS, HASH_PRIME, Planner, hash_coefficients
+from campaigns.planning import Planner
+from campaigns.planning.splits import BUCKETS, HASH_PRIME, hash_coefficients
 from tests.factories import NOW, migrated_engine, rules
 
 CUSTOMERS = 100_000

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import Webhook as Signer
 
 from campaigns.models import WebhookAttempt, WebhookMessage, utcnow
 from campaigns.responses import webhooks as outbox
-from campaigns.rules.schema import Rules, Webhook
+from campaigns.rules import Rules, Webhook
 from worker import runtime
 
 log = logging.getLogger(__name__)

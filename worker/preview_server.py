@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from campaigns.errors import RetentionError, RulesErrors, SourceError
 from campaigns.models import Customer, utcnow
-from campaigns.rules.schema import Rules, load_rules
+from campaigns.rules import Rules, load_rules
 from worker import previews
 from worker.runtime import Runtime, check_files
 

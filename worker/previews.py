@@ -19,7 +19,7 @@ from campaigns.delivery.sending import Sender
 from campaigns.delivery.tokens import TEST_DELIVERY_ID
 from campaigns.errors import RetentionError
 from campaigns.models import Customer, Delivery
-from campaigns.rules.schema import Campaign
+from campaigns.rules import Campaign
 
 SAMPLE_ID = sample_customer()["id"]
 

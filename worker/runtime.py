@@ -28,7 +28,7 @@ from campaigns.errors import RulesError, RulesErrors, SourceError
 from campaigns.models import utcnow
 from campaigns.preflight import data_warnings, template_errors
 from campaigns.responses.pages import Pages
-from campaigns.rules.schema import Rules, load_rules, parse_rules
+from campaigns.rules import Rules, load_rules, parse_rules
 from worker.database import ensure_secret_key, make_engine, read_setting, upgrade, write_setting
 from worker.heartbeat import Heartbeat
 from worker.mail import Transport, transport_from_url

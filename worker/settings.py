@@ -6,6 +6,7 @@ everything below them gets plain values through arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ DEFAULT_MAX_BACKOFF_MS = 3_600_000
 # Longer than the longest send (the reply after DATA alone may take 600 s); also the
 # deliver actor's time limit.
 DEFAULT_SENDING_TIMEOUT_SECONDS = 900.0
+
+
+def _empty_or_scheme(schemes: tuple[str, ...], message: str) -> Callable[[str], str]:
+    """A validator for an optional URL: empty (the feature is off), or one of ``schemes``."""
+
+    def check(value: str) -> str:
+        if value and not value.startswith(schemes):
+            raise ValueError(message)
+        return value
+
+    return check
 
 
 class Settings(BaseSettings):
@@ -76,19 +88,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https:// (it is the base of links in emails)")
         return value.rstrip("/")
 
-    @field_validator("broker_url")
-    @classmethod
-    def _known_broker(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be empty (in-process queue) or a redis:// URL")
-        return value
-
-    @field_validator("bounce_mailbox")
-    @classmethod
-    def _known_mailbox(cls, value: str) -> str:
-        if value and not value.startswith(("imap://", "imaps://", "maildir://")):
-            raise ValueError("must be imaps://user:pass@host/FOLDER, imap://… or maildir://PATH")
-        return value
+    _known_broker = field_validator("broker_url")(
+        _empty_or_scheme(("redis://", "rediss://", "unix://"),
+                         "must be empty (in-process queue) or a redis:// URL")
+    )
+    _known_mailbox = field_validator("bounce_mailbox")(
+        _empty_or_scheme(("imap://", "imaps://", "maildir://"),
+                         "must be imaps://user:pass@host/FOLDER, imap://… or maildir://PATH")
+    )
 
     @field_validator("verp_address")
     @classmethod

@@ -116,20 +116,18 @@ def webhooks_router(rt: Runtime, *, sns: SnsVerifier | None = None) -> APIRouter
 
     @router.post("/postmark")
     async def postmark(request: Request) -> JSONResponse:
-        if not settings.postmark_webhook_auth:
-            raise HTTPException(403, "the Postmark webhook is disabled: set RETENTION_POSTMARK_WEBHOOK_AUTH "
-                                "to user:password and put them in the webhook URL")
-        _verify_basic_auth(settings.postmark_webhook_auth, request)
+        auth = _configured(settings.postmark_webhook_auth, "Postmark", "RETENTION_POSTMARK_WEBHOOK_AUTH",
+                           "user:password and put them in the webhook URL")
+        _verify_basic_auth(auth, request)
         payload = _json(await _body(request))
         return await apply("postmark", lambda: providers.postmark_reports(payload))
 
     @router.post("/mailgun")
     async def mailgun(request: Request) -> JSONResponse:
-        if not settings.mailgun_signing_key:
-            raise HTTPException(403, "the Mailgun webhook is disabled: set RETENTION_MAILGUN_SIGNING_KEY "
-                                "to the domain's HTTP webhook signing key")
+        key = _configured(settings.mailgun_signing_key, "Mailgun", "RETENTION_MAILGUN_SIGNING_KEY",
+                          "the domain's HTTP webhook signing key")
         payload = _json(await _body(request))
-        _verify_mailgun(settings.mailgun_signing_key, payload)
+        _verify_mailgun(key, payload)
         return await apply("mailgun", lambda: providers.mailgun_reports(payload))
 
     @router.post("/bounce")
@@ -142,6 +140,13 @@ def webhooks_router(rt: Runtime, *, sns: SnsVerifier | None = None) -> APIRouter
 
 
 # ---------------------------------------------------------------- signatures
+
+
+def _configured(secret: str, provider: str, setting: str, value: str) -> str:
+    """The provider's secret; without one its webhook is off (403) rather than open to anyone."""
+    if not secret:
+        raise HTTPException(403, f"the {provider} webhook is disabled: set {setting} to {value}")
+    return secret
 
 
 def _verify_sendgrid(public_key: str, request: Request, body: bytes) -> None:

@@ -19,8 +19,8 @@ from sqlmodel import col
 
 from campaigns.delivery import outbox
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.planning.planner import IN_FLIGHT
-from campaigns.rules.schema import Campaign, FrequencyCap, Rules
+from campaigns.planning.verdicts import IN_FLIGHT
+from campaigns.rules import Campaign, FrequencyCap, Rules
 
 RETRIABLE = (DeliveryStatus.failed, DeliveryStatus.unknown)
 

@@ -32,7 +32,7 @@ from campaigns.errors import (
     UnknownCampaign,
 )
 from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
-from campaigns.rules.schema import Campaign, Rules
+from campaigns.rules import Campaign, Rules
 from campaigns.timezones import customer_zone
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from sqlmodel import col
 
 from campaigns.errors import UnknownCampaign
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.rules.schema import WEEKDAYS, QuietHours, Rules
+from campaigns.rules import WEEKDAYS, QuietHours, Rules
 from campaigns.timezones import customer_zone
 
 # The start of `last_error` on a delivery deferred by the send window (see sending.py).

@@ -17,7 +17,7 @@ from sqlmodel import col
 
 from campaigns.models import Delivery, DeliveryStatus, Event
 from campaigns.responses.notify import notify
-from campaigns.rules.schema import Rules
+from campaigns.rules import Rules
 from campaigns.sql import days_since
 
 CREDITED = (DeliveryStatus.sent, DeliveryStatus.held_out)

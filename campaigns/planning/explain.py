@@ -17,7 +17,10 @@ from sqlmodel import col
 
 from campaigns.delivery.sendwindow import WAITING, next_send_time
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, UTCDateTime
-from campaigns.planning.planner import IN_FLIGHT, CampaignPlan, Planner
+from campaigns.planning.planner import CampaignPlan, Planner
+from campaigns.planning.verdicts import IN_FLIGHT
+from campaigns.rules import Campaign, Rules
+from campaigns.rules.condition_sql import SqlContext, compile_condition, reference_column
 from campaigns.rules.conditions import (
     DAY_FIELDS,
     AnswerTest,
@@ -25,14 +28,10 @@ from campaigns.rules.conditions import (
     EventTest,
     FieldTest,
     Group,
-    SqlContext,
-    compile_condition,
     describe,
-    reference_column,
     walk,
 )
 from campaigns.rules.durations import format_duration
-from campaigns.rules.schema import Campaign, Rules
 from campaigns.sql import days_since
 from campaigns.timezones import customer_zone
 

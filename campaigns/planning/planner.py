@@ -1,62 +1,34 @@
 """One planning pass: which customers get which campaign now.
 
-Per campaign, one SELECT computes every customer's *verdict* as a CASE
-expression (already sent, cooldown, suppressed, capped, held out, send) and
-one INSERT … SELECT turns the sendable ones into ``Delivery`` rows.  The
-natural key ``(campaign_id, customer_id, episode)`` is UNIQUE and the insert
-does nothing on conflict, so racing planners cannot create a duplicate.
-`retention plan` runs the very same pass in a transaction it rolls back, so
-what it shows is exactly what a real pass would do.
+Per campaign, one SELECT computes every customer's *verdict* (``verdicts``: already sent,
+cooldown, suppressed, capped, held out, send) into a temporary table, and one INSERT …
+SELECT turns the sendable ones into ``Delivery`` rows.  The natural key ``(campaign_id,
+customer_id, episode)`` is UNIQUE and the insert does nothing on conflict, so racing
+planners cannot create a duplicate.  `retention plan` runs the very same pass in a
+transaction it rolls back, so what it shows is exactly what a real pass would do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from croniter import croniter
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from campaigns.models import (
-    CampaignState,
-    Customer,
-    Delivery,
-    DeliveryStatus,
-    Event,
-    Suppression,
-    UTCDateTime,
-)
-from campaigns.rules.conditions import SqlContext, compile_condition
-from campaigns.rules.schema import Campaign, FrequencyCap, Rules
-from campaigns.sql import dialect_insert, epoch_seconds, inactive_since
+from campaigns.models import Customer, Delivery, DeliveryStatus
+from campaigns.planning.schedule import next_fire, scheduled_fire
+from campaigns.planning.splits import variant_columns
+from campaigns.planning.state import blast_guard_reason, locked_state
+from campaigns.planning.verdicts import VERDICTS, VerdictQuery
+from campaigns.rules import Campaign, Rules
+from campaigns.sql import dialect_insert
 
 log = logging.getLogger(__name__)
-
-# Deliveries that are, or will be, real messages: they count against frequency caps.
-IN_FLIGHT = (DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.held)
-COOLING = (*IN_FLIGHT, DeliveryStatus.held_out)
-VERDICTS = (
-    "no_match",
-    "already_sent",
-    "cooldown",
-    "suppressed",
-    "other_campaign",
-    "capped",
-    "held_out",
-    "send",
-)
-# A prime just under 2**31: x*x and a*x stay inside a signed 64-bit integer on every backend.
-HASH_PRIME = 2_147_483_647
-BUCKETS = 10_000
-
 
 # One pass's materialized selection (see Planner._materialize); created per connection.
 _PLAN_SELECTION = sa.Table(
@@ -67,30 +39,6 @@ _PLAN_SELECTION = sa.Table(
     sa.Column("verdict", sa.String(20), nullable=False),
     prefixes=["TEMPORARY"],
 )
-
-
-def hash_coefficients(purpose: str) -> tuple[int, int, int]:
-    """(a, b, c) of the quadratic hash for one purpose (``holdout:ID``, ``variant:ID``, ...)."""
-    digest = hashlib.blake2b(purpose.encode(), digest_size=24).digest()
-    a, b, c = (int.from_bytes(digest[i : i + 8], "big") for i in (0, 8, 16))
-    return a % (HASH_PRIME - 1) + 1, b % HASH_PRIME, c % HASH_PRIME
-
-
-def _bucket(customer_id: Any, purpose: str) -> ColumnElement[int]:
-    """0–9999 from ``(a·x² + b·x + c) mod p``, with a, b, c drawn from the purpose's name.
-
-    Each purpose (holdout, variant split, ...) has its own random-looking quadratic, so the
-    splits are statistically independent of each other: a linear hash would make one split
-    the other shifted by a constant, and a holdout would then skew the variants.  Plain
-    integer arithmetic below 2**63, identical on SQLite and PostgreSQL, so a customer lands
-    in the same group on every pass and every machine.
-    """
-    big = sa.BigInteger()
-    a, b, c = (sa.literal(v, big) for v in hash_coefficients(purpose))
-    prime = sa.literal(HASH_PRIME, big)
-    x = sa.cast(customer_id, big) % prime
-    mixed = (a * (x * x % prime) % prime + b * x % prime + c) % prime
-    return mixed % BUCKETS
 
 
 @dataclass
@@ -147,132 +95,7 @@ class Planner:
         self.now = now
         self.customer_id = customer_id
         self._total_customers: int | None = None
-        self.sql = SqlContext(now=now, passive_churn_after=rules.defaults.passive_churn_after)
-
-    # ------------------------------------------------------------ expressions
-
-    def _now(self) -> ColumnElement[datetime]:
-        return sa.literal(self.now, UTCDateTime())
-
-    def scheduled_fire(self, campaign: Campaign, state: CampaignState | None) -> datetime | None:
-        """The cron fire time this pass answers, or None when the schedule is not due."""
-        if campaign.schedule is None:
-            return None
-        # croniter's get_prev is strictly before its start: start just after this minute began,
-        # so a pass at exactly 10:00 answers the 10:00 fire.
-        previous: datetime = croniter(
-            campaign.schedule, self._this_minute() + timedelta(seconds=1)
-        ).get_prev(datetime)
-        since = (
-            state.last_pass_at
-            if state and state.last_pass_at
-            else (self.now - 2 * self.rules.defaults.check_every)
-        )
-        return previous if previous > since else None
-
-    def _this_minute(self) -> datetime:
-        local = self.now.astimezone(ZoneInfo(self.rules.defaults.timezone))
-        return local.replace(second=0, microsecond=0)
-
-    def next_fire(self, campaign: Campaign) -> datetime | None:
-        """The schedule's first fire after this minute, in the default time zone."""
-        if campaign.schedule is None:
-            return None
-        fire: datetime = croniter(campaign.schedule, self._this_minute()).get_next(datetime)
-        return fire
-
-    def episode(self, campaign: Campaign, fire: datetime | None) -> ColumnElement[str]:
-        if campaign.once:
-            return sa.literal("once")
-        if campaign.trigger is not None:
-            return sa.literal("event:") + sa.cast(col(Event.id), sa.String)
-        if fire is not None:
-            return sa.literal("cron:" + fire.isoformat())
-        # One send per absence: coming back starts a new episode.
-        return sa.literal("active:") + sa.cast(epoch_seconds(inactive_since()), sa.String)
-
-    def _recent(self, per: timedelta) -> ColumnElement[bool]:
-        return sa.func.coalesce(col(Delivery.sent_at), col(Delivery.created_at)) > self.now - per
-
-    def _capped(self, cap: FrequencyCap, campaign_id: str | None) -> ColumnElement[bool]:
-        count = sa.select(sa.func.count()).where(
-            col(Delivery.customer_id) == col(Customer.id),
-            col(Delivery.status).in_(IN_FLIGHT),
-            self._recent(cap.per),
-        )
-        if campaign_id is not None:
-            count = count.where(col(Delivery.campaign_id) == campaign_id)
-        return count.scalar_subquery() >= cap.max
-
-    def verdict(self, campaign: Campaign, episode: ColumnElement[str]) -> ColumnElement[str]:
-        """Why a customer matching the conditions would or would not get this campaign."""
-        mine = sa.and_(
-            col(Delivery.customer_id) == col(Customer.id), col(Delivery.campaign_id) == campaign.id
-        )
-        cases: list[tuple[ColumnElement[bool], str]] = [
-            (
-                sa.select(col(Delivery.id)).where(mine, col(Delivery.episode) == episode).exists(),
-                "already_sent",
-            ),
-        ]
-        if campaign.cooldown is not None:
-            # Held-out rows start a cooldown too, so both groups are paced alike.
-            spaced = sa.select(col(Delivery.id)).where(
-                mine, self._recent(campaign.cooldown), col(Delivery.status).in_(COOLING)
-            )
-            cases.append((spaced.exists(), "cooldown"))
-        suppressed = sa.or_(
-            col(Customer.unsubscribed_at).is_not(None),
-            sa.select(col(Suppression.id))
-            .where(col(Suppression.email) == sa.func.lower(col(Customer.email)))
-            .exists(),
-        )
-        cases.append((suppressed, "suppressed"))
-        # At most one campaign per customer per pass: the higher priority ran first.
-        taken = (
-            sa.select(col(Delivery.id))
-            .where(
-                col(Delivery.customer_id) == col(Customer.id),
-                col(Delivery.created_at) >= self._now(),
-                col(Delivery.status).in_(IN_FLIGHT),
-            )
-            .exists()
-        )
-        cases.append((taken, "other_campaign"))
-        for cap, scope in ((self.rules.defaults.frequency_cap, None), (campaign.frequency_cap, campaign.id)):
-            if cap is not None:
-                cases.append((self._capped(cap, scope), "capped"))
-        if campaign.holdout > 0:
-            bucket = _bucket(col(Customer.id), campaign.holdout_purpose)
-            cases.append((bucket < round(campaign.holdout * BUCKETS / 100), "held_out"))
-        return sa.case(*cases, else_="send")
-
-    def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
-        """Every customer matching the campaign's conditions, with episode and verdict."""
-        episode = self.episode(campaign, fire)
-        query: sa.Select[*tuple[Any, ...]] = sa.select(
-            col(Customer.id).label("customer_id"),
-            episode.label("episode"),
-            self.verdict(campaign, episode).label("verdict"),
-        )
-        if campaign.trigger is not None:
-            trigger = campaign.trigger
-            query = query.join(
-                Event,
-                sa.and_(
-                    col(Event.customer_id) == col(Customer.id),
-                    col(Event.name) == trigger.event,
-                    col(Event.occurred_at) <= self.now - trigger.after,
-                    col(Event.occurred_at) > self.now - trigger.after - trigger.within,
-                ),
-            )
-        condition = campaign.condition
-        query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
-        if self.customer_id is not None:
-            query = query.where(col(Customer.id) == self.customer_id)
-        return query.subquery("selection")
-
-    # ------------------------------------------------------------ the pass
+        self.verdicts = VerdictQuery(rules, now=now, customer_id=customer_id)
 
     def run(
         self, session: Session, *, campaign_ids: Sequence[str] | None = None, sample: int = 0
@@ -289,22 +112,22 @@ class Planner:
 
     def _plan_campaign(self, session: Session, campaign: Campaign, sample: int) -> CampaignPlan:
         plan = CampaignPlan(campaign.id)
-        state = self._state(session, campaign.id)
+        state = locked_state(session, campaign.id)
         if state.paused_at is not None:
             plan.due = False
             plan.not_due_reason = (
                 f"paused: {state.paused_reason}; resume with `retention approve {campaign.id}`"
             )
             return plan
-        fire = self.scheduled_fire(campaign, state)
+        fire = scheduled_fire(campaign, state, now=self.now, defaults=self.rules.defaults)
         if campaign.schedule is not None and fire is None:
             plan.due = False
-            upcoming = self.next_fire(campaign)
+            upcoming = next_fire(campaign, now=self.now, defaults=self.rules.defaults)
             when = f"; next fire {upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else ""
             plan.not_due_reason = f"schedule {campaign.schedule!r} not due{when}"
             return plan
 
-        selection = self._materialize(session, self.selection(campaign, fire))
+        selection = self._materialize(session, self.verdicts.selection(campaign, fire))
         for verdict, count in session.execute(
             sa.select(selection.c.verdict, sa.func.count()).group_by(selection.c.verdict)
         ):
@@ -324,7 +147,13 @@ class Planner:
             ]
 
         if self.customer_id is None:
-            plan.blast_guard = self._blast_guard(session, campaign, plan.audience, state)
+            plan.blast_guard = blast_guard_reason(
+                self.rules.defaults.blast_guard,
+                campaign,
+                plan.audience,
+                state,
+                lambda: self._customer_total(session),
+            )
         state.last_pass_at = self.now
         if plan.blast_guard:
             log.warning(
@@ -394,57 +223,6 @@ class Planner:
         )
         return {str(status): int(count) for status, count in rows}
 
-    def _variant_columns(self, campaign: Campaign, selection: sa.FromClause) -> tuple[Any, Any]:
-        """(template, variant) per row: a deterministic weighted split for A/B tests."""
-        if campaign.variants is None:
-            return sa.literal(campaign.template), sa.null()
-        bucket = _bucket(selection.c.customer_id, campaign.variant_purpose)
-        total = sum(v.weight for v in campaign.variants)
-        bounds, cumulative = [], 0
-        for variant in campaign.variants[:-1]:
-            cumulative += variant.weight
-            bounds.append((bucket < round(cumulative * BUCKETS / total), variant))
-        last = campaign.variants[-1]
-        template = sa.case(*((b, sa.literal(v.template)) for b, v in bounds), else_=sa.literal(last.template))
-        label = sa.case(*((b, sa.literal(v.label)) for b, v in bounds), else_=sa.literal(last.label))
-        return template, label
-
-    def _state(self, session: Session, campaign_id: str) -> CampaignState:
-        """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
-        insert = dialect_insert(session, CampaignState)
-        session.execute(insert.values(campaign_id=campaign_id).on_conflict_do_nothing())
-        state = session.get(CampaignState, campaign_id, with_for_update=True, populate_existing=True)
-        if state is None:  # pragma: no cover - inserted just above
-            raise LookupError(f"campaign state {campaign_id!r} vanished")
-        return state
-
-    def _blast_guard(
-        self, session: Session, campaign: Campaign, audience: int, state: CampaignState
-    ) -> str | None:
-        guard = self.rules.defaults.blast_guard
-        previous = state.last_audience
-        if previous is None:
-            if audience > guard.first_pass:
-                return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"
-            if audience and campaign.condition is None and campaign.trigger is None:
-                return (
-                    f"first pass of a campaign without conditions matches {audience} customers "
-                    "(add `when:` to narrow it, or approve it as it is)"
-                )
-            total = self._customer_total(session)
-            if audience > guard.min and audience > total * guard.share / 100:
-                return (
-                    f"first pass matches {audience} of {total} customers "
-                    f"(over share {guard.share:g}% and over min {guard.min})"
-                )
-            return None
-        if audience > guard.min and audience > guard.factor * previous:
-            return (
-                f"audience jumped from {previous} to {audience} customers "
-                f"(over {guard.factor:g}x and over min {guard.min})"
-            )
-        return None
-
     def _customer_total(self, session: Session) -> int:
         if self._total_customers is None:
             self._total_customers = int(
@@ -462,9 +240,9 @@ class Planner:
             (selection.c.verdict == "capped", sa.literal(DeliveryStatus.skipped.value)),
             else_=sa.literal(new_status.value),
         )
-        template, variant = self._variant_columns(campaign, selection)
+        template, variant = variant_columns(campaign, selection.c.customer_id)
         recorded = ["send", "held_out"] + (["capped"] if campaign.over_cap == "skip" else [])
-        now = self._now()
+        now = self.verdicts.now_literal()
         rows = (
             sa.select(
                 sa.literal(campaign.id),
@@ -508,25 +286,3 @@ class Planner:
         )
         inserted: list[tuple[int, str]] = session.connection().execute(statement).all()  # type: ignore[assignment]
         return inserted
-
-
-def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
-    """Release what the blast guard held (its audience becomes the new baseline) and resume a
-    campaign paused by policy rejections."""
-    state = session.get(CampaignState, campaign_id)
-    released = session.execute(
-        sa.update(Delivery)
-        .where(col(Delivery.campaign_id) == campaign_id, col(Delivery.status) == DeliveryStatus.held)
-        .values(status=DeliveryStatus.queued, enqueued_at=None, due_at=now, updated_at=now)
-    ).rowcount  # type: ignore[attr-defined]
-    if state is not None:
-        if state.approved_audience is not None:
-            state.last_audience = state.approved_audience
-        state.approved_audience = None
-        state.held_since = None
-        if state.paused_at is not None:
-            state.approved_at = now  # complaints before this were seen; the rate counts afresh
-        state.paused_at = None
-        state.paused_reason = None
-        state.policy_failures = 0
-    return int(released or 0)

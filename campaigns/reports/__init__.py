@@ -32,7 +32,7 @@ from campaigns.reports.lift import Lift, two_proportion_lift
 from campaigns.reports.losses import Losses
 from campaigns.reports.periods import PERIODS, Grid, make_grid
 from campaigns.reports.surveys import ChoiceCount, QuestionAnswers, TextAnswer, survey_answers
-from campaigns.rules.schema import Rules
+from campaigns.rules import Rules
 
 __all__ = [
     "PERIODS",

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import SurveyAnswer
-from campaigns.rules.schema import Question, Rules
+from campaigns.rules import Question, Rules
 
 TEXTS_SHOWN = 50  # newest free-text answers listed per question
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from campaigns.models import WebhookEvent
-from campaigns.rules.schema import WEBHOOK_EVENT_KINDS
+from campaigns.rules import WEBHOOK_EVENT_KINDS
 from campaigns.sql import dialect_insert
 
 _event = WebhookEvent.__table__  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ from campaigns.models import (
     SurveyAnswer,
 )
 from campaigns.responses.notify import notify
-from campaigns.rules.schema import Question, Rules
+from campaigns.rules import Question, Rules
 from campaigns.sql import dialect_insert
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.models import Customer, WebhookAttempt, WebhookEvent, WebhookMessage
-from campaigns.rules.schema import Webhook
+from campaigns.rules import Webhook
 from campaigns.sql import dialect_insert
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"

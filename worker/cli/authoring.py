@@ -17,8 +17,8 @@ from sqlmodel import Session, col, select
 from campaigns.delivery.outbox import paused_reason
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.models import Customer, utcnow
-from campaigns.planning.planner import Planner
-from campaigns.planning.planner import approve as approve_campaign
+from campaigns.planning import Planner
+from campaigns.planning import approve as approve_campaign
 from worker import previews
 from worker.cli.app import app
 from worker.cli.common import (

@@ -1,0 +1,81 @@
+"""Campaign state across passes: the blast guard's baseline and hold, policy pauses, approval."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from campaigns.models import CampaignState, Delivery, DeliveryStatus
+from campaigns.rules import BlastGuard, Campaign
+from campaigns.sql import dialect_insert
+
+
+def locked_state(session: Session, campaign_id: str) -> CampaignState:
+    """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
+    insert = dialect_insert(session, CampaignState)
+    session.execute(insert.values(campaign_id=campaign_id).on_conflict_do_nothing())
+    state = session.get(CampaignState, campaign_id, with_for_update=True, populate_existing=True)
+    if state is None:  # pragma: no cover - inserted just above
+        raise LookupError(f"campaign state {campaign_id!r} vanished")
+    return state
+
+
+def blast_guard_reason(
+    guard: BlastGuard,
+    campaign: Campaign,
+    audience: int,
+    state: CampaignState,
+    total_customers: Callable[[], int],
+) -> str | None:
+    """Why this pass's audience is held for approval, or None when it may go out.
+
+    ``total_customers`` is asked only for a first pass that neither limit has stopped.
+    """
+    previous = state.last_audience
+    if previous is None:
+        if audience > guard.first_pass:
+            return f"first pass matches {audience} customers (over first_pass {guard.first_pass})"
+        if audience and campaign.condition is None and campaign.trigger is None:
+            return (
+                f"first pass of a campaign without conditions matches {audience} customers "
+                "(add `when:` to narrow it, or approve it as it is)"
+            )
+        total = total_customers()
+        if audience > guard.min and audience > total * guard.share / 100:
+            return (
+                f"first pass matches {audience} of {total} customers "
+                f"(over share {guard.share:g}% and over min {guard.min})"
+            )
+        return None
+    if audience > guard.min and audience > guard.factor * previous:
+        return (
+            f"audience jumped from {previous} to {audience} customers "
+            f"(over {guard.factor:g}x and over min {guard.min})"
+        )
+    return None
+
+
+def approve(session: Session, campaign_id: str, *, now: datetime) -> int:
+    """Release what the blast guard held (its audience becomes the new baseline) and resume a
+    campaign paused by policy rejections."""
+    state = session.get(CampaignState, campaign_id)
+    released = session.execute(
+        sa.update(Delivery)
+        .where(col(Delivery.campaign_id) == campaign_id, col(Delivery.status) == DeliveryStatus.held)
+        .values(status=DeliveryStatus.queued, enqueued_at=None, due_at=now, updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if state is not None:
+        if state.approved_audience is not None:
+            state.last_audience = state.approved_audience
+        state.approved_audience = None
+        state.held_since = None
+        if state.paused_at is not None:
+            state.approved_at = now  # complaints before this were seen; the rate counts afresh
+        state.paused_at = None
+        state.paused_reason = None
+        state.policy_failures = 0
+    return int(released or 0)
