@@ -22,13 +22,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
-from campaigns.ingestion.records import (
-    CANCEL_EVENT,
-    CustomerIn,
-    EventIn,
-    record_events,
-    upsert_customers,
-)
+from campaigns.ingestion import CANCEL_EVENT, CustomerIn, EventIn, record_events, upsert_customers
 from campaigns.models import AppSetting
 from campaigns.sql import chunks
 

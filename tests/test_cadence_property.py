@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
+from campaigns.ingestion import CustomerIn, EventIn, record_events, upsert_customers
 from campaigns.ingestion.activity import CADENCE_DAYS, median_gap_days
-from campaigns.ingestion.records import CustomerIn, EventIn, record_events, upsert_customers
 from campaigns.models import Customer, Event
 from tests.factories import migrated_engine
 

@@ -17,16 +17,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
 from campaigns.errors import CsvFormatError
+from campaigns.ingestion import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from campaigns.ingestion.activity import median_gap_days, recent_active_days
 from campaigns.ingestion.csv_import import ImportReport, import_csv
-from campaigns.ingestion.records import (
-    CustomerIn,
-    EventIn,
-    parse_datetime,
-    parse_records,
-    record_events,
-    upsert_customers,
-)
+from campaigns.ingestion.records import parse_datetime
 from campaigns.models import Customer, Event
 from worker.cli.rejects import RejectsFile
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from typer.testing import CliRunner
 
-from campaigns.ingestion.records import EventIn, record_events
+from campaigns.ingestion import EventIn, record_events
 from campaigns.models import Delivery, DeliveryStatus, WebhookAttempt, WebhookMessage, utcnow
 from campaigns.planning.conversions import credit_conversions
 from campaigns.responses import recording

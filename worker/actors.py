@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from campaigns.delivery.sending import MAX_ATTEMPTS, Outcome
 from campaigns.errors import TransientDeliveryError
-from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
+from campaigns.ingestion import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker import observability, runtime
 from worker import outgoing_webhooks as webhooks
 from worker.broker import QUEUE

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
-from campaigns.ingestion.records import CustomerIn, EventIn, parse_records, record_events, upsert_customers
+from campaigns.ingestion import CustomerIn, EventIn, parse_records, record_events, upsert_customers
 from worker.http_io import BadContentLength, BodyTooLarge, DatabaseUnavailable, in_session, read_body
 from worker.runtime import Runtime
 

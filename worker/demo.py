@@ -26,7 +26,7 @@ from campaigns.delivery.sending import Outcome, Sender
 from campaigns.demo_behaviour import BOUNCING_DOMAIN, Behaviour
 from campaigns.demo_data import DemoSummary, generate_demo
 from campaigns.errors import PermanentDeliveryError, RetentionError, TransientDeliveryError
-from campaigns.ingestion.records import EventIn, record_events
+from campaigns.ingestion import EventIn, record_events
 from campaigns.models import Customer, Delivery, DeliveryStatus
 from campaigns.reports import Report
 from campaigns.responses.recording import submit_survey, unsubscribe

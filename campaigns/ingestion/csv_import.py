@@ -1,7 +1,8 @@
 """CSV import of customers and events: streaming, batched, bad rows reported by line.
 
 Rows go through the same records and upserts as the HTTP API and the actors
-(`campaigns.ingestion.records`), so a row means the same thing whichever way it arrives.
+(`campaigns.ingestion.records`, `.customers`, `.events`), so a row means the same
+thing whichever way it arrives.
 """
 
 from __future__ import annotations
@@ -18,14 +19,9 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from campaigns.errors import CsvFormatError
-from campaigns.ingestion.records import (
-    _DATETIME_FIELDS,
-    CustomerIn,
-    EventIn,
-    record_events,
-    upsert_customers,
-    validation_message,
-)
+from campaigns.ingestion.customers import upsert_customers
+from campaigns.ingestion.events import record_events
+from campaigns.ingestion.records import DATETIME_FIELDS, CustomerIn, EventIn, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,7 @@ _COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # kind: (required columns, optional known columns)
     "customers": (
         ("id", "email"),
-        ("first_name", "last_name", "plan", "status", "timezone", "locale", *_DATETIME_FIELDS),
+        ("first_name", "last_name", "plan", "status", "timezone", "locale", *DATETIME_FIELDS),
     ),
     "events": (("customer_id", "event", "occurred_at"), ("id", "properties")),
 }

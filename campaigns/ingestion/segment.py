@@ -27,13 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from campaigns.ingestion.records import (
-    CustomerIn,
-    EventIn,
-    parse_records,
-    record_events,
-    upsert_customers,
-)
+from campaigns.ingestion.customers import upsert_customers
+from campaigns.ingestion.events import record_events
+from campaigns.ingestion.records import CustomerIn, EventIn, parse_records
 from campaigns.models import Customer
 
 STORED_AS_EVENTS = ("track", "page", "screen")

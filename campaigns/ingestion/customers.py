@@ -1,0 +1,177 @@
+"""Customers in: batched upserts that touch only the fields each record carries.
+
+Times without an offset are read in the customer's time zone when it is known
+(the record's own ``timezone``, else the stored one), else as UTC.  The stored
+zone is only known once the customer has been looked up, here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+import campaigns.ingestion.bulk as bulk
+from campaigns.ingestion.activity import later_of
+from campaigns.ingestion.records import DATETIME_FIELDS, CustomerIn, to_utc
+from campaigns.models import Customer, CustomerStatus
+from campaigns.sql import chunks
+
+_customer = Customer.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class UpsertResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0  # known customers whose record changed nothing
+    duplicates: int = 0  # the same customer again later in the batch (its fields were merged)
+
+
+def known_customers(
+    session: Session, external_ids: Iterable[str], *, lock: bool = False
+) -> dict[str, Any]:
+    """external_id -> row(id, external_id, timezone) for those that exist, in few queries.
+
+    ``lock`` takes the customers' rows (PostgreSQL; SQLite serializes writers anyway) so
+    that concurrent batches for one customer take turns: each then recomputes the cadence
+    from every event committed before it, instead of racing and losing some.
+    """
+    found: dict[str, Any] = {}
+    keys = sorted(set(external_ids))
+    for chunk in chunks(keys):
+        query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
+            _customer.c.external_id.in_(chunk)
+        )
+        if lock:
+            # One order for every locker: batches touching the same customers cannot deadlock.
+            query = query.order_by(_customer.c.id).with_for_update()
+        for row in session.execute(query):
+            found[row.external_id] = row
+    return found
+
+
+def upsert_customers(
+    session: Session, records: Sequence[CustomerIn], *, now: datetime | None = None
+) -> UpsertResult:
+    """Insert new customers and update known ones, touching only the fields each record has.
+
+    Idempotent, and safe against a concurrent insert of the same customer (ON CONFLICT).
+    Attributes are merged key by key; last_active_at only moves forward.  Does not commit.
+    """
+    stamp = now or datetime.now(UTC)
+    pending: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    for record in records:
+        values = record.present_values()
+        previous = pending.get(record.external_id)
+        if previous is not None:  # the same customer twice in one batch: later fields win
+            duplicates += 1
+            attributes = {**previous.get("attributes", {}), **values.get("attributes", {})}
+            values = {**previous, **values}
+            if attributes:
+                values["attributes"] = attributes
+        pending[record.external_id] = values
+    if not pending:
+        return UpsertResult(duplicates=duplicates)
+    known = known_customers(session, pending)
+
+    # New and known customers apart: the count of rows written among the known ones is the
+    # number updated (the ON CONFLICT clause leaves a row that would not change alone).
+    groups: dict[tuple[frozenset[str], bool], list[dict[str, Any]]] = defaultdict(list)
+    for external_id, values in sorted(pending.items()):  # one lock order for every writer
+        stored = known.get(external_id)
+        zone = values.get("timezone") or (stored.timezone if stored is not None else None)
+        for name in DATETIME_FIELDS:
+            if values.get(name) is not None:
+                values[name] = to_utc(values[name], zone)
+        row = {
+            "first_name": None, "last_name": None, "plan": None,
+            "status": CustomerStatus.active.value, "timezone": None, "locale": None,
+            "signed_up_at": None, "cancelled_at": None, "last_active_at": None,
+            "activity_count": 0, "cadence_days": None, "attributes": {},
+            "unsubscribed_at": None, "created_at": stamp, "updated_at": stamp,
+            **values,
+        }
+        groups[(frozenset(values), stored is not None)].append(row)
+
+    dialect = session.get_bind().dialect.name
+    updated = 0
+    for (present, is_known), rows in groups.items():
+        written = bulk.write_rows(session, _customer, rows,
+                                  on_conflict=functools.partial(_update_present, dialect, present))
+        if is_known:
+            updated += written
+    inserted = sum(1 for external_id in pending if external_id not in known)
+    return UpsertResult(inserted=inserted, updated=updated, unchanged=len(known) - updated,
+                        duplicates=duplicates)
+
+
+def _update_present(dialect: str, present: frozenset[str], insert: Any) -> Any:
+    """The ON CONFLICT clause: update the fields a record carries, when that changes them."""
+    excluded = insert.excluded
+    updates: dict[str, Any] = {}
+    changes: list[ColumnElement[bool]] = []
+    for name in sorted(present - {"external_id"}):
+        if name == "attributes":
+            updates[name] = _merged_attributes(dialect, _customer.c.attributes, excluded[name])
+            changes.append(_attributes_change(dialect, _customer.c.attributes, updates[name]))
+            continue
+        if name == "last_active_at":
+            updates[name] = later_of(_customer.c.last_active_at, excluded.last_active_at)
+        elif name == "status":
+            updates[name] = _kept_cancellation(excluded)
+        else:
+            updates[name] = excluded[name]
+        changes.append(_customer.c[name].is_distinct_from(updates[name]))
+    updates["updated_at"] = excluded.updated_at
+    # A row whose values would all stay the same is left alone, and counted as unchanged.
+    return insert.on_conflict_do_update(
+        index_elements=["external_id"], set_=updates, where=sa.or_(*changes) if changes else sa.false()
+    )
+
+
+def _merged_attributes(dialect: str, existing: Any, incoming: Any) -> Any:
+    # Key by key; SQLite's merge-patch also merges nested objects, PostgreSQL's || does not.
+    empty: Any = sa.literal_column("'{}'")
+    if dialect == "sqlite":
+        return sa.func.json_patch(sa.func.coalesce(existing, empty), incoming)
+    jsonb = postgresql.JSONB
+    merged = sa.func.coalesce(sa.cast(existing, jsonb), sa.cast(empty, jsonb)).op("||")(
+        sa.cast(incoming, jsonb)
+    )
+    return sa.cast(merged, sa.JSON)
+
+
+def _kept_cancellation(excluded: Any) -> ColumnElement[Any]:
+    """The status to store: a record's ``active`` does not undo a cancellation recorded later.
+
+    A daily export re-run says "active" for a customer who cancelled since it was made; only
+    newer evidence reactivates: the record's own last_active_at after the cancellation.
+    """
+    stored = _customer.c
+    undone_by_old_data = sa.and_(
+        excluded.status == CustomerStatus.active.value,
+        stored.status == CustomerStatus.cancelled.value,
+        stored.cancelled_at.is_not(None),
+        sa.or_(excluded.last_active_at.is_(None), excluded.last_active_at <= stored.cancelled_at),
+    )
+    return sa.case((undone_by_old_data, stored.status), else_=excluded.status)
+
+
+def _attributes_change(dialect: str, existing: Any, merged: Any) -> ColumnElement[bool]:
+    if dialect == "sqlite":
+        # json() is the stored text in json_patch's own spelling: equal text, equal object.
+        return sa.func.json(sa.func.coalesce(existing, sa.literal_column("'{}'"))).is_distinct_from(merged)
+    jsonb = postgresql.JSONB
+    return sa.cast(sa.func.coalesce(existing, sa.literal_column("'{}'")), jsonb).is_distinct_from(
+        sa.cast(merged, jsonb)
+    )

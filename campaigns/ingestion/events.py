@@ -1,0 +1,116 @@
+"""Events in: stored once each, then the customers' activity and cancellations updated.
+
+An event's ``customer_id`` is the company's id (Customer.external_id); times without an
+offset are read in that customer's time zone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+import campaigns.ingestion.bulk as bulk
+from campaigns.ingestion.activity import apply_activity, cancel_customers
+from campaigns.ingestion.customers import known_customers
+from campaigns.ingestion.records import EventIn, to_utc
+from campaigns.models import Event
+
+CANCEL_EVENT = "cancelled"
+# Events dated later than this after the server's clock are refused: an event from the future
+# would make its customer active forever.  The margin covers clocks that run a little fast.
+FUTURE_TOLERANCE = timedelta(minutes=15)
+
+_event = Event.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class EventResult:
+    inserted: int = 0
+    duplicates: int = 0  # already stored (same client id), or repeated within the batch
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (index in records, message)
+    # Customer ids nobody has identified (yet): an event may arrive before its customer.
+    unknown_customers: list[str] = field(default_factory=list)
+
+
+def derived_client_id(customer_id: str, name: str, occurred_at: datetime, properties: Any) -> str:
+    """A stable id for an event sent without one, so importing a file twice stores it once."""
+    key = json.dumps(
+        [customer_id, name, occurred_at.astimezone(UTC).isoformat(), properties],
+        sort_keys=True, default=str, ensure_ascii=False,
+    )
+    return "auto:" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def record_events(
+    session: Session,
+    records: Sequence[EventIn],
+    *,
+    non_activity_events: frozenset[str],
+    now: datetime | None = None,
+) -> EventResult:
+    """Store events once each and update the customers' activity and cancellations.
+
+    An event without an id gets one derived from its content (customer, name, time,
+    properties), so resending it is harmless.  Only events stored by this call count as
+    activity.  Unknown customers are reported per record.  Does not commit.
+    """
+    stamp = now or datetime.now(UTC)
+    result = EventResult()
+    known = known_customers(session, (r.customer_id for r in records), lock=True)
+    rows: dict[str, dict[str, Any]] = {}
+    for index, record in enumerate(records):
+        customer = known.get(record.customer_id)
+        if customer is None:
+            result.unknown_customers.append(record.customer_id)
+            result.errors.append((
+                index,
+                f"customer_id: no customer with id {record.customer_id!r} "
+                "(import the customer before their events)",
+            ))
+            continue
+        occurred_at = to_utc(record.occurred_at, customer.timezone)
+        if occurred_at > stamp + FUTURE_TOLERANCE:
+            result.errors.append((
+                index,
+                f"occurred_at: {occurred_at:%Y-%m-%dT%H:%M:%SZ} is in the future (now "
+                f"{stamp:%Y-%m-%dT%H:%M:%SZ}); send when the event happened, with its UTC offset",
+            ))
+            continue
+        client_id = record.client_id or derived_client_id(
+            record.customer_id, record.event, occurred_at, record.properties
+        )
+        if client_id in rows:
+            result.duplicates += 1
+            continue
+        rows[client_id] = {
+            "customer_id": customer.id, "name": record.event, "occurred_at": occurred_at,
+            "client_id": client_id, "properties": record.properties, "created_at": stamp,
+        }
+    if not rows:
+        return result
+
+    stored = set(bulk.insert_returning(session, _event, list(rows.values()), conflict="client_id",
+                                       returning="client_id"))
+    result.inserted = len(stored)
+    result.duplicates += len(rows) - len(stored)
+
+    activity: dict[int, list[datetime]] = defaultdict(list)
+    cancellations: dict[int, datetime] = {}
+    for client_id in stored:
+        row = rows[client_id]
+        if row["name"] not in non_activity_events:
+            activity[row["customer_id"]].append(row["occurred_at"])
+        if row["name"] == CANCEL_EVENT:
+            previous = cancellations.get(row["customer_id"])
+            if previous is None or row["occurred_at"] > previous:
+                cancellations[row["customer_id"]] = row["occurred_at"]
+    apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp)
+    cancel_customers(session, cancellations, now=stamp)
+    return result
