@@ -53,6 +53,8 @@ def check_mailbox(mailbox: str, *, shown: str | None = None) -> str:
 
 
 def is_mailbox(mailbox: str) -> bool:
+    if _plainly_valid(mailbox):
+        return True
     try:
         check_mailbox(mailbox)
     except ValueError:

@@ -37,8 +37,9 @@ def _sqlite_datetime(value: datetime | None) -> str | None:
         raise ValueError(f"naive datetime {value!r}: attach a time zone before storing it")
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    # SQLAlchemy's SQLite DATETIME text, so stored values compare as before.
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # SQLAlchemy's SQLite DATETIME text (naive UTC), so stored values compare as before;
+    # the offset cut off the aware text is always +00:00 here.
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -55,81 +56,93 @@ def _json(value: Any) -> str | None:
 
 def _converter(type_: Any, dialect: str) -> Convert | None:
     if isinstance(type_, UTCDateTime):
-        return _memoized(_sqlite_datetime if dialect == "sqlite" else _utc)
+        return _repeats_once(_sqlite_datetime if dialect == "sqlite" else _utc)
     if isinstance(type_, sa.JSON):
         return _json
     return None
 
 
-def _memoized(convert: Convert) -> Convert:
-    """Per call: an import stamps every row with the same created_at, converted once.
-
-    Unbounded, but it lives for one batch only.
-    """
-    seen: dict[Any, Any] = {}
+def _repeats_once(convert: Convert) -> Convert:
+    """``convert`` that reuses its last answer for the same object again: a batch stamps
+    every row with the one ``now`` (created_at, updated_at)."""
+    last: list[Any] = [object(), None]
 
     def once(value: Any) -> Any:
-        found = seen.get(value)
-        if found is None:
-            found = seen[value] = convert(value)
-        return found
+        if value is not last[0]:
+            last[:] = value, convert(value)
+        return last[1]
 
     return once
 
 
-def _tuples(rows: Sequence[Mapping[str, Any]], names: Sequence[str], converters: Sequence[Convert | None]
-            ) -> list[tuple[Any, ...]]:
+def _converted(convert: Convert | None, value: Any) -> Any:
+    return value if convert is None else convert(value)
+
+
+def _tuples(rows: Sequence[Mapping[str, Any]], names: Sequence[str], converters: Sequence[Convert | None],
+            fixed: Mapping[int, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Each row's values for ``names`` as the driver takes them; ``fixed`` values (by their
+    position in the result) are the same for every row."""
     pick = itemgetter(*names)
+    inserted = sorted((fixed or {}).items())
     converted = [(i, c) for i, c in enumerate(converters) if c is not None]
     out: list[tuple[Any, ...]] = []
     for row in rows:
         values = list(pick(row)) if len(names) > 1 else [pick(row)]
         for i, convert in converted:
             values[i] = convert(values[i])
+        for i, value in inserted:
+            values.insert(i, value)
         out.append(tuple(values))
     return out
 
 
-def executemany(session: Session, statement: Any, rows: Sequence[Mapping[str, Any]]) -> int:
+def executemany(session: Session, statement: Any, rows: Sequence[Mapping[str, Any]],
+                constants: Mapping[str, Any] | None = None) -> int:
     """Run ``statement`` (an INSERT or UPDATE with bind parameters) once per row; rows changed.
 
-    Every row must carry the same keys; bind parameters no row names take the value bound
-    in the statement itself (``.values(updated_at=now)``).
+    Every row must carry the same keys; an INSERT also sets the columns in ``constants`` to
+    the same value in every row.  Other bind parameters no row names take the value bound in
+    the statement itself (``.values(updated_at=now)``).
     """
     if not rows:
         return 0
+    constants = constants or {}
     connection = session.connection()
     dialect = connection.dialect
-    keys = list(rows[0]) if isinstance(statement, sa.Insert) else None  # the VALUES an INSERT names
+    # The VALUES an INSERT names.
+    keys = [*rows[0], *constants] if isinstance(statement, sa.Insert) else None
     compiled = statement.compile(dialect=dialect, column_keys=keys)
     binds = {name: bind for bind, name in compiled.bind_names.items()}  # rendered name → parameter
     names = list(compiled.positiontup) if compiled.positional else list(binds)
-    fixed = {name: compiled.params[name] for name in names if name not in rows[0]}
-    if fixed:
-        rows = [{**row, **fixed} for row in rows]
-    params: list[Any] = _tuples(rows, names, [_converter(binds[n].type, dialect.name) for n in names])
+    given = [name for name in names if name in rows[0]]
+    converters = {name: _converter(binds[name].type, dialect.name) for name in names}
+    fixed = {i: _converted(converters[name], constants[name] if name in constants else compiled.params[name])
+             for i, name in enumerate(names) if name not in rows[0]}
+    params: list[Any] = _tuples(rows, given, [converters[name] for name in given], fixed)
     if not compiled.positional:
         params = [dict(zip(names, values, strict=True)) for values in params]
     return int(connection.exec_driver_sql(str(compiled), params).rowcount)
 
 
 def write_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
-               on_conflict: OnConflict) -> int:
+               on_conflict: OnConflict, constants: Mapping[str, Any] | None = None) -> int:
     """``INSERT … ON CONFLICT …`` (the clause from ``on_conflict``) for many rows; rows written.
 
     Counts rows inserted or updated (an ``ON CONFLICT DO UPDATE … WHERE`` that keeps a row
-    as it was does not count).  Every row carries the same keys.
+    as it was does not count).  Every row carries the same keys; the columns in
+    ``constants`` take the same value in every row.
     """
     if not rows:
         return 0
     if session.get_bind().dialect.name == "postgresql":
-        with _Staged(session, table, rows) as staged:
+        with _Staged(session, table, rows, constants) as staged:
             # Through the driver: psycopg's rowcount is -1 when SQLAlchemy executes an
             # INSERT … SELECT itself.
             connection = session.connection()
             compiled = on_conflict(staged.insert).compile(dialect=connection.dialect)
             return int(connection.exec_driver_sql(str(compiled), compiled.params).rowcount)
-    return executemany(session, on_conflict(dialect_insert(session, table)), rows)
+    return executemany(session, on_conflict(dialect_insert(session, table)), rows, constants)
 
 
 def insert_returning(
@@ -168,9 +181,12 @@ class _Staged:
     transaction), so the next batch starts from an empty one.
     """
 
-    def __init__(self, session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]],
+                 constants: Mapping[str, Any] | None = None) -> None:
         self.session, self.table, self.rows = session, table, rows
-        self.columns = list(rows[0])
+        self.given = list(rows[0])
+        self.constants = dict(constants or {})
+        self.columns = [*self.given, *self.constants]
         self.name = f"_staged_{table.name}"
         staged = sa.Table(self.name, sa.MetaData(), *(sa.Column(n, table.c[n].type) for n in self.columns))
         self.insert = dialect_insert(session, table).from_select(self.columns, sa.select(*staged.c))
@@ -182,9 +198,11 @@ class _Staged:
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cursor.execute(f"CREATE TEMPORARY TABLE {self.name} ON COMMIT DROP AS "
                        f"SELECT {quoted} FROM {quote(self.table.name)} WITH NO DATA")
-        convert = [_converter(self.table.c[n].type, "postgresql") for n in self.columns]
+        convert = {n: _converter(self.table.c[n].type, "postgresql") for n in self.columns}
+        fixed = {len(self.given) + i: _converted(convert[n], value)
+                 for i, (n, value) in enumerate(self.constants.items())}
         with cursor.copy(f"COPY {self.name} ({quoted}) FROM STDIN") as copy:
-            for values in _tuples(self.rows, self.columns, convert):
+            for values in _tuples(self.rows, self.given, [convert[n] for n in self.given], fixed):
                 copy.write_row(values)
         return self
 

@@ -153,7 +153,8 @@ def import_csv(
             except (csv.Error, UnicodeDecodeError) as exc:
                 flush()
                 raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
-            if not any(cell.strip() for cell in cells):
+            joined = "".join(cells)
+            if not joined or joined.isspace():
                 continue  # blank line
             report.rows += 1
             read_since_flush += 1
@@ -215,8 +216,8 @@ def _parse_row(
             "(a comma in a value that is not in quotes?)"
         )
     # Missing trailing cells (some spreadsheets trim them) are simply empty.
-    data = {name: cell.strip() for name, cell in zip(columns, cells, strict=False)
-            if name and cell.strip()}
+    data = {name: value for name, cell in zip(columns, cells, strict=False)
+            if name and (value := cell.strip())}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

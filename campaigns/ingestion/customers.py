@@ -26,6 +26,8 @@ from campaigns.models import Customer, CustomerStatus
 from campaigns.sql import chunks
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
+# What a new customer's columns hold when the record leaves them out (the others are null).
+_NEW_CUSTOMER: dict[str, Any] = {"status": CustomerStatus.active.value, "activity_count": 0, "attributes": {}}
 
 
 @dataclass
@@ -93,20 +95,15 @@ def upsert_customers(
         for name in DATETIME_FIELDS:
             if values.get(name) is not None:
                 values[name] = to_utc(values[name], zone)
-        row = {
-            "first_name": None, "last_name": None, "plan": None,
-            "status": CustomerStatus.active.value, "timezone": None, "locale": None,
-            "signed_up_at": None, "cancelled_at": None, "last_active_at": None,
-            "activity_count": 0, "cadence_days": None, "attributes": {},
-            "unsubscribed_at": None, "created_at": stamp, "updated_at": stamp,
-            **values,
-        }
-        groups[(frozenset(values), stored is not None)].append(row)
+        present = frozenset(values)
+        values["created_at"] = values["updated_at"] = stamp
+        groups[(present, stored is not None)].append(values)
 
     dialect = session.get_bind().dialect.name
     updated = 0
     for (present, is_known), rows in groups.items():
-        written = bulk.write_rows(session, _customer, rows,
+        defaults = {name: value for name, value in _NEW_CUSTOMER.items() if name not in present}
+        written = bulk.write_rows(session, _customer, rows, constants=defaults,
                                   on_conflict=functools.partial(_update_present, dialect, present))
         if is_known:
             updated += written

@@ -28,19 +28,19 @@ from campaigns.timezones import check_timezone
 
 def parse_datetime(value: object) -> datetime:
     """ISO 8601 text (or a date/datetime) to a datetime; naive when the text has no offset."""
+    if isinstance(value, str):  # the usual case first: a million of them in an import
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"not an ISO 8601 date/time: {value!r} "
+                "(write e.g. 2024-03-01, 2024-03-01T14:30 or 2024-03-01T14:30:00+01:00)"
+            ) from None
     if isinstance(value, datetime):
         return value
     if isinstance(value, date):
         return datetime.combine(value, time())
-    if not isinstance(value, str):
-        raise ValueError(f"not a date/time: {value!r}")
-    try:
-        return datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(
-            f"not an ISO 8601 date/time: {value!r} "
-            "(write e.g. 2024-03-01, 2024-03-01T14:30 or 2024-03-01T14:30:00+01:00)"
-        ) from None
+    raise ValueError(f"not a date/time: {value!r}")
 
 
 def to_utc(value: datetime, zone: str | None) -> datetime:
@@ -131,11 +131,7 @@ class CustomerIn(BaseModel):
 
     @model_validator(mode="after")
     def _settle(self) -> CustomerIn:
-        if self.timezone:
-            for name in DATETIME_FIELDS:
-                value = getattr(self, name)
-                if value is not None:
-                    setattr(self, name, to_utc(value, self.timezone))
+        # Times stay as written: the upsert reads them in the record's zone, else the stored one.
         # A cancellation date without a status column means the customer cancelled.
         if self.cancelled_at is not None and "status" not in self.model_fields_set:
             self.status = CustomerStatus.cancelled
@@ -190,11 +186,9 @@ def _fold_extra(
 ) -> Any:
     """A record whose unknown keys went into its ``into`` mapping (attributes, properties);
     ``parse`` reads that mapping when it came as text (a CSV cell)."""
-    if not isinstance(data, Mapping):
+    if not isinstance(data, Mapping) or known.issuperset(data):
         return data
     extra = {k: v for k, v in data.items() if k not in known}
-    if not extra:
-        return data
     cleaned = {k: v for k, v in data.items() if k in known}
     inner = cleaned.get(into)
     if parse is not None and isinstance(inner, str):
