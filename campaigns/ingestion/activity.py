@@ -86,6 +86,15 @@ def apply_activity(
          "b_cadence": median_gap_days(days[customer_id])}
         for customer_id, times in sorted(active.items())  # one lock order for every writer
     ]
+    stamp = now or datetime.now(UTC)
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement for the batch (the rows are locked already, in id order).
+        session.execute(_activity_from_arrays(), {
+            "ids": [p["b_id"] for p in params], "latest": [p["b_latest"] for p in params],
+            "counts": [p["b_count"] for p in params], "cadences": [p["b_cadence"] for p in params],
+            "now": stamp,
+        })
+        return
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     bulk.executemany(
         session,
@@ -95,9 +104,30 @@ def apply_activity(
             last_active_at=later_of(_customer.c.last_active_at, latest, value_may_be_null=False),
             activity_count=_customer.c.activity_count + sa.bindparam("b_count"),
             cadence_days=sa.bindparam("b_cadence"),
-            updated_at=now or datetime.now(UTC),
+            updated_at=stamp,
         ),
         params,
+    )
+
+
+@functools.cache
+def _activity_from_arrays() -> sa.Update:
+    """PostgreSQL: apply_activity's update with the batch as arrays, unnested into rows."""
+    batch = sa.func.unnest(
+        sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)),
+        sa.bindparam("latest", type_=postgresql.ARRAY(postgresql.TIMESTAMP(timezone=True))),
+        sa.bindparam("counts", type_=postgresql.ARRAY(sa.Integer)),
+        sa.bindparam("cadences", type_=postgresql.ARRAY(sa.Float)),
+    ).table_valued("id", "latest", "count", "cadence").render_derived(name="batch")
+    return (
+        sa.update(_customer)
+        .where(_customer.c.id == batch.c.id)
+        .values(
+            last_active_at=later_of(_customer.c.last_active_at, batch.c.latest, value_may_be_null=False),
+            activity_count=_customer.c.activity_count + batch.c.count,
+            cadence_days=batch.c.cadence,
+            updated_at=sa.bindparam("now", type_=_customer.c.updated_at.type),
+        )
     )
 
 

@@ -49,14 +49,17 @@ def known_customers(
     """
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
-    for chunk in chunks(keys):
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # PostgreSQL: the ids as one array, not an IN list rendered afresh for every chunk.
+    for chunk in [keys] if postgres else chunks(keys):
         query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
-            _customer.c.external_id.in_(chunk)
+            _customer.c.external_id == sa.func.any(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+            if postgres else _customer.c.external_id.in_(chunk)
         )
         if lock:
             # One order for every locker: batches touching the same customers cannot deadlock.
             query = query.order_by(_customer.c.id).with_for_update()
-        for row in session.execute(query):
+        for row in session.execute(query, {"ids": chunk} if postgres else {}):
             found[row.external_id] = row
     return found
 
