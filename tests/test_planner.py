@@ -365,3 +365,31 @@ def test_over_cap_skip_closes_the_episode_and_defer_keeps_it_open(engine):
         # A week later the cap allows it: only the deferred campaign still sends.
         week = run_pass(engine, rules(text.replace("OVER", policy)), now=NOW + timedelta(days=8))
         assert week.plan("second").counts["send"] == (1 if policy == "defer" else 0)
+
+
+def test_a_pass_refreshes_the_campaign_state_the_session_already_holds(engine):
+    # The pass writes campaign state with Core statements; an object loaded before it must not
+    # keep showing the old baseline to code later in the same transaction.
+    with Session(engine) as session:
+        add_customer(session, inactive_days=31)
+        session.add(CampaignState(campaign_id="we-miss-you", last_audience=7))
+        session.commit()
+    with Session(engine) as session:
+        before = session.get(CampaignState, "we-miss-you")
+        assert before is not None and before.last_audience == 7
+        Planner(rules(MISS_YOU), now=NOW).run(session)
+        assert session.get(CampaignState, "we-miss-you").last_audience == 1
+        assert before.last_pass_at is not None
+
+
+def test_a_pass_leaves_the_sessions_settings_as_it_found_them(engine):
+    with Session(engine) as session:
+        add_customer(session, inactive_days=31)
+        session.commit()
+    with Session(engine) as session:
+        if engine.dialect.name == "postgresql":
+            session.execute(sa.text("SET LOCAL jit = on"))
+        Planner(rules(MISS_YOU), now=NOW).run(session)
+        if engine.dialect.name == "postgresql":
+            assert session.execute(sa.text("SHOW jit")).scalar_one() == "on"
+        assert session.execute(sa.select(sa.func.count()).select_from(Delivery)).scalar_one() == 1

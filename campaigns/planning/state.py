@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -15,13 +16,37 @@ from campaigns.sql import dialect_insert
 
 
 def locked_state(session: Session, campaign_id: str) -> CampaignState:
-    """The campaign's row, locked: racing planners take turns per campaign (PostgreSQL)."""
-    insert = dialect_insert(session, CampaignState)
-    session.execute(insert.values(campaign_id=campaign_id).on_conflict_do_nothing())
-    state = session.get(CampaignState, campaign_id, with_for_update=True, populate_existing=True)
-    if state is None:  # pragma: no cover - inserted just above
-        raise LookupError(f"campaign state {campaign_id!r} vanished")
-    return state
+    """The campaign's row, created if new and locked: racing planners take turns per campaign.
+
+    One upsert whose no-op update takes the row lock on PostgreSQL (SQLite has one writer
+    anyway).  The copy returned is detached: the pass writes its changes with ``save_state``.
+    """
+    table: Any = CampaignState.__table__  # type: ignore[attr-defined]
+    insert = dialect_insert(session, table).values(campaign_id=campaign_id)
+    row = session.connection().execute(
+        insert.on_conflict_do_update(
+            index_elements=[table.c.campaign_id], set_={"campaign_id": insert.excluded.campaign_id}
+        ).returning(*table.c)
+    ).one()
+    return CampaignState(**row._mapping)
+
+
+def save_state(session: Session, state: CampaignState) -> None:
+    """Write what a pass changed in ``state`` (see locked_state)."""
+    session.connection().execute(
+        sa.update(CampaignState)
+        .where(col(CampaignState.campaign_id) == state.campaign_id)
+        .values(
+            last_pass_at=state.last_pass_at,
+            last_audience=state.last_audience,
+            approved_audience=state.approved_audience,
+            held_since=state.held_since,
+        )
+    )
+    # A copy the session loaded earlier would now be stale: reload it when next used.
+    loaded = session.identity_map.get(session.identity_key(CampaignState, state.campaign_id))
+    if loaded is not None:
+        session.expire(loaded)
 
 
 def blast_guard_reason(
