@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.models import Customer, Delivery, DeliveryStatus
+from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus
 from campaigns.planning.schedule import next_fire, scheduled_fire
 from campaigns.planning.splits import variant_columns
-from campaigns.planning.state import blast_guard_reason, locked_state, save_state
+from campaigns.planning.state import blast_guard_reason, locked_states, save_states
 from campaigns.planning.verdicts import VERDICTS, VerdictQuery
 from campaigns.rules import Campaign, Rules
 from campaigns.sql import dialect_insert
@@ -118,19 +118,22 @@ class Planner:
                 f"verdict VARCHAR(20) NOT NULL){' ON COMMIT DROP' if postgresql else ''}"
             )
         )
-        for campaign in self.rules.by_priority():
-            if campaign_ids and campaign.id not in campaign_ids:
-                continue
-            plan = self._plan_campaign(session, campaign, sample)
+        campaigns = [c for c in self.rules.by_priority() if not campaign_ids or c.id in campaign_ids]
+        states = locked_states(session, [c.id for c in campaigns])
+        for campaign in campaigns:
+            plan = self._plan_campaign(session, campaign, states[campaign.id], sample)
             result.plans.append(plan)
             result.queued_ids.extend(plan.queued_ids)
+        save_states(session, [states[p.campaign_id] for p in result.plans if p.due])
         if postgresql:
             connection.execute(sa.select(sa.func.set_config("jit", previous_jit, True)))
         return result
 
-    def _plan_campaign(self, session: Session, campaign: Campaign, sample: int) -> CampaignPlan:
+    def _plan_campaign(
+        self, session: Session, campaign: Campaign, state: CampaignState, sample: int
+    ) -> CampaignPlan:
+        """Plan one campaign, changing ``state`` as the pass would (``run`` saves it)."""
         plan = CampaignPlan(campaign.id)
-        state = locked_state(session, campaign.id)
         if state.paused_at is not None:
             plan.due = False
             plan.not_due_reason = (
@@ -196,7 +199,6 @@ class Planner:
         plan.queued_ids = [i for i, status in inserted if status == DeliveryStatus.queued]
         if held_audience is not None:
             state.approved_audience = held_audience  # what `approve` accepts as the new baseline
-        save_state(session, state)
         return plan
 
     def _materialize(self, session: Session, selection: sa.Subquery) -> sa.Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,38 +15,42 @@ from campaigns.rules import BlastGuard, Campaign
 from campaigns.sql import dialect_insert
 
 
-def locked_state(session: Session, campaign_id: str) -> CampaignState:
-    """The campaign's row, created if new and locked: racing planners take turns per campaign.
+def locked_states(session: Session, campaign_ids: Sequence[str]) -> dict[str, CampaignState]:
+    """The campaigns' rows, created if new and locked: racing planners take turns (PostgreSQL).
 
-    One upsert whose no-op update takes the row lock on PostgreSQL (SQLite has one writer
-    anyway).  The copy returned is detached: the pass writes its changes with ``save_state``.
+    One upsert whose no-op update takes the row locks, in campaign id order so that two
+    passes over different campaigns cannot deadlock (SQLite has one writer anyway).  The
+    copies returned are detached: the pass writes its changes back with ``save_states``.
     """
+    if not campaign_ids:
+        return {}
     table: Any = CampaignState.__table__  # type: ignore[attr-defined]
-    insert = dialect_insert(session, table).values(campaign_id=campaign_id)
-    row = session.connection().execute(
+    insert = dialect_insert(session, table).values([{"campaign_id": i} for i in sorted(campaign_ids)])
+    rows = session.connection().execute(
         insert.on_conflict_do_update(
             index_elements=[table.c.campaign_id], set_={"campaign_id": insert.excluded.campaign_id}
         ).returning(*table.c)
-    ).one()
-    return CampaignState(**row._mapping)
-
-
-def save_state(session: Session, state: CampaignState) -> None:
-    """Write what a pass changed in ``state`` (see locked_state)."""
-    session.connection().execute(
-        sa.update(CampaignState)
-        .where(col(CampaignState.campaign_id) == state.campaign_id)
-        .values(
-            last_pass_at=state.last_pass_at,
-            last_audience=state.last_audience,
-            approved_audience=state.approved_audience,
-            held_since=state.held_since,
-        )
     )
-    # A copy the session loaded earlier would now be stale: reload it when next used.
-    loaded = session.identity_map.get(session.identity_key(CampaignState, state.campaign_id))
-    if loaded is not None:
-        session.expire(loaded)
+    return {row.campaign_id: CampaignState(**row._mapping) for row in rows}
+
+
+def save_states(session: Session, states: Sequence[CampaignState]) -> None:
+    """Write what a pass changed in ``states`` (see locked_states)."""
+    if not states:
+        return
+    table: Any = CampaignState.__table__  # type: ignore[attr-defined]
+    changed = ("last_pass_at", "last_audience", "approved_audience", "held_since")
+    session.connection().execute(
+        table.update()
+        .where(table.c.campaign_id == sa.bindparam("key"))
+        .values({name: sa.bindparam(name) for name in changed}),
+        [{"key": state.campaign_id, **{name: getattr(state, name) for name in changed}} for state in states],
+    )
+    for state in states:
+        # A copy the session loaded earlier would now be stale: reload it when next used.
+        loaded = session.identity_map.get(session.identity_key(CampaignState, state.campaign_id))
+        if loaded is not None:
+            session.expire(loaded)
 
 
 def blast_guard_reason(
