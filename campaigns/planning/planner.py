@@ -201,7 +201,7 @@ class Planner:
             state.approved_audience = held_audience  # what `approve` accepts as the new baseline
         return plan
 
-    def _materialize(self, session: Session, selection: sa.Subquery) -> sa.Table:
+    def _materialize(self, session: Session, selection: sa.Select[*tuple[Any, ...]]) -> sa.Table:
         """Evaluate the selection once into a temporary table.
 
         The counts, the sample and the insert all read it: evaluating the
@@ -212,10 +212,7 @@ class Planner:
         connection = session.connection()
         connection.execute(sa.text("DELETE FROM plan_selection"))
         connection.execute(
-            sa.insert(_PLAN_SELECTION).from_select(
-                ["customer_id", "episode", "verdict"],
-                sa.select(selection.c.customer_id, selection.c.episode, selection.c.verdict),
-            )
+            sa.insert(_PLAN_SELECTION).from_select(["customer_id", "episode", "verdict"], selection)
         )
         return _PLAN_SELECTION
 

@@ -112,8 +112,8 @@ class VerdictQuery:
             cases.append((held_out(col(Customer.id), campaign), "held_out"))
         return sa.case(*cases, else_="send")
 
-    def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Subquery:
-        """Every customer matching the campaign's conditions, with episode and verdict."""
+    def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Select[*tuple[Any, ...]]:
+        """Every customer matching the campaign's conditions: (customer_id, episode, verdict)."""
         episode = self.episode(campaign, fire)
         query: sa.Select[*tuple[Any, ...]] = sa.select(
             col(Customer.id).label("customer_id"),
@@ -135,4 +135,4 @@ class VerdictQuery:
         query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
         if self.customer_id is not None:
             query = query.where(col(Customer.id) == self.customer_id)
-        return query.subquery("selection")
+        return query
