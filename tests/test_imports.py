@@ -11,9 +11,8 @@ RUNTIME_ONLY = ("dramatiq", "apscheduler", "smtplib", "fastapi", "starlette", "u
 MAX_LINES = 420
 # Still over, each being split by its owner's issue; this list is meant to end empty.
 OVERSIZE = {
-    "campaigns/ingestion/records.py",  # validation vs upserts (the imports work)
-    "worker/mail/smtp.py",  # the send-path work reshapes it
-    "worker/daemon.py",  # the send-path work reshapes it
+    "worker/mail/smtp.py",  # the send-path work (issue 17) reshapes it
+    "worker/daemon.py",  # the send-path work (issue 17) reshapes it
 }
 
 
