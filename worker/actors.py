@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
+from dramatiq.common import compute_backoff
 from sqlmodel import Session
 
 from campaigns.delivery.sending import MAX_ATTEMPTS, Outcome
@@ -32,49 +33,94 @@ from worker.settings import (
 
 log = logging.getLogger(__name__)
 
+# Delivery ids per deliver_batch message: one claim and a few grouped records per batch.
+BATCH = 100
+# A batch's time limit, in single sends' time limits.
+BATCH_TIME_LIMITS = 4
 
 
 def deliver(delivery_id: int) -> None:
-    """Send one delivery if it is still queued (a duplicate message does nothing)."""
+    """Send one delivery if it is still queued (a duplicate message does nothing).
+
+    The outbox sweeper's and your own code's message; a batch retries its temporary
+    failures through it too, so Dramatiq's backoff applies per delivery.
+    """
     rt = runtime.current()
-    limiter = rt.send_limiter()
-    if limiter is not None:
-        with limiter.acquire(raise_on_failure=False) as acquired:
-            if not acquired:
-                # Over the shared send rate: come back a little later without spending a retry.
-                dramatiq.get_broker().enqueue(
-                    dramatiq.Message(
-                        queue_name=QUEUE, actor_name="deliver", args=(delivery_id,), kwargs={}, options={}
-                    ),
-                    delay=random.randint(200, 1000),
-                )
-                return
-            _deliver(rt, delivery_id)
+    if not _within_rate(rt, [delivery_id]):
         return
-    _deliver(rt, delivery_id)
-
-
-def _deliver(rt: runtime.Runtime, delivery_id: int) -> None:
     started = time.monotonic()
+    with _session(rt) as session:
+        try:
+            outcome = rt.sender(worker=rt.heartbeat.ensure_started()).deliver(session, delivery_id)
+        except TransientDeliveryError as exc:
+            _count_retry(delivery_id, exc)
+            raise
+    _count({delivery_id: outcome}, started)
+
+
+def deliver_batch(delivery_ids: list[int]) -> None:
+    """Send those of ``delivery_ids`` still queued: one claim, grouped records (see Sender).
+
+    A temporary failure sends only its own delivery again later, as a ``deliver``
+    message delayed by the retry backoff; the rest of the batch is done.
+    """
+    rt = runtime.current()
+    ids = _within_rate(rt, delivery_ids)
+    if not ids:
+        return
+    started = time.monotonic()
+    with _session(rt) as session:
+        batch = rt.sender(worker=rt.heartbeat.ensure_started()).deliver_many(session, ids)
+    _count(batch.outcomes, started)
+    broker = dramatiq.get_broker()
+    for delivery_id, (attempts, exc) in sorted(batch.retry.items()):
+        _count_retry(delivery_id, exc)
+        _, delay = compute_backoff(attempts, factor=rt.settings.retry_min_backoff_ms,
+                                   max_backoff=rt.settings.retry_max_backoff_ms)
+        broker.enqueue(_message("deliver", (delivery_id,)), delay=delay)
+
+
+def _within_rate(rt: runtime.Runtime, delivery_ids: list[int]) -> list[int]:
+    """The ids that `max_send_rate` lets go now; the others come back later, spending no retry."""
+    bucket = rt.send_limiter()
+    if bucket is None:
+        return delivery_ids
+    granted = bucket.take(len(delivery_ids))
+    rest = delivery_ids[granted:]
+    if rest:
+        # As many as the bucket gives back in about a second, and the rest after them.
+        delay = bucket.wait_ms(min(len(rest), max(1, granted))) + random.randint(0, 200)
+        actor, args = ("deliver", (rest[0],)) if len(rest) == 1 else ("deliver_batch", (rest,))
+        dramatiq.get_broker().enqueue(_message(actor, args), delay=delay)
+    return delivery_ids[:granted]
+
+
+def _message(actor: str, args: tuple[Any, ...]) -> dramatiq.Message[None]:
+    return dramatiq.Message(queue_name=QUEUE, actor_name=actor, args=args, kwargs={}, options={})
+
+
+def _session(rt: runtime.Runtime) -> Session:
     # Every outbox step commits; re-reading the delivery and customer after each one costs a
     # fifth of the send rate and buys nothing (the claim is the only read that must be fresh).
-    with Session(rt.engine, expire_on_commit=False) as session:
-        try:
-            # Started with the first send of the process, whatever started it (our CLI or
-            # Dramatiq's), so every claim names a worker whose death is noticed quickly.
-            worker = rt.heartbeat.ensure_started()
-            outcome = rt.sender(worker=worker).deliver(session, delivery_id)
-        except TransientDeliveryError as exc:
-            observability.SMTP_ERRORS.labels(error_class="temporary").inc()
-            observability.SEND_OUTCOMES.labels(outcome="retry").inc()
-            log.warning("delivery %s: temporary failure, will retry: %s", delivery_id, exc)
-            raise
-    observability.SEND_OUTCOMES.labels(outcome=outcome.value).inc()
-    if outcome in (Outcome.failed, Outcome.bounced):
-        observability.SMTP_ERRORS.labels(error_class="permanent").inc()
-    if outcome == Outcome.sent:
-        observability.SEND_LATENCY.observe(time.monotonic() - started)
-    log.debug("delivery %s: %s", delivery_id, outcome)
+    return Session(rt.engine, expire_on_commit=False)
+
+
+def _count(outcomes: dict[int, Outcome], started: float) -> None:
+    seconds = time.monotonic() - started  # a batch's sends share their latency
+    for delivery_id, outcome in outcomes.items():
+        if outcome == Outcome.sent:
+            observability.SEND_LATENCY.observe(seconds)
+        observability.SEND_OUTCOMES.labels(outcome=outcome.value).inc()
+        if outcome in (Outcome.failed, Outcome.bounced):
+            observability.SMTP_ERRORS.labels(error_class="permanent").inc()
+        log.debug("delivery %s: %s", delivery_id, outcome)
+
+
+def _count_retry(delivery_id: int, exc: Exception) -> None:
+    if isinstance(exc, TransientDeliveryError):
+        observability.SMTP_ERRORS.labels(error_class="temporary").inc()
+        log.warning("delivery %s: temporary failure, will retry: %s", delivery_id, exc)
+    observability.SEND_OUTCOMES.labels(outcome="retry").inc()
 
 
 def identify(**customer: Any) -> None:
@@ -123,6 +169,7 @@ def _retry(retries: int, exc: BaseException) -> bool:
 @dataclass(frozen=True)
 class Actors:
     deliver: dramatiq.Actor[[int], None]
+    deliver_batch: dramatiq.Actor[[list[int]], None]
     identify: dramatiq.Actor[..., None]
     track: dramatiq.Actor[..., None]
     send_webhook: dramatiq.Actor[[int], None]
@@ -136,7 +183,8 @@ def declare(
     time_limit_ms: int = int(DEFAULT_SENDING_TIMEOUT_SECONDS * 1000),
 ) -> Actors:
     if "deliver" in broker.actors:
-        return Actors(*(broker.actors[name] for name in ("deliver", "identify", "track", "send_webhook")))
+        names = ("deliver", "deliver_batch", "identify", "track", "send_webhook")
+        return Actors(*(broker.actors[name] for name in names))
 
     def declare_one(fn: Any, name: str, queue: str = QUEUE, **options: Any) -> Any:
         return dramatiq.actor(broker=broker, queue_name=queue, actor_name=name, **options)(fn)
@@ -149,6 +197,17 @@ def declare(
             min_backoff=min_backoff_ms,
             max_backoff=max_backoff_ms,
             time_limit=time_limit_ms,
+        ),
+        # Each delivery of a batch has its own retries; a batch retried whole (the database
+        # away) claims again only what is still queued.  Its time limit covers a batch
+        # of sends, each bounded by the SMTP timeouts.
+        deliver_batch=declare_one(
+            deliver_batch,
+            "deliver_batch",
+            max_retries=MAX_ATTEMPTS,
+            min_backoff=min_backoff_ms,
+            max_backoff=max_backoff_ms,
+            time_limit=time_limit_ms * BATCH_TIME_LIMITS,
         ),
         # Ingestion retries what can fail for a while (the database); bad data is dropped.
         identify=declare_one(identify, "identify", max_retries=10, min_backoff=min_backoff_ms),

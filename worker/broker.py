@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from uuid import uuid4
 
 import dramatiq
@@ -36,20 +37,24 @@ def is_in_process(broker: dramatiq.Broker) -> bool:
     return isinstance(broker, StubBroker)
 
 
-def enqueue_many(actor: dramatiq.Actor[[int], None], ids: list[int]) -> int:
-    """Put one message per id on the broker; returns how many were enqueued.
+def enqueue_many(actor: dramatiq.Actor[Any, None], ids: list[int], *, batch: int | None = None) -> int:
+    """Put one message per id (or per ``batch`` ids, as a list) on the broker; how many ids went.
 
     On Redis the messages go through one pipeline per ``ENQUEUE_CHUNK`` ids
     (Dramatiq itself has no bulk enqueue: ``actor.send`` costs a round trip
     and a Lua call per message); other brokers get one ``send`` per id.
     """
     broker = actor.broker
+    args: list[tuple[Any, ...]] = (
+        [(delivery_id,) for delivery_id in ids] if batch is None
+        else [(list(chunk),) for chunk in chunks(ids, batch)]
+    )
     if isinstance(broker, RedisBroker):
-        for chunk in chunks(ids, ENQUEUE_CHUNK):
+        for chunk in chunks(args, ENQUEUE_CHUNK):
             _enqueue_redis_chunk(broker, actor, list(chunk))
         return len(ids)
-    for delivery_id in ids:
-        actor.send(delivery_id)
+    for one in args:
+        actor.send(*one)
     return len(ids)
 
 
@@ -59,9 +64,9 @@ ENQUEUE_CHUNK = 1000
 
 
 def _enqueue_redis_chunk(
-    broker: RedisBroker, actor: dramatiq.Actor[[int], None], ids: list[int]
+    broker: RedisBroker, actor: dramatiq.Actor[Any, None], args: list[tuple[Any, ...]]
 ) -> None:
-    """Write what ``RedisBroker.enqueue`` writes for each id, in one MULTI/EXEC.
+    """Write what ``RedisBroker.enqueue`` writes for each message's ``args``, in one MULTI/EXEC.
 
     Dramatiq's ``dispatch.lua`` "enqueue" does, per message: ZADD the broker id
     to ``__heartbeats__``, HSET ``<ns>:<queue>.msgs`` redis_message_id -> data,
@@ -79,10 +84,10 @@ def _enqueue_redis_chunk(
     # retried message keeps its message_id but must not collide in Redis.
     messages: list[dramatiq.Message[None]] = [
         dramatiq.Message(
-            queue_name=queue_name, actor_name=actor.actor_name, args=(delivery_id,), kwargs={},
+            queue_name=queue_name, actor_name=actor.actor_name, args=one, kwargs={},
             options={"redis_message_id": str(uuid4())},
         )
-        for delivery_id in ids
+        for one in args
     ]
     before, after = _enqueue_hooks(broker)
     if before:

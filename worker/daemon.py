@@ -26,7 +26,7 @@ from campaigns.models import Delivery, DeliveryStatus, utcnow
 from campaigns.sql import chunks
 from worker import outgoing_webhooks as webhooks
 from worker import runtime as runtime_module
-from worker.actors import Actors, declare_configured
+from worker.actors import BATCH, Actors, declare_configured
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
 from worker.leader import LeaderLock
 from worker.logs import Throttle
@@ -74,7 +74,7 @@ class Roles:
     webhook_worker: dramatiq.Worker | None = None
 
     def enqueue(self, ids: list[int]) -> int:
-        return enqueue_many(self.actors.deliver, ids)
+        return enqueue_many(self.actors.deliver_batch, ids, batch=BATCH)
 
     def stop(self, timeout_s: float = 30.0, *, abort_sends: Callable[[], None] | None = None) -> None:
         """Let in-flight sends finish for ``timeout_s``; then ``abort_sends`` (cut their connections).

@@ -16,7 +16,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +29,7 @@ from campaigns.ingestion import EventIn, record_events
 from campaigns.models import Customer, Delivery, DeliveryStatus
 from campaigns.reports import Report
 from campaigns.responses.recording import submit_survey, unsubscribe
-from worker.mail import BeforeData, Transport
+from worker.mail import BeforeData, Message, Transport, outgoing
 from worker.passes import run_pass
 from worker.runtime import Runtime
 
@@ -62,9 +61,10 @@ class _Bouncing:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        if str(message["To"]).rstrip(">").endswith("@" + BOUNCING_DOMAIN):
-            raise PermanentDeliveryError(f"550 5.1.1 <{message['To']}>: mailbox unknown (demo)",
+    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+        to = outgoing(message).recipients[0]
+        if to.endswith("@" + BOUNCING_DOMAIN):
+            raise PermanentDeliveryError(f"550 5.1.1 <{to}>: mailbox unknown (demo)",
                                          code=550, enhanced="5.1.1")
         return self.transport.send(message, before_data=before_data)
 

@@ -11,11 +11,11 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -32,6 +32,7 @@ from campaigns.rules import Rules, load_rules, parse_rules
 from worker.database import ensure_secret_key, make_engine, read_setting, upgrade, write_setting
 from worker.heartbeat import Heartbeat
 from worker.mail import Transport, transport_from_url
+from worker.send_rate import SendRate, bucket_for
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Runtime:
     engine: Engine
     templates: TemplateStore
     state: RulesState
+    _buckets: dict[tuple[int, int], SendRate] = field(default_factory=dict, repr=False)
 
     @property
     def rules(self) -> Rules:
@@ -71,27 +73,16 @@ class Runtime:
         # Lazy: a dry run (`plan`, `check`) must not write a generated key.
         return Signer(ensure_secret_key(self.engine, self.settings.secret_keys))
 
-    @cached_property
-    def _rate_backend(self) -> Any:
-        from dramatiq.rate_limits.backends import RedisBackend, StubBackend
-
-        # On Redis the window is shared by every worker on every machine.
-        return RedisBackend(url=self.settings.broker_url) if self.settings.broker_url else StubBackend()
-
-    def send_limiter(self) -> Any:
-        """A limiter for `defaults.max_send_rate`, or None; follows rule reloads."""
-        from dramatiq.rate_limits import WindowRateLimiter
-
+    def send_limiter(self) -> SendRate | None:
+        """The bucket of `defaults.max_send_rate`, or None; follows rule reloads."""
         rate = self.rules.defaults.max_send_rate
         if rate is None:
             return None
-        limit, window_ms = rate
-        return WindowRateLimiter(
-            self._rate_backend,
-            f"retention-send-rate-{limit}-{window_ms}",
-            limit=limit,
-            window=max(1, window_ms // 1000),
-        )
+        with _current_lock:
+            bucket = self._buckets.get(rate)
+            if bucket is None:
+                bucket = self._buckets[rate] = bucket_for(self.settings.broker_url, *rate)
+        return bucket
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

@@ -7,6 +7,7 @@ racing sweeper or a retried worker can never move a delivery twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from campaigns.delivery.pausing import reset_policy_failures
 from campaigns.models import (
     CampaignState,
     Customer,
@@ -35,17 +37,28 @@ MAX_ATTEMPTS = 6
 def claim(
     session: Session, delivery_id: int, *, now: datetime, worker: str | None = None
 ) -> Delivery | None:
-    """``queued → sending`` if the delivery is still queued and due; None if someone else has it.
+    """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
+    claimed = claim_many(session, [delivery_id], now=now, worker=worker)
+    return claimed[0] if claimed else None
 
-    ``worker`` is the claiming process's heartbeat id: when it stops beating, the
-    delivery is settled at once rather than after the sending timeout.  The claimed
-    ``attempts`` is this claim's fencing token: every later step of it is applied
-    only while the row still carries it (see ``_from_sending``).
+
+def claim_many(
+    session: Session, delivery_ids: Sequence[int], *, now: datetime, worker: str | None = None
+) -> list[Delivery]:
+    """``queued → sending`` for those of ``delivery_ids`` still queued and due, in one statement.
+
+    The others are someone else's (a duplicate message, a racing worker) or not due.
+    ``worker`` is the claiming process's heartbeat id: when it stops beating, its
+    deliveries are settled at once rather than after the sending timeout.  Each
+    claimed ``attempts`` is that claim's fencing token: every later step of it is
+    applied only while the row still carries it (see ``_from_sending_many``).
     """
-    claimed = session.execute(
+    if not delivery_ids:
+        return []
+    claimed = session.scalars(
         sa.update(Delivery)
         .where(
-            col(Delivery.id) == delivery_id,
+            col(Delivery.id).in_(delivery_ids),
             col(Delivery.status) == DeliveryStatus.queued,
             col(Delivery.due_at) <= now,
         )
@@ -53,12 +66,11 @@ def claim(
         # (mark_handing_over), so a dead worker's row tells whether mail may have left.
         .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now,
                 message_id=None, claimed_by=worker)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+        .returning(Delivery)
+        .execution_options(populate_existing=True)
+    ).all()
     session.commit()
-    if not claimed:
-        return None
-    return session.get(Delivery, delivery_id, populate_existing=True)
+    return sorted(claimed, key=lambda d: d.id or 0)
 
 
 def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, now: datetime) -> bool:
@@ -69,13 +81,27 @@ def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, 
     after it, the server may have accepted the message.  False when the
     delivery is no longer this worker's to send (then nothing must be sent).
     """
-    return _from_sending(session, delivery, {"message_id": message_id, "updated_at": now})
+    return delivery.id in mark_handing_over_many(session, {message_id: delivery}, now=now)
 
 
-def _from_sending(
-    session: Session, delivery: Delivery, values: dict[str, object], *, announce: str | None = None
-) -> bool:
-    """Apply ``values`` if the delivery is still ``sending`` under this claim; commit.
+def mark_handing_over_many(
+    session: Session, by_message_id: Mapping[str, Delivery], *, now: datetime
+) -> set[int]:
+    """``mark_handing_over`` for several deliveries in one transaction; the ids still this claim's.
+
+    A worker killed after it loses every one of them to `unknown`, sent or not: the
+    caller marks only the few it sends next (see ``Sender``), which bounds that loss.
+    """
+    message_ids = sa.case({d.id: mid for mid, d in by_message_id.items()}, value=col(Delivery.id))
+    return _from_sending_many(session, list(by_message_id.values()),
+                              {"message_id": message_ids, "updated_at": now})
+
+
+def _from_sending_many(
+    session: Session, deliveries: Sequence[Delivery], values: Mapping[str, object], *,
+    announce: str | None = None, commit: bool = True,
+) -> set[int]:
+    """Apply ``values`` to those of ``deliveries`` still ``sending`` under their claim; the ids changed.
 
     ``announce`` names the webhook event the change is, recorded in the same transaction.
     A worker presumed dead whose delivery was settled and claimed again by another
@@ -83,23 +109,55 @@ def _from_sending(
     can neither hand the message over a second time nor overwrite the other's outcome.
     (``attempts`` only grows across claims: a deferral gives back its own claim's count.)
     """
-    changed = session.execute(
-        sa.update(Delivery)
-        .where(
-            col(Delivery.id) == delivery.id,
-            col(Delivery.status) == DeliveryStatus.sending,
-            col(Delivery.attempts) == delivery.attempts,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    if changed and announce:
+    if not deliveries:
+        return set()
+    claims = [(d.id, d.attempts) for d in deliveries]
+    changed = {
+        i for i in session.scalars(
+            sa.update(Delivery)
+            .where(
+                sa.tuple_(col(Delivery.id), col(Delivery.attempts)).in_(claims),
+                col(Delivery.status) == DeliveryStatus.sending,
+            )
+            .values(**values)
+            .returning(col(Delivery.id))
+            .execution_options(synchronize_session=False)
+        ) if i is not None
+    }
+    if announce:
         reason = values.get("last_error")
-        notify(session, announce, key=f"{announce}:{delivery.id}", at=cast(datetime, values["updated_at"]),
-               customer_id=delivery.customer_id, delivery_id=delivery.id, campaign_id=delivery.campaign_id,
-               data={"reason": reason} if reason else None)
+        at = cast(datetime, values["updated_at"])
+        for delivery in deliveries:
+            if delivery.id in changed:
+                notify(session, announce, key=f"{announce}:{delivery.id}", at=at,
+                       customer_id=delivery.customer_id, delivery_id=delivery.id,
+                       campaign_id=delivery.campaign_id, data={"reason": reason} if reason else None)
+    if commit:
+        session.commit()
+    return changed
+
+
+def _from_sending(
+    session: Session, delivery: Delivery, values: dict[str, object], *, announce: str | None = None
+) -> bool:
+    return delivery.id in _from_sending_many(session, [delivery], values, announce=announce)
+
+
+def finish_sent(session: Session, deliveries: Sequence[Delivery], *, now: datetime) -> set[int]:
+    """Record several handed-over deliveries as sent, in one transaction; the ids recorded.
+
+    Their Message-IDs were written by the hand-over mark.  A send also ends each
+    campaign's run of policy rejections (``record_success``).
+    """
+    changed = _from_sending_many(
+        session, deliveries, {"status": DeliveryStatus.sent, "updated_at": now, "sent_at": now,
+                              "last_error": None},
+        announce="sent", commit=False,
+    )
+    for campaign_id in sorted({d.campaign_id for d in deliveries}):
+        reset_policy_failures(session, campaign_id)
     session.commit()
-    return bool(changed)
+    return changed
 
 
 def finish(
@@ -296,66 +354,3 @@ def stale_queued(
         )
     session.commit()
     return [i for i in ids if i is not None]
-
-
-# Policy rejections (SMTP 5.7.x: spam, DMARC, blocked content) say nothing about
-# the recipient, so the address stays mailable; many in a row mean the campaign
-# itself is being refused, and sending more only hurts the sender's reputation.
-POLICY_FAILURES_TO_PAUSE = 10
-
-
-def record_policy_failure(session: Session, campaign_id: str, reason: str, *, now: datetime) -> bool:
-    """Count one more policy rejection in a row; True when that paused the campaign."""
-    _ensure_state(session, campaign_id)
-    session.execute(
-        sa.update(CampaignState)
-        .where(col(CampaignState.campaign_id) == campaign_id)
-        .values(policy_failures=col(CampaignState.policy_failures) + 1)
-    )
-    paused = pause(
-        session, campaign_id, f"{POLICY_FAILURES_TO_PAUSE} policy rejections in a row, the last: {reason}",
-        now=now, commit=False, when=col(CampaignState.policy_failures) >= POLICY_FAILURES_TO_PAUSE,
-    )
-    session.commit()
-    return paused
-
-
-def pause(
-    session: Session, campaign_id: str, reason: str, *, now: datetime, commit: bool = True,
-    when: sa.ColumnElement[bool] | None = None,
-) -> bool:
-    """Pause a campaign until `retention approve`; True when this paused it (it was running).
-
-    Paused deliveries stay queued and the sweeper leaves them alone.
-    """
-    _ensure_state(session, campaign_id)
-    conditions = [col(CampaignState.campaign_id) == campaign_id, col(CampaignState.paused_at).is_(None)]
-    if when is not None:
-        conditions.append(when)
-    paused = session.execute(
-        sa.update(CampaignState).where(*conditions).values(paused_at=now, paused_reason=reason[:1000])
-    ).rowcount  # type: ignore[attr-defined]
-    if commit:
-        session.commit()
-    return bool(paused)
-
-
-def record_success(session: Session, campaign_id: str) -> None:
-    session.execute(
-        sa.update(CampaignState)
-        .where(col(CampaignState.campaign_id) == campaign_id, col(CampaignState.policy_failures) > 0)
-        .values(policy_failures=0)
-    )
-    session.commit()
-
-
-def paused_reason(session: Session, campaign_id: str) -> str | None:
-    state = session.get(CampaignState, campaign_id)
-    return state.paused_reason if state is not None and state.paused_at is not None else None
-
-
-def _ensure_state(session: Session, campaign_id: str) -> None:
-    # ON CONFLICT rather than commit-or-rollback: the caller's transaction stays whole.
-    insert = dialect_insert(session, CampaignState)
-    session.execute(insert.values(campaign_id=campaign_id, policy_failures=0)
-                    .on_conflict_do_nothing(index_elements=["campaign_id"]))

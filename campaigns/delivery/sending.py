@@ -1,24 +1,34 @@
-"""Sending one delivery: claim, re-check, render, send, record.
+"""Sending deliveries: claim, re-check, render, send, record -- a batch at a time.
 
-The transport is passed in (anything with ``send(EmailMessage) -> str``), so
-this whole path runs in tests against a real SMTP server without a broker,
-and the Dramatiq actor that calls it stays a few lines long.
+The transport is passed in (anything with ``send(message) -> str``), so this
+whole path runs in tests against a real SMTP server without a broker, and the
+Dramatiq actors that call it stay a few lines long.
+
+A batch costs a handful of transactions, not four per email: one claim for
+all of it, one read of their customers and suppressions, then per chunk of
+``CHUNK`` messages one hand-over mark (right before the first of them leaves)
+and one record of the sent ones.  A worker killed during a chunk leaves at most
+that chunk `unknown` (see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from enum import StrEnum
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 import campaigns.delivery.outbox as outbox
+from campaigns.delivery import pausing
 from campaigns.delivery.context import build_context, customer_context
-from campaigns.delivery.emails import build_email, sender_domain
+from campaigns.delivery.emails import OutgoingEmail, build_email, build_outgoing, sender_domain
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sendwindow import next_send_time, waiting_note
 from campaigns.delivery.tokens import Signer, links
@@ -31,13 +41,17 @@ from campaigns.errors import (
     TransientDeliveryError,
     UnknownCampaign,
 )
-from campaigns.models import Customer, Delivery, DeliveryStatus, message_id_for, utcnow
+from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, message_id_for, utcnow
 from campaigns.rules import Campaign, Rules
 from campaigns.timezones import customer_zone
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = outbox.MAX_ATTEMPTS
+
+# Messages per hand-over mark and per record of outcomes: the most a kill -9 can leave
+# `unknown` per sending thread, against two transactions per CHUNK messages.
+CHUNK = 10
 
 
 class _TakenOver(Exception):
@@ -60,7 +74,16 @@ class Composed:
     delivery: Delivery
     customer: Customer
     campaign: Campaign
-    message: EmailMessage
+    message: OutgoingEmail
+
+
+@dataclass
+class Batch:
+    """What ``deliver_many`` did with each id; ``retry`` holds those to send again later."""
+
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    # delivery id -> (its attempts so far, why): a temporary failure (SMTP 4xx) or a crash.
+    retry: dict[int, tuple[int, Exception]] = field(default_factory=dict)
 
 
 class Sender:
@@ -80,34 +103,72 @@ class Sender:
         self.worker = worker  # the heartbeat id recorded on each claim
 
     def deliver(self, session: Session, delivery_id: int) -> Outcome:
-        """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry."""
-        now = self.clock()
-        delivery = outbox.claim(session, delivery_id, now=now, worker=self.worker)
-        if delivery is None:
-            return Outcome.skipped
-        try:
-            composed_or_outcome = self._prepare(session, delivery, now)
-        except PermanentDeliveryError as exc:  # e.g. an address no server could accept (5.1.3)
-            customer = session.get(Customer, delivery.customer_id)
-            return self._permanent(session, delivery, customer.email if customer else "", exc)
-        except RetentionError as exc:
-            # A template or rules problem: retrying will not fix it, a human must.
-            log.error("delivery %s (%s) cannot be composed: %s", delivery.id, delivery.campaign_id, exc)
-            outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
-            return Outcome.failed
-        except Exception as exc:
-            self._crashed(session, delivery, "composing", exc)
-            raise
-        if isinstance(composed_or_outcome, Outcome):
-            return composed_or_outcome
-        return self._send(session, composed_or_outcome)
+        """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry
+        (and an unexpected exception as it came, its claim given back)."""
+        batch = self.deliver_many(session, [delivery_id])
+        if delivery_id in batch.retry:
+            raise batch.retry[delivery_id][1]
+        return batch.outcomes.get(delivery_id, Outcome.skipped)
 
-    def _prepare(self, session: Session, delivery: Delivery, now: datetime) -> Composed | Outcome:
-        customer = session.get(Customer, delivery.customer_id)
+    def deliver_many(self, session: Session, delivery_ids: Sequence[int]) -> Batch:
+        """Send those of ``delivery_ids`` still ours to send (a batch: tens to a few hundred)."""
+        batch = Batch()
+        now = self.clock()
+        claimed = outbox.claim_many(session, delivery_ids, now=now, worker=self.worker)
+        ready = self._prepare_many(session, claimed, now, batch)
+        for start in range(0, len(ready), CHUNK):
+            self._send_chunk(session, ready[start:start + CHUNK], batch)
+        for delivery_id in delivery_ids:
+            batch.outcomes.setdefault(delivery_id, Outcome.skipped)
+        return batch
+
+    def _prepare_many(
+        self, session: Session, claimed: list[Delivery], now: datetime, batch: Batch
+    ) -> list[Composed]:
+        """Re-check each claim against what may have changed since planning, and compose it."""
+        if not claimed:
+            return []
+        customers = {c.id: c for c in session.scalars(
+            sa.select(Customer).where(col(Customer.id).in_({d.customer_id for d in claimed})))}
+        suppressed = dict(session.execute(
+            sa.select(col(Suppression.email), col(Suppression.reason))
+            .where(col(Suppression.email).in_({c.email.lower() for c in customers.values()}))
+        ).all())
+        paused: dict[str, str | None] = {}
+        ready = []
+        for delivery in claimed:
+            customer = customers.get(delivery.customer_id)
+            try:
+                composed_or_outcome = self._prepare(session, delivery, customer, suppressed, paused, now)
+            except PermanentDeliveryError as exc:  # e.g. an address no server could accept (5.1.3)
+                batch.outcomes[_id(delivery)] = self._permanent(
+                    session, delivery, customer.email if customer else "", exc)
+                continue
+            except RetentionError as exc:
+                # A template or rules problem: retrying will not fix it, a human must.
+                log.error("delivery %s (%s) cannot be composed: %s", delivery.id, delivery.campaign_id, exc)
+                outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
+                batch.outcomes[_id(delivery)] = Outcome.failed
+                continue
+            except Exception as exc:
+                self._crashed(session, delivery, "composing", exc, batch)
+                continue
+            if isinstance(composed_or_outcome, Outcome):
+                batch.outcomes[_id(delivery)] = composed_or_outcome
+            else:
+                ready.append(composed_or_outcome)
+        return ready
+
+    def _prepare(
+        self, session: Session, delivery: Delivery, customer: Customer | None,
+        suppressed: dict[str, str], paused: dict[str, str | None], now: datetime,
+    ) -> Composed | Outcome:
         if customer is None:
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error="customer deleted")
             return Outcome.failed
-        reason = outbox.suppression_reason(session, customer)
+        reason = "unsubscribed" if customer.unsubscribed_at is not None else None
+        if reason is None and customer.email.lower() in suppressed:
+            reason = f"suppressed: {suppressed[customer.email.lower()]}"
         if reason:
             outbox.finish(session, delivery, DeliveryStatus.suppressed, now=now, error=reason)
             return Outcome.suppressed
@@ -117,10 +178,12 @@ class Sender:
             outbox.finish(session, delivery, DeliveryStatus.failed, now=now,
                           error="campaign no longer in rules.yaml")
             return Outcome.failed
-        paused = outbox.paused_reason(session, campaign.id)
-        if paused:
+        if campaign.id not in paused:
+            paused[campaign.id] = pausing.paused_reason(session, campaign.id)
+        if paused[campaign.id]:
             # Kept queued; the sweeper leaves paused campaigns alone until `retention approve`.
-            outbox.release(session, delivery, now=now, enqueued=False, error=f"campaign paused: {paused}")
+            outbox.release(session, delivery, now=now, enqueued=False,
+                           error=f"campaign paused: {paused[campaign.id]}")
             return Outcome.deferred
         wait_until = next_send_time(
             now, customer_zone(customer.timezone, self.rules.defaults.timezone),
@@ -130,11 +193,17 @@ class Sender:
             outbox.release(session, delivery, now=now, due_at=wait_until, enqueued=False,
                            error=waiting_note(wait_until))
             return Outcome.deferred
-        return Composed(delivery, customer, campaign, self.compose(delivery, customer, campaign, now))
+        parts = self.message_parts(delivery, customer, campaign, now)
+        return Composed(delivery, customer, campaign, build_outgoing(**parts))
 
     def compose(self, delivery: Delivery, customer: Customer, campaign: Campaign,
                 now: datetime) -> EmailMessage:
-        """Render the message of one delivery (also used by `preview`)."""
+        """Render the message of one delivery as an EmailMessage (`preview`, `send-test`)."""
+        return build_email(**self.message_parts(delivery, customer, campaign, now))
+
+    def message_parts(self, delivery: Delivery, customer: Customer, campaign: Campaign,
+                      now: datetime) -> dict[str, Any]:
+        """Render one delivery: the arguments of ``build_email`` / ``build_outgoing``."""
         if delivery.id is None:
             raise ValueError("the delivery must be stored before it can be composed")
         link = links(self.public_url, self.signer, delivery.id)
@@ -156,14 +225,14 @@ class Sender:
                 if campaign.sender else ("defaults", "sender")
             )
             raise self.rules.error_at(path, str(exc)) from None
-        return build_email(
-            rendered=rendered, sender=sender, to=customer.email,
-            message_id=message_id_for(delivery, domain),
-            unsubscribe_url=link.unsubscribe_url,
-            headers={"X-Retention-Campaign": campaign.id,
-                     **({"Return-Path": verp_address(self.verp, delivery.id)} if self.verp else {})},
-            date=now,
-        )
+        return {
+            "rendered": rendered, "sender": sender, "to": customer.email,
+            "message_id": message_id_for(delivery, domain),
+            "unsubscribe_url": link.unsubscribe_url,
+            "headers": {"X-Retention-Campaign": campaign.id,
+                        **({"Return-Path": verp_address(self.verp, delivery.id)} if self.verp else {})},
+            "date": now,
+        }
 
     def _permanent(
         self, session: Session, delivery: Delivery, email: str, exc: PermanentDeliveryError
@@ -175,27 +244,37 @@ class Sender:
             outbox.suppress(session, email, f"bounce: {exc}", now=now)
             return Outcome.bounced
         outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
-        if exc.is_policy_rejection and outbox.record_policy_failure(
+        if exc.is_policy_rejection and pausing.record_policy_failure(
             session, delivery.campaign_id, str(exc), now=now
         ):
             log.error("campaign %s paused after %d policy rejections in a row (last: %s); "
                       "fix the content or sender, then `retention approve %s`", delivery.campaign_id,
-                      outbox.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
+                      pausing.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
         return Outcome.failed
 
-    def _send(self, session: Session, composed: Composed) -> Outcome:
+    def _send_chunk(self, session: Session, chunk: list[Composed], batch: Batch) -> None:
+        handover = _Handover(session, chunk, self.clock)
+        sent = []
+        for composed in chunk:
+            outcome = self._send(session, composed, handover, batch)
+            if outcome is Outcome.sent:
+                sent.append(composed)
+            else:
+                batch.outcomes[_id(composed.delivery)] = outcome
+        # Recorded before the next chunk is marked: at most one chunk is ever handed over
+        # and not recorded, which is what a kill -9 can turn `unknown`.
+        outbox.finish_sent(session, [c.delivery for c in sent], now=self.clock())
+        for composed in sent:
+            batch.outcomes[_id(composed.delivery)] = Outcome.sent
+            log.debug("sent %s to customer %s (%s)", composed.campaign.id,
+                      composed.customer.external_id, composed.delivery.id)
+
+    def _send(self, session: Session, composed: Composed, handover: _Handover, batch: Batch) -> Outcome:
+        """Hand one message to the transport; Outcome.sent is recorded by the caller, with its chunk."""
         delivery = composed.delivery
-        message_id = str(composed.message["Message-ID"])
-
-        def handing_over() -> None:
-            # Recorded right before the content leaves (SMTP DATA): if this worker dies from
-            # here on, the server may have the message, and the delivery is held as `unknown`
-            # rather than sent twice; a worker that dies before this is simply sent again.
-            if not outbox.mark_handing_over(session, delivery, message_id=message_id, now=self.clock()):
-                raise _TakenOver(f"delivery {delivery.id} is no longer being sent by this worker")
-
+        message_id = composed.message.message_id
         try:
-            reply = self.transport.send(composed.message, before_data=handing_over)
+            self.transport.send(composed.message, before_data=lambda: handover.before_data(composed))
         except _TakenOver as exc:
             log.warning("%s; not sending it", exc)
             return Outcome.skipped
@@ -221,21 +300,17 @@ class Sender:
                               error=f"gave up after {delivery.attempts} attempts: {exc}")
                 return Outcome.failed
             outbox.release(session, delivery, now=now, error=str(exc)[:2000])
-            raise
+            batch.retry[_id(delivery)] = (delivery.attempts, exc)
+            return Outcome.retry
         except PermanentDeliveryError as exc:
             return self._permanent(session, delivery, composed.customer.email, exc)
         except Exception as exc:
             # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
-            self._crashed(session, delivery, "sending", exc)
-            raise
-        outbox.finish(session, delivery, DeliveryStatus.sent, now=self.clock(), error=None,
-                      message_id=message_id)
-        outbox.record_success(session, delivery.campaign_id)
-        log.debug("sent %s to customer %s (%s): %s", delivery.campaign_id,
-                 composed.customer.external_id, delivery.id, reply)
+            return self._crashed(session, delivery, "sending", exc, batch)
         return Outcome.sent
 
-    def _crashed(self, session: Session, delivery: Delivery, stage: str, exc: Exception) -> None:
+    def _crashed(self, session: Session, delivery: Delivery, stage: str, exc: Exception,
+                 batch: Batch) -> Outcome:
         """An unexpected exception: give the claim back to be retried, or give up on a poison one.
 
         A delivery that crashes its worker on every attempt (bad data, a bug) would
@@ -248,8 +323,47 @@ class Sender:
                       delivery.id, delivery.attempts, reason)
             outbox.finish(session, delivery, DeliveryStatus.failed, now=self.clock(),
                           error=f"gave up after {delivery.attempts} attempts: {reason}"[:2000])
-        else:
-            outbox.release(session, delivery, now=self.clock(), error=reason)
+            batch.outcomes[_id(delivery)] = Outcome.failed
+            return Outcome.failed
+        log.exception("delivery %s crashed while %s; it will be retried", delivery.id, stage,
+                      exc_info=exc)
+        outbox.release(session, delivery, now=self.clock(), error=reason)
+        batch.retry[_id(delivery)] = (delivery.attempts, exc)
+        batch.outcomes[_id(delivery)] = Outcome.retry
+        return Outcome.retry
+
+
+class _Handover:
+    """The hand-over marks of one chunk: written together, right before its first content leaves.
+
+    Marking a whole chunk at once spares a transaction per message; the price is that
+    a worker killed during the chunk leaves all of the chunk's marked messages `unknown`.
+    A message refused before its content (RCPT 5xx) is marked by the next one's turn.
+    """
+
+    def __init__(self, session: Session, chunk: list[Composed], clock: Callable[[], datetime]) -> None:
+        self.session = session
+        self.chunk = chunk
+        self.clock = clock
+        self.asked: set[int] = set()
+        self.ours: set[int] = set()
+
+    def before_data(self, composed: Composed) -> None:
+        delivery_id = _id(composed.delivery)
+        if delivery_id not in self.asked:
+            index = self.chunk.index(composed)
+            rest = [c for c in self.chunk[index:] if _id(c.delivery) not in self.asked]
+            self.ours |= outbox.mark_handing_over_many(
+                self.session, {c.message.message_id: c.delivery for c in rest}, now=self.clock())
+            self.asked |= {_id(c.delivery) for c in rest}
+        if delivery_id not in self.ours:
+            raise _TakenOver(f"delivery {delivery_id} is no longer being sent by this worker")
+
+
+def _id(delivery: Delivery) -> int:
+    if delivery.id is None:
+        raise ValueError("a claimed delivery always has an id")
+    return delivery.id
 
 
 def _server_unavailable(exc: TransientDeliveryError) -> bool:

@@ -6,14 +6,20 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol, runtime_checkable
 
+from campaigns.delivery.emails import OutgoingEmail
+
 # Called right before the message content leaves (SMTP DATA, the Maildir write).  The
 # sender records there that mail may have left; raising aborts the send with nothing sent.
 BeforeData = Callable[[], None]
 
+# What a transport sends: the send path's prebuilt OutgoingEmail, or an EmailMessage (test
+# sends, your own code), whose envelope and bytes ``emails.outgoing`` derives.
+Message = EmailMessage | OutgoingEmail
+
 
 @runtime_checkable
 class Transport(Protocol):
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
+    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
         """Deliver one message; return the server's reply or an id to record."""
         ...
 

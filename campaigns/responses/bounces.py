@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.delivery import outbox
+from campaigns.delivery import outbox, pausing
 from campaigns.models import (
     Bounce,
     BounceKind,
@@ -268,4 +268,4 @@ def _pause_on_complaint_rate(
         return None
     reason = (f"spam complaint rate {complained / sends:.2%} ({complained} of {sends} sends) is over "
               f"{policy.complaint_rate:.2%}")
-    return reason if outbox.pause(session, campaign_id, reason, now=now, commit=False) else None
+    return reason if pausing.pause(session, campaign_id, reason, now=now, commit=False) else None

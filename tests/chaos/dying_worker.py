@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 from datetime import datetime
-from email.message import EmailMessage
 from typing import Any
 
 from campaigns.delivery import sending
@@ -19,15 +18,15 @@ from campaigns.delivery import sending
 
 def main() -> None:
     doomed = os.environ["CHAOS_DIE_COMPOSING_FOR"]
-    compose = sending.Sender.compose
+    compose = sending.Sender.message_parts
 
     def dying_compose(self: sending.Sender, delivery: Any, customer: Any, campaign: Any,
-                      now: datetime) -> EmailMessage:
+                      now: datetime) -> dict[str, Any]:
         if customer.email == doomed:
             os.kill(os.getpid(), signal.SIGKILL)
         return compose(self, delivery, customer, campaign, now)
 
-    sending.Sender.compose = dying_compose  # type: ignore[method-assign]
+    sending.Sender.message_parts = dying_compose  # type: ignore[method-assign]
     from worker.cli import main as retention
 
     sys.argv = ["retention", "worker", *sys.argv[1:]]

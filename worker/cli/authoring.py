@@ -14,7 +14,7 @@ import typer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from campaigns.delivery.outbox import paused_reason
+from campaigns.delivery.pausing import paused_reason
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.models import Customer, utcnow
 from campaigns.planning import Planner

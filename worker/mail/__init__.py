@@ -6,7 +6,7 @@ Maildir and console transports, ``smtp`` the SMTP one and how its replies are so
 
 from worker.mail.local import ConsoleTransport, MaildirTransport
 from worker.mail.smtp import SMTPSettings, SMTPTransport, parse_enhanced_status
-from worker.mail.transport import BeforeData, Transport, envelope
+from worker.mail.transport import BeforeData, Message, OutgoingEmail, Transport, outgoing
 from worker.mail.urls import SUPPORTED_FORMS, mask_url, transport_from_url
 
 __all__ = [
@@ -14,11 +14,13 @@ __all__ = [
     "BeforeData",
     "ConsoleTransport",
     "MaildirTransport",
+    "Message",
+    "OutgoingEmail",
     "SMTPSettings",
     "SMTPTransport",
     "Transport",
-    "envelope",
     "mask_url",
+    "outgoing",
     "parse_enhanced_status",
     "transport_from_url",
 ]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import mailbox
 import sys
 import threading
-from email.message import EmailMessage
 from typing import TextIO
 
 from campaigns.errors import (
     ConfigurationError,
     TransientDeliveryError,
 )
-from worker.mail.transport import BeforeData, envelope
+from worker.mail.transport import BeforeData, Message, outgoing
 
 
 class MaildirTransport:
@@ -31,13 +30,13 @@ class MaildirTransport:
         # thread-safe; two threads could race on the same temporary name.
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        envelope(message)  # the same checks as SMTP, so a dry run catches them
+    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+        data = outgoing(message).data  # the same checks as SMTP, so a dry run catches them
         if before_data is not None:
             before_data()
         try:
             with self._lock:
-                key = self._maildir.add(message)
+                key = self._maildir.add(data)
         except OSError as exc:
             raise TransientDeliveryError(
                 f"Cannot write to the Maildir {self.path!r}: {exc.strerror or exc}"
@@ -58,12 +57,12 @@ class ConsoleTransport:
         self._stream = stream
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        envelope(message)
+    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+        data = outgoing(message).data
         if before_data is not None:
             before_data()
         stream = self._stream or sys.stdout
-        text = message.as_string()
+        text = data.decode("utf-8", "replace").replace("\r\n", "\n")
         with self._lock:  # keep concurrent messages from interleaving
             stream.write(f"{'-' * 30} message {'-' * 30}\n{text}\n")
             stream.flush()

@@ -4,11 +4,6 @@ as every transport sorts them (see ``worker.mail``)."""
 from __future__ import annotations
 
 import contextlib
-import copy
-import email.generator
-import email.policy
-import email.utils
-import io
 import logging
 import re
 import smtplib
@@ -16,8 +11,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
 from typing import Literal
 
 from campaigns.errors import (
@@ -27,12 +22,13 @@ from campaigns.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from worker.mail.transport import BeforeData, envelope
+from worker.mail.transport import BeforeData, Message, outgoing
 
 log = logging.getLogger(__name__)
 
 _ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 _LEADING_PERIOD = re.compile(rb"(?m)^\.")
+Reply = tuple[int, bytes]
 
 # RFC 5321 4.5.3.2.6: a client should wait 10 minutes for the reply that ends DATA, since
 # servers often scan or store the message before answering.
@@ -103,9 +99,9 @@ class SMTPTransport:
             self._connect()
         self._discard()
 
-    def send(self, message: EmailMessage, *, before_data: BeforeData | None = None) -> str:
-        sender, recipients = envelope(message)
-        content = _flatten(message, sender, recipients)
+    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+        out = outgoing(message)
+        sender, recipients, content = out.sender, list(out.recipients), out.data
         reused = self._current() is not None
         try:
             return self._send_on_connection(sender, recipients, content, before_data)
@@ -232,20 +228,80 @@ class SMTPTransport:
         if conn.has_extn("size"):
             options.append(f"SIZE={len(content)}")
 
+        if conn.has_extn("pipelining"):
+            mail, rcpts, data = self._envelope_pipelined(conn, sender, recipients, options)
+        else:
+            mail, rcpts, data = self._envelope_in_turn(conn, sender, recipients, options)
+        try:
+            self._check_envelope(sender, recipients, mail, rcpts, data)
+        except BaseException:
+            if data is not None and data[0] == 354:
+                # The server waits for content: only closing ends that without a message.
+                self._discard()
+            raise
+        try:
+            if before_data is not None:
+                before_data()  # the last moment at which nothing of the message has left
+        except BaseException:
+            self._discard()
+            raise
+        code, reply = self._content(conn, content)
+        if code != 250:
+            raise self._reply_error(code, reply, "refused the message")
+        return _short(code, reply)
+
+    def _envelope_in_turn(
+        self, conn: smtplib.SMTP, sender: str, recipients: list[str], options: list[str]
+    ) -> tuple[Reply, list[Reply], Reply | None]:
+        """MAIL, each RCPT and DATA, each waiting for its reply; DATA only if a recipient passed."""
+        mail = self._first_reply(conn, lambda: conn.mail(sender, options))
+        if mail[0] != 250:
+            return mail, [], None
+        rcpts: list[Reply] = []
+        for rcpt in recipients:
+            rcpts.append(conn.rcpt(rcpt))
+            if rcpts[-1][0] == 421:
+                return mail, rcpts, None
+        if not any(code in (250, 251) for code, _ in rcpts):
+            return mail, rcpts, None
+        conn.putcmd("data")
+        return mail, rcpts, conn.getreply()
+
+    def _envelope_pipelined(
+        self, conn: smtplib.SMTP, sender: str, recipients: list[str], options: list[str]
+    ) -> tuple[Reply, list[Reply], Reply | None]:
+        """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order."""
+        suffix = "".join(f" {option}" for option in options)
+        commands = [f"MAIL FROM:<{sender}>{suffix}", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+        group = "".join(f"{command}\r\n" for command in commands).encode("utf-8")
+
+        def first() -> Reply:
+            conn.send(group)
+            return conn.getreply()
+
+        mail = self._first_reply(conn, first)
+        rcpts = [conn.getreply() for _ in recipients]
+        return mail, rcpts, conn.getreply()
+
+    def _first_reply(self, conn: smtplib.SMTP, ask: Callable[[], Reply]) -> Reply:
         # MAIL is the first command on a pooled connection: a drop here means
         # the connection had gone stale and nothing was sent yet.
         try:
-            code, reply = conn.mail(sender, options)
+            return ask()
         except smtplib.SMTPServerDisconnected as exc:
             if isinstance(exc.__context__, TimeoutError):
                 raise  # a hung server, not a stale connection: retrying would hang again
             raise _StaleConnection(_describe_disconnect(exc, self.settings)) from exc
+
+    def _check_envelope(
+        self, sender: str, recipients: list[str], mail: Reply, rcpts: list[Reply], data: Reply | None
+    ) -> None:
+        """Raise the delivery error the envelope's replies mean; None when the content may go."""
+        code, reply = mail
         if code != 250:
             raise self._reply_error(code, reply, f"refused sender <{sender}>")
-
         refused: list[tuple[str, int, bytes]] = []
-        for rcpt in recipients:
-            code, reply = conn.rcpt(rcpt)
+        for rcpt, (code, reply) in zip(recipients, rcpts, strict=False):
             if code == 421:
                 raise self._reply_error(code, reply, f"refused recipient <{rcpt}>")
             if code not in (250, 251):
@@ -257,26 +313,17 @@ class SMTPTransport:
         if refused:
             log.warning("SMTP server refused some recipients, sending to the rest: %s",
                         ", ".join(f"<{r}> {c} {_text(t)}" for r, c, t in refused))
+        if data is not None and data[0] != 354:
+            raise self._reply_error(data[0], data[1], "refused the message")
 
-        if before_data is not None:
-            before_data()  # the last moment at which nothing of the message has left
-        code, reply = self._data(conn, content)
-        if code != 250:
-            raise self._reply_error(code, reply, "refused the message")
-        return _short(code, reply)
-
-    def _data(self, conn: smtplib.SMTP, content: bytes) -> tuple[int, bytes]:
-        """smtplib's DATA, with its own wait for the final reply, and a line where mail has left.
+    def _content(self, conn: smtplib.SMTP, content: bytes) -> Reply:
+        """The message after DATA's 354, with its own wait for the final reply: where mail leaves.
 
         Up to the end of the upload the server cannot hold the message (it keeps only a
         message that ends with "<CRLF>.<CRLF>"), so a failure there is an ordinary
         temporary one.  After it, a timeout or a dropped connection says nothing about
         whether the server took the message: ``_HandedOver``.
         """
-        conn.putcmd("data")
-        code, reply = conn.getreply()
-        if code != 354:
-            return code, reply
         payload = _LEADING_PERIOD.sub(b"..", content)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
@@ -390,22 +437,6 @@ class SMTPTransport:
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def _flatten(message: EmailMessage, sender: str, recipients: list[str]) -> bytes:
-    # As smtplib.send_message does: Bcc never travels in the headers.
-    msg = copy.copy(message)
-    del msg["Bcc"]
-    del msg["Resent-Bcc"]
-    # RFC 5321 4.4: the Return-Path (VERP) travels as MAIL FROM; the final MTA writes the header.
-    del msg["Return-Path"]
-    international = not (sender + "".join(recipients)).isascii()
-    policy = msg.policy
-    if international and isinstance(policy, email.policy.EmailPolicy):
-        policy = policy.clone(utf8=True)
-    buffer = io.BytesIO()
-    email.generator.BytesGenerator(buffer, policy=policy).flatten(msg, linesep="\r\n")
-    return buffer.getvalue()
 
 
 def _text(reply: bytes | str) -> str:
