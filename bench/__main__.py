@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import child, data, enqueue, plan, profiles, services
+from bench import child, data, e2e, enqueue, plan, profiles, services
 from bench.table import (
     Results,
     Row,
@@ -168,7 +168,8 @@ class Bench:
                 if profile is not None:
                     self.results.profiles[f"P3 end to end, run --once, {sz(n)} customers"] = \
                         profiles.summarize(profile)
-                self._p3_row(f"P3 end to end, `run --once` (SQLite, in-process, 8 threads), "
+                self._p3_row(f"P3 end to end, `run --once --processes {e2e.ONCE_PROCESSES} --workers "
+                             f"{e2e.ONCE_THREADS}` (SQLite, in-process broker), "
                              f"{sz(n)} customers", ours, plain)
                 if "postgresql" not in self.backends:
                     continue
@@ -189,7 +190,9 @@ class Bench:
             f"smtplib loop, 1 connection {fmt_rate(reference, 'email')}",
             f"{rate / reference:.2f}×", "≥ 1,000 emails/s and ≥ 0.5× plain loop",
             rate >= 1000 and rate >= 0.5 * reference,
-            f"messages ~{plain['average_bytes'] / 1024:.1f} KB; left unsent: {unfinished or 'none'}{extra}"))
+            f"messages ~{plain['average_bytes'] / 1024:.1f} KB; left unsent: {unfinished or 'none'}; "
+            f"peak RSS {ours['peak_rss_mb']:.0f} MB, each other sending process ≤ "
+            f"{ours['senders_peak_rss_mb']:.0f} MB{extra}"))
 
     # ------------------------------------------------------------------ P4
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.policy
 import os
+import resource
 import signal
 import smtplib
 import subprocess
@@ -32,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = Path(__file__).resolve().parent / "rules.yaml"
 RETENTION = Path(sys.executable).parent / "retention"
 SAMPLE = 2000  # distinct pre-rendered messages the reference cycles through
+# `retention run --once --processes 2 --workers 4`: one sending process per core.
+ONCE_PROCESSES = int(os.environ.get("BENCH_ONCE_PROCESSES", "2"))
+ONCE_THREADS = int(os.environ.get("BENCH_ONCE_THREADS", "4"))
 
 
 def settings(url: str, smtp_port: int, broker_url: str = "") -> Settings:
@@ -50,19 +54,21 @@ def _statuses(engine: sa.engine.Engine) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def once(url: str, smtp_port: int, threads: int = 8) -> dict[str, Any]:
-    from worker.daemon import run_once
+def once(
+    url: str, smtp_port: int, threads: int = ONCE_THREADS, processes: int = ONCE_PROCESSES
+) -> dict[str, Any]:
+    from worker.once import run_once
 
     rt = runtime.build(settings(url, smtp_port), migrate=False)
     before = _statuses(rt.engine).get(DeliveryStatus.sent, 0)
     started = time.perf_counter()
-    summary = run_once(rt, workers=threads, timeout=timedelta(hours=2))
+    summary = run_once(rt, workers=threads, processes=processes, timeout=timedelta(hours=2))
     seconds = time.perf_counter() - started
     statuses = _statuses(rt.engine)
     rt.close()
     sent = statuses.get(DeliveryStatus.sent, 0) - before
     return {"seconds": seconds, "sent": sent, "per_second": sent / seconds, "pending": summary.pending,
-            "statuses": statuses}
+            "statuses": statuses, "senders_peak_rss_mb": _children_peak_rss_mb()}
 
 
 def scaled(url: str, smtp_port: int, redis_url: str, processes: int = 2, threads: int = 8) -> dict[str, Any]:
@@ -111,7 +117,14 @@ def scaled(url: str, smtp_port: int, redis_url: str, processes: int = 2, threads
     rt.close()
     sent = statuses.get(DeliveryStatus.sent, 0) - before
     return {"seconds": seconds, "plan_seconds": planned, "enqueued": report.enqueued, "sent": sent,
-            "per_second": sent / seconds, "statuses": statuses}
+            "per_second": sent / seconds, "statuses": statuses,
+            "senders_peak_rss_mb": _children_peak_rss_mb()}
+
+
+def _children_peak_rss_mb() -> float:
+    """The peak RSS of the largest sending process this one started and waited for (forked
+    `run --once` helpers, `retention worker` processes); its own is child.py's peak_rss_mb."""
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
 def _wait_for_line(logs: list[Any], text: str, timeout: float) -> None:

@@ -19,7 +19,7 @@ from tests.factories import rules
 from tests.test_check_cli import one_located_error
 from tests.test_check_cli import project as project  # the fixture
 from tests.test_delivery import add_inactive, wait_for_status
-from worker.daemon import run_once
+from worker.once import run_once
 
 ADDRESSES = [
     pytest.param("hello@acme.example", True, id="plain"),

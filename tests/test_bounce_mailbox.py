@@ -181,7 +181,7 @@ def test_bad_mailbox_settings_are_configuration_errors(tmp_path, database_url, u
 
 def test_the_loop_closes_send_with_verp_bounce_back_never_mailed_again(tmp_path, database_url, smtp_sink):
     """Real SMTP out with a VERP Return-Path, the relay's DSN back into the mailbox, then silence."""
-    from worker.daemon import run_once
+    from worker.once import run_once
 
     folder = tmp_path / "bounces"
     box = mailbox.Maildir(folder, create=True)

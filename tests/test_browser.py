@@ -22,7 +22,7 @@ from campaigns.responses.export import responses
 from tests.support.services import skip_or_fail
 from tests.support.web import bound_socket, uvicorn_serving
 from worker import runtime as runtime_module
-from worker.daemon import run_once
+from worker.once import run_once
 from worker.settings import Settings
 from worker.web import create_app
 

@@ -10,7 +10,8 @@ from sqlmodel import Session, select
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, utcnow
 from tests.conftest import DEFAULT_RULES
 from tests.factories import add_customer, drain
-from worker.daemon import run_once, start_roles
+from worker.daemon import start_roles
+from worker.once import run_once
 from worker.passes import run_pass
 
 

@@ -11,7 +11,7 @@ from campaigns.delivery.context import build_sample_context
 from campaigns.delivery.rendering import TemplateStore
 from campaigns.locales import locale_chain
 from tests.factories import add_customer
-from worker.daemon import run_once
+from worker.once import run_once
 
 SUBJECT_EN = "We miss you, {{ customer.first_name }}\n"
 TEXT_EN = "Hello {{ customer.first_name }}, come back.\nUnsubscribe: {{ unsubscribe_url }}\n"

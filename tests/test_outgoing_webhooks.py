@@ -28,7 +28,8 @@ from campaigns.rules import parse_rules
 from tests.factories import add_customer
 from worker import outgoing_webhooks as webhooks
 from worker.cli import app
-from worker.daemon import run_once, start_roles
+from worker.daemon import start_roles
+from worker.once import run_once
 from worker.runtime import check_files
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -33,8 +33,9 @@ from campaigns.responses import recording as responses
 from campaigns.responses.pages import Pages
 from tests.factories import add_customer
 from worker import runtime as runtime_module
-from worker.daemon import run_once, start_roles
+from worker.daemon import start_roles
 from worker.database import make_engine
+from worker.once import run_once
 from worker.passes import run_pass
 from worker.settings import Settings
 from worker.web import MAX_BODY_BYTES, create_app

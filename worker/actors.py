@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 
 # Delivery ids per deliver_batch message: one claim and a few grouped records per batch.
 BATCH = 100
+# A small pass is spread over at least this many messages, so every sending thread gets some.
+SPREAD = 16
+
+
+def batch_size(ids: int) -> int:
+    """Ids per message for a pass of ``ids``: BATCH, less for a small pass."""
+    return max(1, min(BATCH, ids // SPREAD))
+
 # A batch's time limit, in single sends' time limits.
 BATCH_TIME_LIMITS = 4
 
@@ -75,9 +83,11 @@ def deliver_batch(delivery_ids: list[int]) -> None:
     broker = dramatiq.get_broker()
     for delivery_id, (attempts, exc) in sorted(batch.retry.items()):
         _count_retry(delivery_id, exc)
-        _, delay = compute_backoff(attempts, factor=rt.settings.retry_min_backoff_ms,
+        # As Dramatiq's Retries would have retried a `deliver` of it: the same backoff, and
+        # the message carries the count on, so later retries keep growing.
+        _, delay = compute_backoff(attempts - 1, factor=rt.settings.retry_min_backoff_ms,
                                    max_backoff=rt.settings.retry_max_backoff_ms)
-        broker.enqueue(_message("deliver", (delivery_id,)), delay=delay)
+        broker.enqueue(_message("deliver", (delivery_id,), retries=attempts), delay=delay)
 
 
 def _within_rate(rt: runtime.Runtime, delivery_ids: list[int]) -> list[int]:
@@ -95,8 +105,8 @@ def _within_rate(rt: runtime.Runtime, delivery_ids: list[int]) -> list[int]:
     return delivery_ids[:granted]
 
 
-def _message(actor: str, args: tuple[Any, ...]) -> dramatiq.Message[None]:
-    return dramatiq.Message(queue_name=QUEUE, actor_name=actor, args=args, kwargs={}, options={})
+def _message(actor: str, args: tuple[Any, ...], **options: Any) -> dramatiq.Message[None]:
+    return dramatiq.Message(queue_name=QUEUE, actor_name=actor, args=args, kwargs={}, options=options)
 
 
 def _session(rt: runtime.Runtime) -> Session:

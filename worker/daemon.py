@@ -1,32 +1,25 @@
-"""`retention run`: scheduler, workers and web in one process; and `--once`."""
+"""`retention run`: scheduler, workers and web in one process (`--once` is worker.once)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-import time
-from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from dramatiq.common import join_all
 from redis import exceptions as redis_errors
-from sqlmodel import Session, col
 
 from campaigns.errors import TransientDeliveryError
-from campaigns.models import Delivery, DeliveryStatus, utcnow
-from campaigns.sql import chunks
+from campaigns.models import utcnow
 from worker import outgoing_webhooks as webhooks
 from worker import runtime as runtime_module
-from worker.actors import BATCH, Actors, declare_configured
+from worker.actors import Actors, batch_size, declare_configured
 from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
 from worker.leader import LeaderLock
 from worker.logs import Throttle
@@ -34,11 +27,9 @@ from worker.passes import LostLeadership, run_pass, settle_stopped_workers
 from worker.reloading import Reloader
 from worker.runtime import Runtime
 from worker.serving import HttpServer, bind, ops_app
-from worker.wording import plural
 
 log = logging.getLogger(__name__)
 
-ONCE_TIMEOUT = timedelta(minutes=10)
 # Webhooks announce within seconds, not at the next planning pass.
 WEBHOOK_DISPATCH_SECONDS = 2.0
 
@@ -50,31 +41,15 @@ CONSUMERS_STOP_MS = 500
 
 
 @dataclass
-class CampaignSummary:
-    campaign_id: str
-    planned: int = 0
-    held_out: int = 0
-    sent: int = 0
-    other: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class OnceSummary:
-    rows: list[CampaignSummary]
-    pending: int
-    where: str
-    held: list[tuple[str, str]] = field(default_factory=list)  # (campaign, why) held by the blast guard
-
-
-@dataclass
 class Roles:
     broker: dramatiq.Broker
     actors: Actors
     worker: dramatiq.Worker | None
     webhook_worker: dramatiq.Worker | None = None
+    stopping: threading.Event | None = None  # the runtime's: set first by stop()
 
     def enqueue(self, ids: list[int]) -> int:
-        return enqueue_many(self.actors.deliver_batch, ids, batch=BATCH)
+        return enqueue_many(self.actors.deliver_batch, ids, batch=batch_size(len(ids)))
 
     def stop(self, timeout_s: float = 30.0, *, abort_sends: Callable[[], None] | None = None) -> None:
         """Let in-flight sends finish for ``timeout_s``; then ``abort_sends`` (cut their connections).
@@ -82,6 +57,8 @@ class Roles:
         Bounded whatever the mail server does: a server that never answers holds the
         stop for ``timeout_s`` plus about a second, not for its own timeouts.
         """
+        if self.stopping is not None:
+            self.stopping.set()
         workers = [w for w in (self.worker, self.webhook_worker) if w is not None]
         threads = [thread for worker in workers for thread in worker.workers]
         for thread in threads:
@@ -102,6 +79,7 @@ class Roles:
 
 
 def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
+    rt.stopping.clear()  # roles stopped before (in the same process) are no reason to hold back
     broker = install_broker(rt.settings.broker_url)
     actors = declare_configured(broker, rt.settings)
     worker = webhook_worker = None
@@ -113,7 +91,7 @@ def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
         webhook_worker = dramatiq.Worker(broker, queues={webhooks.WEBHOOK_QUEUE},
                                          worker_threads=webhooks.WEBHOOK_THREADS, worker_timeout=100)
         webhook_worker.start()
-    return Roles(broker, actors, worker, webhook_worker)
+    return Roles(broker, actors, worker, webhook_worker, rt.stopping)
 
 
 def _check_mail_server(rt: Runtime) -> None:
@@ -126,129 +104,6 @@ def _check_mail_server(rt: Runtime) -> None:
         check()
     except TransientDeliveryError as exc:
         log.warning("the mail server does not answer yet (%s); sends retry with backoff", exc)
-
-
-def run_once(rt: Runtime, *, workers: int = 8, timeout: timedelta = ONCE_TIMEOUT) -> OnceSummary:
-    """One pass, then deliver what it queued (and what earlier runs left due) before returning."""
-    runtime_module.install(rt)
-    roles = start_roles(rt, workers=workers)
-    try:
-        # Nothing survives in an in-process queue: everything queued and due is ours to send.
-        stale_after = timedelta(0) if is_in_process(roles.broker) else None
-        report = run_pass(rt, roles.enqueue, stale_after=stale_after)
-        ids = report.result.queued_ids + report.swept_ids
-        _wait_until_settled(rt, ids, timeout)
-    finally:
-        roles.stop(abort_sends=lambda: rt.transport.close())
-        rt.transport.close()
-        if "heartbeat" in rt.__dict__:
-            rt.heartbeat.stop()
-    return OnceSummary(
-        rows=_summarize(rt, report.result, ids), pending=still_waiting(rt), where=where_mail_went(rt),
-        held=[(p.campaign_id, p.blast_guard) for p in report.result.plans if p.blast_guard],
-    )
-
-
-def _wait_until_settled(rt: Runtime, ids: list[int], timeout: timedelta) -> int:
-    """Wait while a delivery is being sent or still awaits its first attempt.
-
-    Retries after a temporary failure are left to the next pass, so a mail
-    server that is down cannot hold `--once` for the whole backoff schedule.
-    """
-    deadline = time.monotonic() + timeout.total_seconds()
-    pending = 0
-    pause = 0.05
-    while ids:
-        with Session(rt.engine) as session:
-            pending = 0
-            for chunk in chunks(ids):
-                pending += (
-                    session.scalar(
-                        sa.select(sa.func.count())
-                        .select_from(Delivery)
-                        .where(
-                            col(Delivery.id).in_(chunk),
-                            sa.or_(
-                                col(Delivery.status) == DeliveryStatus.sending,
-                                sa.and_(
-                                    col(Delivery.status) == DeliveryStatus.queued,
-                                    col(Delivery.attempts) == 0,
-                                    col(Delivery.due_at) <= utcnow(),
-                                ),
-                            ),
-                        )
-                    )
-                    or 0
-                )
-        if pending == 0 or time.monotonic() > deadline:
-            break
-        # Start quick for small passes, then back off: counting competes with the senders.
-        time.sleep(pause)
-        pause = min(1.0, pause * 2)
-    with Session(rt.engine) as session:
-        return sum(
-            session.scalar(
-                sa.select(sa.func.count())
-                .select_from(Delivery)
-                .where(
-                    col(Delivery.id).in_(chunk),
-                    col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)),
-                )
-            )
-            or 0
-            for chunk in chunks(ids)
-        )
-
-
-def _summarize(rt: Runtime, result: Any, ids: list[int]) -> list[CampaignSummary]:
-    rows = {p.campaign_id: CampaignSummary(p.campaign_id, planned=p.inserted) for p in result.plans}
-    statuses: dict[str, Counter[str]] = defaultdict(Counter)
-    with Session(rt.engine) as session:
-        for chunk in chunks(ids):
-            for campaign_id, status, count in session.execute(
-                sa.select(col(Delivery.campaign_id), col(Delivery.status), sa.func.count())
-                .where(col(Delivery.id).in_(chunk))
-                .group_by(col(Delivery.campaign_id), col(Delivery.status))
-            ):
-                statuses[campaign_id][status] += count
-    for campaign_id, counter in statuses.items():
-        row = rows.setdefault(campaign_id, CampaignSummary(campaign_id))
-        row.sent = counter.pop(DeliveryStatus.sent, 0)
-        row.other = dict(counter)
-    for plan in result.plans:
-        row = rows[plan.campaign_id]
-        row.held_out = plan.recorded.get(DeliveryStatus.held_out, 0)
-        # Recorded by the planner, never queued: name them, or the columns do not add up.
-        for status, label in ((DeliveryStatus.skipped, "skipped (over the cap)"),
-                              (DeliveryStatus.held, "held by the blast guard")):
-            if plan.recorded.get(status):
-                row.other[label] = plan.recorded[status]
-    return list(rows.values())
-
-
-def still_waiting(rt: Runtime) -> int:
-    """Deliveries of any pass not sent yet: waiting for the send window, a retry, or a worker."""
-    with Session(rt.engine) as session:
-        return int(session.scalar(
-            sa.select(sa.func.count()).select_from(Delivery)
-            .where(col(Delivery.status).in_((DeliveryStatus.queued, DeliveryStatus.sending)))
-        ) or 0)
-
-
-def where_mail_went(rt: Runtime) -> str:
-    url = rt.settings.mail_url
-    if url.startswith("maildir://"):
-        path = Path(url.removeprefix("maildir://"))
-        count = len(list((path / "new").glob("*"))) if (path / "new").is_dir() else 0
-        return (
-            f"emails are in {path}/ (a Maildir, {plural(count, 'message')} in {path}/new): open it with any "
-            f"mail client, e.g. `mutt -f {path}`"
-        )
-    if url.startswith("console://"):
-        return "emails were printed above (console://)"
-    from worker.mail import mask_url
-
-    return f"emails went to {mask_url(url)}"
 
 
 # ---------------------------------------------------------------- the daemon

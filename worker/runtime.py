@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from campaigns.delivery.rendering import TemplateStore
+from campaigns.delivery.rendering import SENDING_FRESH_FOR, TemplateStore
 from campaigns.delivery.sending import Sender
 from campaigns.delivery.tokens import Signer
 from campaigns.errors import RulesError, RulesErrors, SourceError
@@ -59,6 +59,8 @@ class Runtime:
     templates: TemplateStore
     state: RulesState
     _buckets: dict[tuple[int, int], SendRate] = field(default_factory=dict, repr=False)
+    # Set when the process starts shutting down: batches stop after the message in flight.
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def rules(self) -> Rules:
@@ -110,6 +112,7 @@ class Runtime:
             transport=self.transport,
             verp=self.settings.verp_address,
             worker=worker,
+            stopping=self.stopping.is_set,
         )
 
     def close(self) -> None:
@@ -204,7 +207,7 @@ def build(
     return Runtime(
         settings=settings,
         engine=engine,
-        templates=TemplateStore(templates_path or settings.templates),
+        templates=TemplateStore(templates_path or settings.templates, fresh_for=SENDING_FRESH_FOR),
         state=state,
     )
 

@@ -23,8 +23,8 @@ import email.policy
 import email.quoprimime
 import email.utils
 import io
+import random
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,7 +157,7 @@ def build_outgoing(
     if rendered.html is None:
         body = _part("plain", rendered.text)
     else:
-        boundary = f"=_{uuid.uuid4().hex}"
+        boundary = f"=_{random.getrandbits(96):024x}"  # unguessable enough; urandom costs more
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
         body = (f"--{boundary}\r\n{_part('plain', rendered.text)}\r\n--{boundary}\r\n"
                 f"{_part('html', rendered.html)}\r\n--{boundary}--\r\n")

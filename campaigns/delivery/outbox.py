@@ -85,13 +85,18 @@ def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, 
 
 
 def mark_handing_over_many(
-    session: Session, by_message_id: Mapping[str, Delivery], *, now: datetime
+    session: Session, by_message_id: Mapping[str, Delivery], *, now: datetime,
+    sent: Sequence[Delivery] = (),
 ) -> set[int]:
     """``mark_handing_over`` for several deliveries in one transaction; the ids still this claim's.
 
     A worker killed after it loses every one of them to `unknown`, sent or not: the
     caller marks only the few it sends next (see ``Sender``), which bounds that loss.
+    ``sent``: handed-over deliveries the server accepted, recorded (``finish_sent``) in
+    the same transaction.
     """
+    if sent:
+        finish_sent(session, sent, now=now, commit=False)
     message_ids = sa.case({d.id: mid for mid, d in by_message_id.items()}, value=col(Delivery.id))
     return _from_sending_many(session, list(by_message_id.values()),
                               {"message_id": message_ids, "updated_at": now})
@@ -143,7 +148,9 @@ def _from_sending(
     return delivery.id in _from_sending_many(session, [delivery], values, announce=announce)
 
 
-def finish_sent(session: Session, deliveries: Sequence[Delivery], *, now: datetime) -> set[int]:
+def finish_sent(
+    session: Session, deliveries: Sequence[Delivery], *, now: datetime, commit: bool = True
+) -> set[int]:
     """Record several handed-over deliveries as sent, in one transaction; the ids recorded.
 
     Their Message-IDs were written by the hand-over mark.  A send also ends each
@@ -156,7 +163,8 @@ def finish_sent(session: Session, deliveries: Sequence[Delivery], *, now: dateti
     )
     for campaign_id in sorted({d.campaign_id for d in deliveries}):
         reset_policy_failures(session, campaign_id)
-    session.commit()
+    if commit:
+        session.commit()
     return changed
 
 

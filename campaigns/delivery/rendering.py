@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,43 @@ def inline_css(html: str) -> str:
     return str(_INLINER.inline(html))
 
 
+# Seconds a sending process trusts what it looked up about the templates (see TemplateStore).
+SENDING_FRESH_FOR = 1.0
+
+
+class _Loader(jinja2.FileSystemLoader):
+    """Jinja's loader, asking whether a compiled template is current at most every ``fresh_for`` s.
+
+    Jinja asks on every ``get_template``, a layout's ``extends`` included: a stat per file
+    per email.
+    """
+
+    def __init__(self, root: str, *, fresh_for: float) -> None:
+        super().__init__(root)
+        self.fresh_for = fresh_for
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not self.fresh_for:
+            return source, filename, uptodate
+        checked = [time.monotonic()]
+
+        def seldom_uptodate() -> bool:
+            now = time.monotonic()
+            if now - checked[0] < self.fresh_for:
+                return True
+            checked[0] = now
+            return uptodate()
+
+        return source, filename, seldom_uptodate
+
+
 class TemplateStore:
     """The templates directory: list, check and render templates by name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fresh_for: float = 0.0) -> None:
         self.root = Path(path)
         self._root_abs = Path(os.path.normpath(self.root.absolute()))
         self._display_root = _display_path(self._root_abs)
@@ -93,10 +127,20 @@ class TemplateStore:
         # in the subject or text part ever is.
         self._html_env = self._environment(autoescape=True)
         self._text_env = self._environment(autoescape=False)
+        self._sending_envs = (
+            (self._environment(autoescape=True, fresh_for=fresh_for),
+             self._environment(autoescape=False, fresh_for=fresh_for)) if fresh_for else None
+        )
+        # What ``render`` looks up on disk (which files a locale gets, whether each compiled
+        # template is still current) may be kept for ``fresh_for`` seconds: a sending process
+        # then stats a few files a second rather than six per email, and an edit reaches it
+        # within that.  The checks (`retention check`, a reload's verdict) always read the disk.
+        self.fresh_for = fresh_for
+        self._resolved: dict[tuple[str, str | None], tuple[float, dict[str, str]]] = {}
 
-    def _environment(self, *, autoescape: bool) -> Sandbox:
+    def _environment(self, *, autoescape: bool, fresh_for: float = 0.0) -> Sandbox:
         return Sandbox(
-            loader=jinja2.FileSystemLoader(str(self._root_abs)),
+            loader=_Loader(str(self._root_abs), fresh_for=fresh_for),
             undefined=LocatingUndefined,
             autoescape=autoescape,
             finalize=finalize,
@@ -118,6 +162,13 @@ class TemplateStore:
     def render(self, name: str, context: Mapping[str, Any], *, locale: str | None = None) -> RenderedMessage:
         """Render one message in ``locale`` (falling back file by file to the default);
         any failure is a TemplateError located in the file."""
+        return self._render_resolved(self._files(name, locale), prepare(context))
+
+    def _files(self, name: str, locale: str | None) -> dict[str, str]:
+        now = time.monotonic()
+        kept = self._resolved.get((name, locale))
+        if kept is not None and kept[0] > now:
+            return kept[1]
         if not self.exists(name):
             raise TemplateError(
                 f"no template {name!r}: expected {name}/{SUBJECT} and {name}/{TEXT_BODY}"
@@ -125,7 +176,9 @@ class TemplateStore:
                 file=self._display(name),
             )
         files = self.resolve(name, locale)
-        return self._render_resolved(files, prepare(context))
+        if self.fresh_for:
+            self._resolved[(name, locale)] = (now + self.fresh_for, files)
+        return files
 
     def locales(self, name: str) -> list[str]:
         """The locale folders of one template, as named on disk."""
@@ -151,13 +204,15 @@ class TemplateStore:
         return resolved
 
     def _render_resolved(self, files: Mapping[str, str], prepared: Mapping[str, Any]) -> RenderedMessage:
-        subject = _one_line(self._render_file(files[SUBJECT], prepared))
+        cached = self.fresh_for > 0
+        subject = _one_line(self._render_file(files[SUBJECT], prepared, cached=cached))
         if not subject:
             raise TemplateError("the subject renders empty", file=self._display(files[SUBJECT]))
-        text = self._render_file(files[TEXT_BODY], prepared).strip("\n") + "\n"
+        text = self._render_file(files[TEXT_BODY], prepared, cached=cached).strip("\n") + "\n"
         html = None
         if HTML_BODY in files:
-            html = self._inline(self._render_file(files[HTML_BODY], prepared), files[HTML_BODY])
+            html = self._inline(self._render_file(files[HTML_BODY], prepared, cached=cached),
+                                files[HTML_BODY])
         return RenderedMessage(subject=subject, text=text, html=html)
 
     def _inline(self, html: str, path: str) -> str:
@@ -328,11 +383,11 @@ class TemplateStore:
             if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR
         )
 
-    def _render_file(self, path: str, context: Mapping[str, Any]) -> str:
+    def _render_file(self, path: str, context: Mapping[str, Any], *, cached: bool = False) -> str:
         """Render one file, ``path`` relative to the templates root (``NAME/zh-CN/subject.j2``)."""
         token = render_budget.set([RENDER_BUDGET])
         try:
-            return self._env_for(path).get_template(path).render(context)
+            return self._env_for(path, cached=cached).get_template(path).render(context)
         except Exception as exc:
             error = self._error(exc, path)
             if isinstance(exc, jinja2.UndefinedError) and error.message.startswith("undefined name"):
@@ -345,11 +400,12 @@ class TemplateStore:
         finally:
             render_budget.reset(token)
 
-    def _env_for(self, path: str) -> Sandbox:
+    def _env_for(self, path: str, *, cached: bool = False) -> Sandbox:
         # Shared files at the root (layouts, partials) count as HTML unless named .txt.j2.
+        html, text = self._sending_envs if cached and self._sending_envs else (self._html_env, self._text_env)
         if path.rpartition("/")[2] == SUBJECT or path.endswith(".txt.j2"):
-            return self._text_env
-        return self._html_env
+            return text
+        return html
 
     def _error(self, exc: Exception, path: str) -> TemplateError:
         """Locate a jinja (or template-triggered Python) exception in its source file;

@@ -84,6 +84,8 @@ class Batch:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     # delivery id -> (its attempts so far, why): a temporary failure (SMTP 4xx) or a crash.
     retry: dict[int, tuple[int, Exception]] = field(default_factory=dict)
+    # Addresses suppressed while the batch was sent (a bounce): its later messages to them stop.
+    suppressed: dict[str, str] = field(default_factory=dict)
 
 
 class Sender:
@@ -91,6 +93,7 @@ class Sender:
         self, *, rules: Rules, templates: TemplateStore, signer: Signer, public_url: str,
         transport: Transport, clock: Callable[[], datetime] = utcnow,
         max_attempts: int = MAX_ATTEMPTS, verp: str = "", worker: str | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.rules = rules
         self.templates = templates
@@ -101,6 +104,7 @@ class Sender:
         self.max_attempts = max_attempts
         self.verp = verp  # base address for a per-delivery Return-Path; empty: the From address
         self.worker = worker  # the heartbeat id recorded on each claim
+        self.stopping = stopping  # True once the process is shutting down
 
     def deliver(self, session: Session, delivery_id: int) -> Outcome:
         """Send one delivery if it is still ours to send; raise TransientDeliveryError to retry
@@ -116,8 +120,10 @@ class Sender:
         now = self.clock()
         claimed = outbox.claim_many(session, delivery_ids, now=now, worker=self.worker)
         ready = self._prepare_many(session, claimed, now, batch)
+        handover = _Handover(session, self.clock)
         for start in range(0, len(ready), CHUNK):
-            self._send_chunk(session, ready[start:start + CHUNK], batch)
+            self._send_chunk(session, ready[start:start + CHUNK], handover, batch)
+        handover.record()
         for delivery_id in delivery_ids:
             batch.outcomes.setdefault(delivery_id, Outcome.skipped)
         return batch
@@ -142,7 +148,7 @@ class Sender:
                 composed_or_outcome = self._prepare(session, delivery, customer, suppressed, paused, now)
             except PermanentDeliveryError as exc:  # e.g. an address no server could accept (5.1.3)
                 batch.outcomes[_id(delivery)] = self._permanent(
-                    session, delivery, customer.email if customer else "", exc)
+                    session, delivery, customer.email if customer else "", exc, batch)
                 continue
             except RetentionError as exc:
                 # A template or rules problem: retrying will not fix it, a human must.
@@ -235,13 +241,15 @@ class Sender:
         }
 
     def _permanent(
-        self, session: Session, delivery: Delivery, email: str, exc: PermanentDeliveryError
+        self, session: Session, delivery: Delivery, email: str, exc: PermanentDeliveryError,
+        batch: Batch,
     ) -> Outcome:
         """Never retried: a bad mailbox bounces and is suppressed; anything else just fails."""
         now = self.clock()
         if exc.is_recipient_failure and email:
             outbox.finish(session, delivery, DeliveryStatus.bounced, now=now, error=str(exc)[:2000])
             outbox.suppress(session, email, f"bounce: {exc}", now=now)
+            batch.suppressed[email.lower()] = f"bounce: {exc}"[:255]
             return Outcome.bounced
         outbox.finish(session, delivery, DeliveryStatus.failed, now=now, error=str(exc)[:2000])
         if exc.is_policy_rejection and pausing.record_policy_failure(
@@ -252,22 +260,29 @@ class Sender:
                       pausing.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
         return Outcome.failed
 
-    def _send_chunk(self, session: Session, chunk: list[Composed], batch: Batch) -> None:
-        handover = _Handover(session, chunk, self.clock)
-        sent = []
+    def _send_chunk(self, session: Session, chunk: list[Composed], handover: _Handover,
+                    batch: Batch) -> None:
+        handover.start(chunk)
         for composed in chunk:
+            if self.stopping():
+                # Shutting down: the message in flight finishes, the rest of the batch waits in the
+                # outbox for the next pass (not an attempt) instead of holding up the exit.
+                outbox.release(session, composed.delivery, now=self.clock(), enqueued=False,
+                               error="the worker stopped before sending it; queued again")
+                batch.outcomes[_id(composed.delivery)] = Outcome.deferred
+                continue
+            address = composed.customer.email.lower()
+            if address in batch.suppressed:  # bounced earlier in this batch
+                outbox.finish(session, composed.delivery, DeliveryStatus.suppressed, now=self.clock(),
+                              error=f"suppressed: {batch.suppressed[address]}"[:2000])
+                batch.outcomes[_id(composed.delivery)] = Outcome.suppressed
+                continue
             outcome = self._send(session, composed, handover, batch)
+            batch.outcomes[_id(composed.delivery)] = outcome
             if outcome is Outcome.sent:
-                sent.append(composed)
-            else:
-                batch.outcomes[_id(composed.delivery)] = outcome
-        # Recorded before the next chunk is marked: at most one chunk is ever handed over
-        # and not recorded, which is what a kill -9 can turn `unknown`.
-        outbox.finish_sent(session, [c.delivery for c in sent], now=self.clock())
-        for composed in sent:
-            batch.outcomes[_id(composed.delivery)] = Outcome.sent
-            log.debug("sent %s to customer %s (%s)", composed.campaign.id,
-                      composed.customer.external_id, composed.delivery.id)
+                handover.accepted.append(composed.delivery)
+                log.debug("sent %s to customer %s (%s)", composed.campaign.id,
+                          composed.customer.external_id, composed.delivery.id)
 
     def _send(self, session: Session, composed: Composed, handover: _Handover, batch: Batch) -> Outcome:
         """Hand one message to the transport; Outcome.sent is recorded by the caller, with its chunk."""
@@ -303,7 +318,7 @@ class Sender:
             batch.retry[_id(delivery)] = (delivery.attempts, exc)
             return Outcome.retry
         except PermanentDeliveryError as exc:
-            return self._permanent(session, delivery, composed.customer.email, exc)
+            return self._permanent(session, delivery, composed.customer.email, exc, batch)
         except Exception as exc:
             # Unknown failure (a bug, the database…): the claim goes back so nothing is lost.
             return self._crashed(session, delivery, "sending", exc, batch)
@@ -334,19 +349,24 @@ class Sender:
 
 
 class _Handover:
-    """The hand-over marks of one chunk: written together, right before its first content leaves.
+    """The hand-over marks of a batch, a chunk at a time, and the record of what was sent.
 
-    Marking a whole chunk at once spares a transaction per message; the price is that
-    a worker killed during the chunk leaves all of the chunk's marked messages `unknown`.
-    A message refused before its content (RCPT 5xx) is marked by the next one's turn.
+    Right before the first content of a chunk leaves, one transaction marks the whole
+    chunk and records the previous chunk's accepted messages as sent.  So at any moment
+    at most one chunk is marked and not recorded: what a kill -9 can turn `unknown`.  A
+    message refused before its content (RCPT 5xx) is marked by the next one's turn.
     """
 
-    def __init__(self, session: Session, chunk: list[Composed], clock: Callable[[], datetime]) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
         self.session = session
-        self.chunk = chunk
         self.clock = clock
+        self.chunk: list[Composed] = []
         self.asked: set[int] = set()
         self.ours: set[int] = set()
+        self.accepted: list[Delivery] = []  # the server said 250; not recorded as sent yet
+
+    def start(self, chunk: list[Composed]) -> None:
+        self.chunk, self.asked, self.ours = chunk, set(), set()
 
     def before_data(self, composed: Composed) -> None:
         delivery_id = _id(composed.delivery)
@@ -354,10 +374,17 @@ class _Handover:
             index = self.chunk.index(composed)
             rest = [c for c in self.chunk[index:] if _id(c.delivery) not in self.asked]
             self.ours |= outbox.mark_handing_over_many(
-                self.session, {c.message.message_id: c.delivery for c in rest}, now=self.clock())
+                self.session, {c.message.message_id: c.delivery for c in rest}, now=self.clock(),
+                sent=self.accepted)
+            self.accepted = []
             self.asked |= {_id(c.delivery) for c in rest}
         if delivery_id not in self.ours:
             raise _TakenOver(f"delivery {delivery_id} is no longer being sent by this worker")
+
+    def record(self) -> None:
+        if self.accepted:
+            outbox.finish_sent(self.session, self.accepted, now=self.clock())
+            self.accepted = []
 
 
 def _id(delivery: Delivery) -> int:

@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, Serializer, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 from campaigns.errors import ConfigurationError, InvalidToken
 from campaigns.rules.durations import format_duration
@@ -47,7 +48,7 @@ class Signer:
         # itsdangerous signs with the LAST key of its list; ours is newest first.
         secrets = list(reversed(usable))
         self._serializers = {
-            purpose: URLSafeTimedSerializer(secrets, salt=f"retention.{purpose.value}")
+            purpose: _Serializer(secrets, salt=f"retention.{purpose.value}")
             for purpose in Purpose
         }
 
@@ -103,6 +104,18 @@ class Signer:
             "(tampered, truncated, or signed with a key no longer configured)",
             purpose=purpose, reason="tampered",
         )
+
+
+class _Serializer(URLSafeTimedSerializer):
+    """itsdangerous's URL-safe tokens without trying zlib on each payload.
+
+    Most payloads are an id, which compression never shortens, so those tokens are the
+    same bytes; a click token's URL is left uncompressed too.  Tokens made compressed
+    still load.  Trying cost a tenth of the send path.
+    """
+
+    def dump_payload(self, obj: Any) -> bytes:
+        return base64_encode(Serializer.dump_payload(self, obj))
 
 
 def _unpack(purpose: Purpose, payload: Any) -> dict[str, Any]:

@@ -47,20 +47,25 @@ def db_upgrade() -> None:
 @app.command()
 def run(
     once: Annotated[bool, typer.Option("--once", help="One pass, deliver what is due, exit.")] = False,
-    workers: Annotated[int, typer.Option(help="Sending threads.")] = 8,
+    workers: Annotated[int, typer.Option(help="Sending threads (per process).")] = 8,
+    processes: Annotated[int, typer.Option(
+        "--processes", min=1,
+        help="With --once: sending processes (one per core is the fastest; PostgreSQL or SQLite).",
+    )] = 1,
     no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the web endpoints.")] = False,
     host: Annotated[str, typer.Option(help="Web host.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Web port.")] = 8000,
 ) -> None:
     """The daemon: scheduler + workers (+ web) in one process."""
     from worker import daemon
+    from worker import once as once_module
 
     # A restart during a bad edit keeps links and sending up on the last good rules; only
     # planning waits for a valid file (`--once` is one planning pass: it needs one).
     rt = build_runtime(last_good="refuse" if once else "use")
     with user_errors():
         if once:
-            summary = daemon.run_once(rt, workers=workers)
+            summary = once_module.run_once(rt, workers=workers, processes=processes)
             _print_summary(rt, summary)
             failed = sum(row.other.get(DeliveryStatus.failed, 0) for row in summary.rows)
             if failed:
@@ -142,8 +147,8 @@ def _demo_quarter(rt: Runtime, customers: int, report_path: Path) -> None:
     from campaigns.demo_data import demo_anchor
     from campaigns.reports import build_report
     from worker import report as report_output
-    from worker.daemon import where_mail_went
     from worker.demo import QUARTER_DAYS, simulate_quarter, story
+    from worker.once import where_mail_went
 
     with Session(rt.engine) as session:
         anchor = demo_anchor(session)
@@ -211,7 +216,8 @@ def demo(
 ) -> None:
     """A simulated quarter: daily activity, passes, emails, answers; then a summary and a report."""
     from campaigns.demo_data import demo_anchor, generate_demo
-    from worker import daemon, examples
+    from worker import examples
+    from worker import once as once_module
 
     cfg = settings()
     # In an empty directory (a fresh install) the demo starts from the examples, as `retention
@@ -231,7 +237,7 @@ def demo(
         session.commit()
     out.print(f"demo data: {summary.describe()}", markup=False)
     with user_errors():
-        result = daemon.run_once(rt, workers=8)
+        result = once_module.run_once(rt, workers=8)
     _print_summary(rt, result)
     with Session(rt.engine) as session:
         rows = session.exec(
