@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import smtplib
 import threading
 import time
 from email.message import EmailMessage
@@ -30,6 +31,14 @@ def make_message(to: str = "ada@example.com", subject: str = "We miss you, Ada")
     message.set_content("Hello Ada,\n.\nA line that is just a dot must survive.\n")
     message.add_alternative("<p>Hello Ada</p>", subtype="html")
     return message
+
+
+@pytest.fixture(params=[False, True], ids=["in-turn", "pipelining"])
+def smtp_sink(request: pytest.FixtureRequest):
+    """Every SMTP case here against a server that offers PIPELINING and one that does not:
+    the replies mean the same either way."""
+    with SMTPSink(pipelining=request.param) as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -199,6 +208,28 @@ def test_message_without_from_is_refused_before_connecting(smtp, smtp_sink):
     with pytest.raises(PermanentDeliveryError, match=r"no From address; set defaults\.sender"):
         smtp.send(message)
     assert smtp_sink.connections == 0
+
+
+def test_pipelining_sends_the_envelope_and_data_in_one_write_per_message(smtp, smtp_sink, monkeypatch):
+    writes: list[bytes] = []
+    send = smtplib.SMTP.send
+
+    def counting(self: smtplib.SMTP, data: bytes | str) -> None:
+        writes.append(data if isinstance(data, bytes) else data.encode())
+        send(self, data)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", counting)
+    for _ in range(3):
+        smtp.send(make_message())
+    assert len(smtp_sink.wait_for(3)) == 3
+    writes = [w for w in writes if not w.lower().startswith(b"ehlo")]
+    envelopes = [w for w in writes if w.lower().startswith(b"mail from:")]
+    if smtp_sink.pipelining:
+        assert len(writes) == 2 * 3  # MAIL + RCPT + DATA together, then the content
+        assert all(w.endswith(b"RCPT TO:<ada@example.com>\r\nDATA\r\n") for w in envelopes)
+    else:
+        assert len(writes) == 4 * 3  # MAIL, RCPT, DATA and the content, each waiting for its reply
+    assert smtp_sink.connections == 1  # one connection, reused
 
 
 # -- SMTP over TLS ---------------------------------------------------------------

@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from campaigns.delivery.rendering import SENDING_FRESH_FOR, TemplateStore
+from campaigns.delivery.rendering import TemplateStore
 from campaigns.delivery.sending import Sender
+from campaigns.delivery.template_loader import SENDING_FRESH_FOR
 from campaigns.delivery.tokens import Signer
 from campaigns.errors import RulesError, RulesErrors, SourceError
 from campaigns.models import utcnow

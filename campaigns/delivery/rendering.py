@@ -26,7 +26,6 @@ from typing import Any
 
 import css_inline
 import jinja2
-from jinja2.exceptions import SecurityError
 
 from campaigns.delivery.context import CUSTOMER_FIELDS, build_sample_context
 from campaigns.delivery.sandbox import (
@@ -37,7 +36,8 @@ from campaigns.delivery.sandbox import (
     prepare,
     render_budget,
 )
-from campaigns.delivery.template_errors import template_location
+from campaigns.delivery.template_errors import describe_failure, source_excerpt, template_location
+from campaigns.delivery.template_loader import SeldomCheckingLoader
 from campaigns.delivery.template_names import unknown_names
 from campaigns.delivery.visible_links import has_visible_link
 from campaigns.errors import TemplateError
@@ -82,39 +82,6 @@ def inline_css(html: str) -> str:
     return str(_INLINER.inline(html))
 
 
-# Seconds a sending process trusts what it looked up about the templates (see TemplateStore).
-SENDING_FRESH_FOR = 1.0
-
-
-class _Loader(jinja2.FileSystemLoader):
-    """Jinja's loader, asking whether a compiled template is current at most every ``fresh_for`` s.
-
-    Jinja asks on every ``get_template``, a layout's ``extends`` included: a stat per file
-    per email.
-    """
-
-    def __init__(self, root: str, *, fresh_for: float) -> None:
-        super().__init__(root)
-        self.fresh_for = fresh_for
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
-        source, filename, uptodate = super().get_source(environment, template)
-        if not self.fresh_for:
-            return source, filename, uptodate
-        checked = [time.monotonic()]
-
-        def seldom_uptodate() -> bool:
-            now = time.monotonic()
-            if now - checked[0] < self.fresh_for:
-                return True
-            checked[0] = now
-            return uptodate()
-
-        return source, filename, seldom_uptodate
-
-
 class TemplateStore:
     """The templates directory: list, check and render templates by name."""
 
@@ -140,7 +107,7 @@ class TemplateStore:
 
     def _environment(self, *, autoescape: bool, fresh_for: float = 0.0) -> Sandbox:
         return Sandbox(
-            loader=_Loader(str(self._root_abs), fresh_for=fresh_for),
+            loader=SeldomCheckingLoader(str(self._root_abs), fresh_for=fresh_for),
             undefined=LocatingUndefined,
             autoescape=autoescape,
             finalize=finalize,
@@ -340,7 +307,7 @@ class TemplateStore:
         lines = source.splitlines()
         return [
             TemplateError(
-                problem.message + _source_excerpt(lines, problem.line),
+                problem.message + source_excerpt(lines, problem.line),
                 file=self._display(template_file),
                 line=problem.line,
             )
@@ -414,9 +381,9 @@ class TemplateStore:
         if isinstance(exc, jinja2.TemplateSyntaxError):
             message = exc.message or str(exc)
             if exc.source and exc.lineno:
-                message += _source_excerpt(exc.source.splitlines(), exc.lineno)
+                message += source_excerpt(exc.source.splitlines(), exc.lineno)
         else:
-            message = _describe(exc, self._display_root)
+            message = describe_failure(exc, self._display_root)
             if line is not None and where is not None:
                 message += self._excerpt(where, line)
         return TemplateError(message, file=where or self._display(path), line=line)
@@ -427,7 +394,7 @@ class TemplateStore:
             lines = (self._root_abs / relative).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):
             return ""
-        return _source_excerpt(lines, line)
+        return source_excerpt(lines, line)
 
     def _display_template_file(self, filename: str) -> str | None:
         path = Path(os.path.normpath(filename))
@@ -437,26 +404,6 @@ class TemplateStore:
 
     def _display(self, *parts: str) -> str:
         return "/".join((self._display_root, *parts))
-
-
-def _describe(exc: Exception, display_root: str) -> str:
-    if isinstance(exc, SecurityError):
-        return f"unsafe template construct: {exc.message}"
-    if isinstance(exc, jinja2.TemplateNotFound):
-        return f"no template file {exc.name!r} in {display_root}/"
-    if isinstance(exc, jinja2.TemplateError):
-        return exc.message or type(exc).__name__
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _source_excerpt(lines: list[str], line: int) -> str:
-    """`` — in: <the source line>``, shortened, so the error shows what to look for."""
-    if not 1 <= line <= len(lines):
-        return ""
-    text = " ".join(lines[line - 1].split())
-    if not text:
-        return ""
-    return f" — in: {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 def _display_path(path: Path) -> str:

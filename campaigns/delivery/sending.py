@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 import campaigns.delivery.outbox as outbox
-from campaigns.delivery import pausing
+import campaigns.delivery.pausing as pausing
 from campaigns.delivery.context import build_context, customer_context
 from campaigns.delivery.emails import OutgoingEmail, build_email, build_outgoing, sender_domain
 from campaigns.delivery.rendering import TemplateStore

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jinja2
+from jinja2.exceptions import SecurityError
 
 
 def template_location(
@@ -27,3 +28,23 @@ def template_location(
             where = (name, traceback.tb_lineno)
         traceback = traceback.tb_next
     return where
+
+
+def describe_failure(exc: Exception, display_root: str) -> str:
+    if isinstance(exc, SecurityError):
+        return f"unsafe template construct: {exc.message}"
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return f"no template file {exc.name!r} in {display_root}/"
+    if isinstance(exc, jinja2.TemplateError):
+        return exc.message or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def source_excerpt(lines: list[str], line: int) -> str:
+    """`` — in: <the source line>``, shortened, so the error shows what to look for."""
+    if not 1 <= line <= len(lines):
+        return ""
+    text = " ".join(lines[line - 1].split())
+    if not text:
+        return ""
+    return f" — in: {text if len(text) <= 80 else text[:77] + '...'}"

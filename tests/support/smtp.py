@@ -72,14 +72,16 @@ class SMTPSink:
     """Accepts mail on 127.0.0.1 and records it; replies can be scripted per test.
 
     ``tls="implicit"`` serves SMTPS, ``tls="starttls"`` offers STARTTLS; both
-    need ``certificate`` (see the ``tls_certificate`` fixture).
+    need ``certificate`` (see the ``tls_certificate`` fixture).  ``pipelining``
+    offers PIPELINING (RFC 2920) in the EHLO reply, as Postfix does.
     """
 
     def __init__(self, *, tls: TLSMode | None = None,
-                 certificate: Certificate | None = None) -> None:
+                 certificate: Certificate | None = None, pipelining: bool = False) -> None:
         if tls and certificate is None:
             raise ValueError(f"tls={tls!r} needs a certificate (use the tls_certificate fixture)")
         self.tls = tls
+        self.pipelining = pipelining
         self.messages: list[ReceivedMessage] = []
         self.attempts = 0  # DATA transactions, accepted or refused
         self.connections = 0  # SMTP sessions that greeted with EHLO/HELO
@@ -166,6 +168,8 @@ class SMTPSink:
     ) -> list[str]:
         self._count_connection(server)
         session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(

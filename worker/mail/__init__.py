@@ -5,7 +5,9 @@ Maildir and console transports, ``smtp`` the SMTP one and how its replies are so
 """
 
 from worker.mail.local import ConsoleTransport, MaildirTransport
-from worker.mail.smtp import SMTPSettings, SMTPTransport, parse_enhanced_status
+from worker.mail.smtp import SMTPTransport
+from worker.mail.smtp_connection import SMTPSettings
+from worker.mail.smtp_replies import parse_enhanced_status
 from worker.mail.transport import BeforeData, Message, OutgoingEmail, Transport, outgoing
 from worker.mail.urls import SUPPORTED_FORMS, mask_url, transport_from_url
 

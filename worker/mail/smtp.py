@@ -3,17 +3,12 @@ as every transport sorts them (see ``worker.mail``)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import smtplib
-import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 from campaigns.errors import (
     AmbiguousDeliveryError,
@@ -22,41 +17,30 @@ from campaigns.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from worker.mail.smtp_connection import (
+    QUIT_BUDGET,
+    SMTPSettings,
+    abort,
+    close_quietly,
+    open_connection,
+    quit_all,
+    ssl_context,
+    where,
+)
+from worker.mail.smtp_replies import (
+    describe_after_data,
+    describe_disconnect,
+    describe_os_error,
+    from_reply,
+    short,
+    text,
+)
 from worker.mail.transport import BeforeData, Message, outgoing
 
 log = logging.getLogger(__name__)
 
-_ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 _LEADING_PERIOD = re.compile(rb"(?m)^\.")
 Reply = tuple[int, bytes]
-
-# RFC 5321 4.5.3.2.6: a client should wait 10 minutes for the reply that ends DATA, since
-# servers often scan or store the message before answering.
-DATA_REPLY_TIMEOUT = 600.0
-
-# close() says QUIT on idle connections and waits at most this long for all their replies
-# together: a stalled server must not hold a shutdown.
-QUIT_BUDGET = 0.5
-
-
-@dataclass(frozen=True)
-class SMTPSettings:
-    host: str
-    port: int
-    security: Literal["plain", "starttls", "tls"] = "plain"
-    username: str | None = None
-    password: str | None = None
-    timeout: float = 30.0  # every command
-    data_timeout: float = DATA_REPLY_TIMEOUT  # the reply once the message content has gone out
-    verify: bool = True
-    url: str = ""  # masked, for messages
-
-    def __repr__(self) -> str:  # never print the password
-        return f"SMTPSettings({self.url or self.host!r})"
-
-
-
-
 
 class _StaleConnection(Exception):
     """Internal: the connection died before the message was handed over."""
@@ -129,16 +113,16 @@ class SMTPTransport:
                 # commands and wait behind its reply.  Cutting the socket wakes that thread
                 # at once; it records the outcome (unknown once the content has gone out)
                 # and closes the connection itself.
-                _abort(conn)
+                abort(conn)
             else:
                 idle.append(conn)
-        _quit_all(idle, budget=min(self.settings.timeout, QUIT_BUDGET))
+        quit_all(idle, budget=min(self.settings.timeout, QUIT_BUDGET))
         self._local.conn = None
 
     # internals
 
     def _where(self) -> str:
-        return f"SMTP {self.settings.host}:{self.settings.port}"
+        return where(self.settings)
 
     def _current(self) -> smtplib.SMTP | None:
         """This thread's connection, marked busy so close() will not write on it; or None."""
@@ -152,7 +136,7 @@ class SMTPTransport:
                 return conn
         if retired:
             self._local.conn = None
-            _close_quietly(conn)
+            close_quietly(conn)
         else:  # closed by smtplib
             self._discard()
         return None
@@ -167,7 +151,7 @@ class SMTPTransport:
         if conn is not None:
             with self._registry_lock:
                 self._registry.pop(id(conn), None)
-            _close_quietly(conn)
+            close_quietly(conn)
 
     def _send_on_connection(
         self, sender: str, recipients: list[str], content: bytes, before_data: BeforeData | None
@@ -198,14 +182,14 @@ class SMTPTransport:
             ) from exc.__cause__
         except smtplib.SMTPServerDisconnected as exc:
             self._discard()
-            detail = _describe_disconnect(exc, self.settings)
+            detail = describe_disconnect(exc, self.settings)
             raise TransientDeliveryError(f"{self._where()}: {detail}") from exc
         except smtplib.SMTPResponseException as exc:
             self._reset(conn)
-            raise _from_reply(exc.smtp_code, exc.smtp_error, self._where()) from exc
+            raise from_reply(exc.smtp_code, exc.smtp_error, self._where()) from exc
         except OSError as exc:
             self._discard()
-            detail = _describe_os_error(exc, self.settings)
+            detail = describe_os_error(exc, self.settings)
             raise TransientDeliveryError(f"{self._where()}: {detail}") from exc
         except Exception:
             # before_data raised (or a bug): the server is mid-transaction; start the next clean.
@@ -248,7 +232,7 @@ class SMTPTransport:
         code, reply = self._content(conn, content)
         if code != 250:
             raise self._reply_error(code, reply, "refused the message")
-        return _short(code, reply)
+        return short(code, reply)
 
     def _envelope_in_turn(
         self, conn: smtplib.SMTP, sender: str, recipients: list[str], options: list[str]
@@ -291,7 +275,7 @@ class SMTPTransport:
         except smtplib.SMTPServerDisconnected as exc:
             if isinstance(exc.__context__, TimeoutError):
                 raise  # a hung server, not a stale connection: retrying would hang again
-            raise _StaleConnection(_describe_disconnect(exc, self.settings)) from exc
+            raise _StaleConnection(describe_disconnect(exc, self.settings)) from exc
 
     def _check_envelope(
         self, sender: str, recipients: list[str], mail: Reply, rcpts: list[Reply], data: Reply | None
@@ -312,7 +296,7 @@ class SMTPTransport:
             raise self._reply_error(code, reply, f"refused recipient <{rcpt}>")
         if refused:
             log.warning("SMTP server refused some recipients, sending to the rest: %s",
-                        ", ".join(f"<{r}> {c} {_text(t)}" for r, c, t in refused))
+                        ", ".join(f"<{r}> {c} {text(t)}" for r, c, t in refused))
         if data is not None and data[0] != 354:
             raise self._reply_error(data[0], data[1], "refused the message")
 
@@ -334,7 +318,7 @@ class SMTPTransport:
         try:
             return conn.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise _HandedOver(_describe_after_data(exc, self.settings)) from exc
+            raise _HandedOver(describe_after_data(exc, self.settings)) from exc
         finally:
             if conn.sock is not None:
                 conn.sock.settimeout(self.settings.timeout)
@@ -342,7 +326,7 @@ class SMTPTransport:
     def _reply_error(self, code: int, reply: bytes | str, what: str) -> DeliveryError:
         if code == 421:  # the server closes the channel after 421
             self._discard()
-        return _from_reply(code, reply, f"{self._where()} {what}")
+        return from_reply(code, reply, f"{self._where()} {what}")
 
     def _reset(self, conn: smtplib.SMTP) -> None:
         """Make the next send start a clean transaction, or on a new connection."""
@@ -359,186 +343,12 @@ class SMTPTransport:
             self._discard()
 
     def _connect(self) -> smtplib.SMTP:
-        s = self.settings
-        conn: smtplib.SMTP
-        try:
-            if s.security == "tls":
-                conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
-                                        context=self._ssl_context())
-            else:
-                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-        except smtplib.SMTPConnectError as exc:
-            raise _from_reply(exc.smtp_code, exc.smtp_error,
-                              f"{self._where()} refused the connection") from exc
-        except smtplib.SMTPServerDisconnected as exc:
-            detail = _describe_disconnect(exc, s)
-            raise TransientDeliveryError(f"{self._where()}: {detail}") from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise _certificate_error(s, exc) from exc
-        except OSError as exc:
-            raise TransientDeliveryError(f"{self._where()}: {_describe_os_error(exc, s)}") from exc
-        try:
-            self._handshake(conn)
-        except BaseException:
-            _close_quietly(conn)
-            raise
+        if self._ssl is None and (self.settings.security != "plain"):
+            self._ssl = ssl_context(self.settings)
+        conn = open_connection(self.settings, self._ssl)
         self._local.conn = conn
         with self._registry_lock:
             self._registry[id(conn)] = conn
             self._busy.add(id(conn))  # connected to send: in use from the start
-        log.debug("Connected to %s", s.url)
+        log.debug("Connected to %s", self.settings.url)
         return conn
-
-    def _handshake(self, conn: smtplib.SMTP) -> None:
-        s = self.settings
-        try:
-            conn.ehlo_or_helo_if_needed()
-            if s.security == "starttls":
-                if not conn.has_extn("starttls"):
-                    raise ConfigurationError(
-                        f"{self._where()} does not offer STARTTLS; drop ?starttls=true, "
-                        f"or use smtps:// if it speaks implicit TLS ({s.url})"
-                    )
-                conn.starttls(context=self._ssl_context())
-                conn.ehlo()
-            if s.username:
-                conn.login(s.username, s.password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            if exc.smtp_code // 100 == 4:
-                raise _from_reply(exc.smtp_code, exc.smtp_error, self._where()) from exc
-            raise ConfigurationError(
-                f"{self._where()} rejected the credentials in {s.url}: "
-                f"{exc.smtp_code} {_text(exc.smtp_error)}. Fix the user and password "
-                "(percent-encoded) in RETENTION_MAIL_URL"
-            ) from exc
-        except smtplib.SMTPNotSupportedError as exc:
-            raise ConfigurationError(
-                f"{self._where()} does not support authentication ({exc}); remove the "
-                f"user and password from {s.url} or use STARTTLS/smtps://"
-            ) from exc
-        except smtplib.SMTPServerDisconnected as exc:
-            detail = _describe_disconnect(exc, s)
-            raise TransientDeliveryError(f"{self._where()}: {detail}") from exc
-        except smtplib.SMTPResponseException as exc:
-            raise _from_reply(exc.smtp_code, exc.smtp_error, self._where()) from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise _certificate_error(s, exc) from exc
-        except OSError as exc:
-            raise TransientDeliveryError(f"{self._where()}: {_describe_os_error(exc, s)}") from exc
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            context = ssl.create_default_context()
-            if not self.settings.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._ssl = context
-        return self._ssl
-
-
-# -- helpers ------------------------------------------------------------------
-
-
-def _text(reply: bytes | str) -> str:
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(reply.split())
-
-
-def _short(code: int, reply: bytes | str) -> str:
-    return f"{code} {_text(reply)}"[:200]
-
-
-def parse_enhanced_status(reply: bytes | str) -> str | None:
-    """The RFC 3463 code ("5.1.1") a reply text starts with, if any."""
-    match = _ENHANCED_STATUS.match(_text(reply))
-    return match.group(1) if match else None
-
-
-def _from_reply(code: int, reply: bytes | str, context: str) -> DeliveryError:
-    """A delivery error for an SMTP reply: 5xx is permanent, anything else transient."""
-    enhanced = parse_enhanced_status(reply)
-    message = f"{context}: {code} {_text(reply)}"
-    if 500 <= code < 600:
-        return PermanentDeliveryError(message, code=code, enhanced=enhanced)
-    return TransientDeliveryError(message, code=code if code > 0 else None, enhanced=enhanced)
-
-
-def _describe_os_error(exc: BaseException, settings: SMTPSettings) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {settings.timeout:g}s (timeout); is the server overloaded?"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused; is the SMTP server running on that port?"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _describe_disconnect(exc: smtplib.SMTPServerDisconnected, settings: SMTPSettings) -> str:
-    # smtplib turns socket errors (timeouts included) into SMTPServerDisconnected.
-    cause = exc.__context__
-    if isinstance(cause, OSError):
-        return _describe_os_error(cause, settings)
-    return f"connection lost ({exc})"
-
-
-def _describe_after_data(exc: BaseException, settings: SMTPSettings) -> str:
-    # smtplib wraps socket errors (a timeout too) in SMTPServerDisconnected, itself an OSError.
-    cause = exc.__context__ if isinstance(exc, smtplib.SMTPServerDisconnected) else exc
-    if isinstance(cause, TimeoutError):
-        return (f"no reply within {settings.data_timeout:g}s (data_timeout; RFC 5321 "
-                "allows a server 600s for this reply)")
-    if isinstance(cause, OSError):
-        return f"the connection failed ({type(cause).__name__}: {cause})"
-    return f"the connection was lost before the reply ({exc})"
-
-
-def _certificate_error(settings: SMTPSettings, exc: ssl.SSLCertVerificationError) -> Exception:
-    return ConfigurationError(
-        f"SMTP {settings.host}:{settings.port}: the TLS certificate is not trusted "
-        f"({exc.verify_message or exc}). Install the CA certificate, or for a test server "
-        f"add ?verify=false to {settings.url}"
-    )
-
-
-def _abort(conn: smtplib.SMTP) -> None:
-    """Cut a connection another thread is blocked on, without writing a byte on it.
-
-    shutdown() wakes that thread's read at once (end of stream); the file
-    descriptor stays open for it to close, so it is never reused under it.
-    ``socket.socket.shutdown`` is called directly because ``SSLSocket.shutdown``
-    would also drop the TLS state the other thread is still using.
-    """
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _quit_all(connections: list[smtplib.SMTP], *, budget: float) -> None:
-    """QUIT on each idle connection, waiting for all the replies together at most ``budget``."""
-    deadline = time.monotonic() + budget
-    asked = []
-    for conn in connections:
-        try:
-            if conn.sock is not None:
-                conn.sock.settimeout(budget)
-                conn.putcmd("quit")
-                asked.append(conn)
-                continue
-        except (smtplib.SMTPException, OSError):
-            pass
-        conn.close()
-    for conn in asked:
-        try:
-            if conn.sock is not None:
-                conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                conn.getreply()
-        except (smtplib.SMTPException, OSError):
-            pass
-        finally:
-            conn.close()
-
-
-def _close_quietly(conn: smtplib.SMTP) -> None:
-    """Drop a connection without a word (after a failure there is nothing polite to say)."""
-    with contextlib.suppress(OSError):
-        conn.close()

@@ -10,7 +10,8 @@ from campaigns.errors import (
     ConfigurationError,
 )
 from worker.mail.local import ConsoleTransport, MaildirTransport
-from worker.mail.smtp import DATA_REPLY_TIMEOUT, SMTPSettings, SMTPTransport
+from worker.mail.smtp import SMTPTransport
+from worker.mail.smtp_connection import DATA_REPLY_TIMEOUT, SMTPSettings
 from worker.mail.transport import Transport
 
 SUPPORTED_FORMS = (
