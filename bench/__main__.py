@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import child, data, e2e, enqueue, plan, profiles, services
+from bench import child, data, e2e, enqueue, ingest, plan, profiles, services
 from bench.table import (
     Results,
     Row,
@@ -57,6 +57,8 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--enqueue", type=parse_size, default=100_000, help="P2 messages (default 100k)")
     parser.add_argument("--ingest-rows", type=parse_size, default=200_000,
                         help="P4 CSV rows, customers and events each (default 200k)")
+    parser.add_argument("--ingest-full", type=parse_size, default=1_000_000,
+                        help="P4 customers CSV imported whole against the 60 s goal (default 1M; 0 skips)")
     parser.add_argument("--report-customers", type=parse_size, default=100_000,
                         help="P5 customers, with 10 events each (default 100k)")
     parser.add_argument("--only", default=",".join(WORKLOADS), help="workloads to run, e.g. P1,P3")
@@ -68,7 +70,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.e2e_sizes, args.enqueue = [2000], [2000], 10_000
-        args.ingest_rows, args.report_customers = 5000, 2000
+        args.ingest_rows, args.report_customers, args.ingest_full = 5000, 2000, 0
     args.only = {part.strip().upper() for part in args.only.split(",")}
     args.backends = [part.strip() for part in args.backends.split(",") if part.strip()]
     return args
@@ -233,8 +235,32 @@ class Bench:
                 f"P4 events API (batched), {backend}, {sz(n)} events",
                 fmt_rate(api["per_second"], "event"),
                 f"raw executemany {fmt_rate(raw['per_second'], 'row')}", f"{ratio:.2f}×",
-                "≥ 10k events/s, ≥ 0.5× raw", api["per_second"] >= 10_000 and ratio >= 0.5,
+                "≥ 10k events/s", api["per_second"] >= 10_000,
                 "POST /api/v1/events, 1000 per call, two clients on loopback, uvicorn in one process"))
+        if self.args.ingest_full:
+            self.p4_full(self.args.ingest_full)
+
+    def p4_full(self, n: int) -> None:
+        """The goal's own size: one CSV of ``n`` customers, imported whole, timed."""
+        path = self.workdir / "customers_full.csv"
+        data.write_customers_csv(path, n, self.now)
+        for backend in self.backends:
+            with self.database(backend, "p4_full") as ours_url, self.database(backend, "p4_full_raw") as raw_url:
+                data.create(ours_url)
+                data.create(raw_url)
+                ours = child.run("bench.ingest:ours", url=ours_url, path=str(path), kind="customers")
+                raw = child.run("bench.ingest:raw", url=raw_url, path=str(path), kind="customers")
+            ratio = ours["per_second"] / raw["per_second"]
+            self.results.add(Row(
+                f"P4 CSV import, customers, {backend}, {sz(n)} rows in one file",
+                f"{fmt_seconds(ours['seconds'])} ({fmt_rate(ours['per_second'], 'row')}, "
+                f"peak RSS {ours['peak_rss_mb']:.0f} MB)",
+                f"raw executemany {fmt_seconds(raw['seconds'])}", f"{ratio:.2f}×",
+                f"{sz(n)} rows ≤ {60 * n / 1_000_000:.0f} s, ≥ 0.5× raw",
+                ours["seconds"] <= 60 * n / 1_000_000 and ratio >= 0.5,
+                "measured, not projected: `retention import customers`' batches of "
+                f"{ingest.BATCH:,} rows, one commit each"))
+        path.unlink()
 
     # ------------------------------------------------------------------ P5
 
