@@ -245,7 +245,8 @@ class Bench:
         path = self.workdir / "customers_full.csv"
         data.write_customers_csv(path, n, self.now)
         for backend in self.backends:
-            with self.database(backend, "p4_full") as ours_url, self.database(backend, "p4_full_raw") as raw_url:
+            with self.database(backend, "p4_full") as ours_url, \
+                    self.database(backend, "p4_full_raw") as raw_url:
                 data.create(ours_url)
                 data.create(raw_url)
                 ours = child.run("bench.ingest:ours", url=ours_url, path=str(path), kind="customers")
