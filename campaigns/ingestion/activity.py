@@ -155,19 +155,24 @@ def _newest_activity(
     return query
 
 
+def _utc_day_text(page: Any) -> sa.Select[tuple[int, str]]:
+    # SQLite stores naive UTC text ("2026-03-01 14:30:00.000000"): its first ten characters
+    # are the UTC date, read without parsing the whole time.
+    return sa.select(page.c.customer_id, sa.func.substr(page.c.occurred_at, 1, 10))
+
+
 # Built once and reused: constructing a 50-branch statement per batch costs more than running it.
 @functools.lru_cache(maxsize=32)
-def _first_pages(non_activity_events: frozenset[str]) -> sa.CompoundSelect[tuple[int, datetime]]:
+def _first_pages(non_activity_events: frozenset[str]) -> sa.CompoundSelect[tuple[int, str]]:
     return sa.union_all(*(
-        _newest_activity(sa.bindparam(f"c{n}", type_=sa.Integer), non_activity_events)
-        .subquery()
-        .select()
+        _utc_day_text(_newest_activity(sa.bindparam(f"c{n}", type_=sa.Integer), non_activity_events)
+                      .subquery())
         for n in range(_UNION_WIDTH)
     ))
 
 
 @functools.lru_cache(maxsize=32)
-def _first_pages_lateral(non_activity_events: frozenset[str]) -> sa.Select[tuple[int, datetime]]:
+def _first_pages_lateral(non_activity_events: frozenset[str]) -> sa.Select[tuple[int, date]]:
     """PostgreSQL: the same first pages as one LATERAL join over an array of ids."""
     ids = (
         sa.func.unnest(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)))
@@ -178,7 +183,8 @@ def _first_pages_lateral(non_activity_events: frozenset[str]) -> sa.Select[tuple
     if non_activity_events:
         newest = newest.where(_not_one_of(non_activity_events))
     page = newest.order_by(_event.c.occurred_at.desc()).limit(_PAGE).lateral("page")
-    return sa.select(ids.c.customer_id, page.c.occurred_at).select_from(ids.join(page, sa.true()))
+    day = sa.cast(sa.func.timezone("UTC", page.c.occurred_at), sa.Date)
+    return sa.select(ids.c.customer_id, day).select_from(ids.join(page, sa.true()))
 
 
 @functools.lru_cache(maxsize=32)
@@ -206,8 +212,8 @@ def recent_active_days_of(
 
     The first page of every customer's newest events comes from one statement for many
     customers (a UNION ALL of small per-customer index range scans on SQLite, a LATERAL
-    join on PostgreSQL); only a customer whose page ends inside their busiest days needs
-    more, read by ``recent_active_days``.
+    join on PostgreSQL), as UTC dates computed by the database; only a customer whose page
+    ends inside their busiest days needs more, read by ``recent_active_days``.
     """
     found: dict[int, list[date]] = {}
     ids = list(dict.fromkeys(customer_ids))
@@ -223,14 +229,13 @@ def recent_active_days_of(
             statement = _first_pages(non_activity_events)
             params = {f"c{n}": chunk[n] if n < len(chunk) else _NO_CUSTOMER
                       for n in range(width)}
-        times: dict[int, list[datetime]] = {cid: [] for cid in chunk}
-        for row in session.execute(statement, params):
-            times[row.customer_id].append(row.occurred_at)
+        pages: dict[int, list[date]] = {cid: [] for cid in chunk}
+        for customer_id, day in session.execute(statement, params):
+            pages[customer_id].append(day if isinstance(day, date) else date.fromisoformat(day))
         for cid in chunk:
-            newest_first = sorted(times[cid], reverse=True)
-            days: list[date] = []
-            _add_days(days, newest_first, limit)
-            if len(newest_first) == _PAGE and len(days) < limit:
+            page = pages[cid]
+            days = sorted(set(page), reverse=True)[:limit]
+            if len(page) == _PAGE and len(days) < limit:
                 days = recent_active_days(
                     session, cid, non_activity_events=non_activity_events, limit=limit
                 )
