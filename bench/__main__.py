@@ -218,11 +218,14 @@ class Bench:
                             profiles.summarize(profile)
                     projected = 1_000_000 / ours["per_second"]
                     ratio = ours["per_second"] / raw["per_second"]
+                    # The goals: 1M customers within a minute; both kinds ≥ 0.5× raw.
+                    goal, met = ("1M rows ≤ 60 s, ≥ 0.5× raw", projected <= 60 and ratio >= 0.5) \
+                        if kind == "customers" else ("≥ 0.5× raw", ratio >= 0.5)
                     self.results.add(Row(
                         f"P4 CSV import, {kind}, {backend}, {sz(n)} rows",
                         f"{fmt_rate(ours['per_second'], 'row')} (1M rows ≈ {projected:.0f} s)",
                         f"raw executemany {fmt_rate(raw['per_second'], 'row')}", f"{ratio:.2f}×",
-                        "1M rows ≤ 60 s, ≥ 0.5× raw", projected <= 60 and ratio >= 0.5,
+                        goal, met,
                         "validated upserts (customers), deduplicated events + activity/cadence updates; "
                         f"by this process's CPU time {raw['cpu_seconds'] / ours['cpu_seconds']:.2f}× raw "
                         f"({ours['cpu_seconds']:.1f} s vs {raw['cpu_seconds']:.1f} s)"))
