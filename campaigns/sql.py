@@ -22,10 +22,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
-from sqlmodel import col
 
 from campaigns.errors import ConfigurationError
-from campaigns.models import Customer, UTCDateTime
+from campaigns.models import CUSTOMER, Customer, UTCDateTime
 
 T = TypeVar("T")
 
@@ -58,7 +57,7 @@ def dialect_insert(session: Session, table: Any) -> Any:
 
 def signup_moment() -> ColumnElement[datetime]:
     """When the customer joined; imported without a signup date: when we first heard of them."""
-    return sa.func.coalesce(col(Customer.signed_up_at), col(Customer.created_at), type_=UTCDateTime())
+    return sa.func.coalesce(CUSTOMER.c.signed_up_at, CUSTOMER.c.created_at, type_=UTCDateTime())
 
 
 # Where inactivity (`days_inactive`, `lapsed`, `overdue_ratio`) is counted from, the first
@@ -69,7 +68,7 @@ INACTIVE_SINCE = ("last_active_at", "signed_up_at", "created_at")
 
 def inactive_since() -> ColumnElement[datetime]:
     """The INACTIVE_SINCE moment of each customer, in SQL (planner, explain, reports)."""
-    return sa.func.coalesce(*(col(getattr(Customer, name)) for name in INACTIVE_SINCE), type_=UTCDateTime())
+    return sa.func.coalesce(*(CUSTOMER.c[name] for name in INACTIVE_SINCE), type_=UTCDateTime())
 
 
 def inactive_since_of(customer: Customer) -> datetime | None:
@@ -81,8 +80,8 @@ def inactive_since_of(customer: Customer) -> datetime | None:
 def cancel_moment() -> ColumnElement[datetime]:
     """When a cancelled customer left: the cancellation, else the last thing we know of them."""
     return sa.func.coalesce(
-        col(Customer.cancelled_at), col(Customer.last_active_at), col(Customer.signed_up_at),
-        col(Customer.created_at), type_=UTCDateTime(),
+        CUSTOMER.c.cancelled_at, CUSTOMER.c.last_active_at, CUSTOMER.c.signed_up_at,
+        CUSTOMER.c.created_at, type_=UTCDateTime(),
     )
 
 

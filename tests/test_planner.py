@@ -393,3 +393,43 @@ def test_a_pass_leaves_the_sessions_settings_as_it_found_them(engine):
         if engine.dialect.name == "postgresql":
             assert session.execute(sa.text("SHOW jit")).scalar_one() == "on"
         assert session.execute(sa.select(sa.func.count()).select_from(Delivery)).scalar_one() == 1
+
+
+COLD_PASS = """
+import sys
+from datetime import timedelta
+from sqlmodel import Session, SQLModel
+from campaigns.models import CUSTOMER
+from campaigns.planning import Planner
+from tests.factories import NOW, migrated_engine, rules
+from tests.test_planner import MISS_YOU
+
+engine = migrated_engine(sys.argv[1])
+with engine.begin() as connection:
+    connection.execute(CUSTOMER.insert(), [
+        {"external_id": "cus-1", "email": "one@example.com", "status": "active",
+         "signed_up_at": NOW - timedelta(days=400), "last_active_at": NOW - timedelta(days=40),
+         "created_at": NOW - timedelta(days=400), "updated_at": NOW - timedelta(days=400)},
+    ])
+with Session(engine) as session:
+    result = Planner(rules(MISS_YOU), now=NOW).run(session, sample=1)
+    session.commit()
+assert result.plan("we-miss-you").inserted == 1, result
+print("mappers configured:", not SQLModel._sa_registry._new_mappers)
+"""
+
+
+def test_a_pass_needs_no_orm_mapper_configuration(tmp_path):
+    """A fresh process's pass is all Core: configuring the mappers would cost a cold pass
+    (a daemon's first, a `retention plan`) several milliseconds it does not need (bench P1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_PASS, f"sqlite:///{tmp_path / 'cold.db'}"],
+        cwd=root, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(root), "PATH": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mappers configured: False" in done.stdout

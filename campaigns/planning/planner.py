@@ -18,12 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
-from campaigns.models import CampaignState, Customer, Delivery, DeliveryStatus
+from campaigns.models import CUSTOMER, DELIVERY, DeliveryStatus
 from campaigns.planning.schedule import next_fire, scheduled_fire
 from campaigns.planning.splits import variant_columns
-from campaigns.planning.state import blast_guard_reason, locked_states, save_states
+from campaigns.planning.state import PassState, blast_guard_reason, locked_states, save_states
 from campaigns.planning.verdicts import VERDICTS, VerdictQuery
 from campaigns.rules import Campaign, Rules
 from campaigns.sql import dialect_insert
@@ -130,7 +129,7 @@ class Planner:
         return result
 
     def _plan_campaign(
-        self, session: Session, campaign: Campaign, state: CampaignState, sample: int
+        self, session: Session, campaign: Campaign, state: PassState, sample: int
     ) -> CampaignPlan:
         """Plan one campaign, changing ``state`` as the pass would (``run`` saves it)."""
         plan = CampaignPlan(campaign.id)
@@ -160,10 +159,10 @@ class Planner:
             plan.sample = [
                 (row.external_id, row.email)
                 for row in connection.execute(
-                    sa.select(col(Customer.external_id), col(Customer.email))
-                    .join(selection, selection.c.customer_id == col(Customer.id))
+                    sa.select(CUSTOMER.c.external_id, CUSTOMER.c.email)
+                    .join(selection, selection.c.customer_id == CUSTOMER.c.id)
                     .where(selection.c.verdict == "send")
-                    .order_by(col(Customer.id))
+                    .order_by(CUSTOMER.c.id)
                     .limit(sample)
                 )
             ]
@@ -219,23 +218,23 @@ class Planner:
     def _earlier(self, session: Session, campaign: Campaign, selection: sa.Table) -> dict[str, int]:
         """What became of the deliveries that make customers "already_sent", by status."""
         rows = session.connection().execute(
-            sa.select(col(Delivery.status), sa.func.count())
+            sa.select(DELIVERY.c.status, sa.func.count())
             .join(
                 selection,
                 sa.and_(
-                    selection.c.customer_id == col(Delivery.customer_id),
-                    selection.c.episode == col(Delivery.episode),
+                    selection.c.customer_id == DELIVERY.c.customer_id,
+                    selection.c.episode == DELIVERY.c.episode,
                 ),
             )
-            .where(col(Delivery.campaign_id) == campaign.id, selection.c.verdict == "already_sent")
-            .group_by(col(Delivery.status))
+            .where(DELIVERY.c.campaign_id == campaign.id, selection.c.verdict == "already_sent")
+            .group_by(DELIVERY.c.status)
         )
         return {str(status): int(count) for status, count in rows}
 
     def _customer_total(self, session: Session) -> int:
         if self._total_customers is None:
             self._total_customers = int(
-                session.connection().execute(sa.select(sa.func.count()).select_from(Customer)).scalar_one()
+                session.connection().execute(sa.select(sa.func.count()).select_from(CUSTOMER)).scalar_one()
             )
         return self._total_customers
 
@@ -286,7 +285,7 @@ class Planner:
         ]
         # The table, not the ORM entity: the ORM's bulk-insert path turns each returned row
         # into an object first, which cost more than the INSERT itself (bench P1).
-        table: Any = Delivery.__table__  # type: ignore[attr-defined]
+        table = DELIVERY
         insert = dialect_insert(session, table)
         statement = (
             insert.from_select(columns, rows)

@@ -7,12 +7,12 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from campaigns.models import CampaignState
+from campaigns.planning.state import PassState
 from campaigns.rules import Campaign, Defaults
 
 
 def scheduled_fire(
-    campaign: Campaign, state: CampaignState | None, *, now: datetime, defaults: Defaults
+    campaign: Campaign, state: PassState | None, *, now: datetime, defaults: Defaults
 ) -> datetime | None:
     """The cron fire time this pass answers, or None when the schedule is not due."""
     if campaign.schedule is None:

@@ -3,49 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from campaigns.models import CampaignState, Delivery, DeliveryStatus
+from campaigns.models import CAMPAIGN_STATE, CampaignState, Delivery, DeliveryStatus
 from campaigns.rules import BlastGuard, Campaign
 from campaigns.sql import dialect_insert
 
 
-def locked_states(session: Session, campaign_ids: Sequence[str]) -> dict[str, CampaignState]:
+@dataclass
+class PassState:
+    """The part of a campaign's ``CampaignState`` row that a pass reads and changes.
+
+    Plain values, not an ORM object: creating the first one would configure every mapper,
+    which a cold pass does not otherwise need (bench P1).
+    """
+
+    campaign_id: str
+    last_pass_at: datetime | None
+    last_audience: int | None
+    approved_audience: int | None
+    held_since: datetime | None
+    paused_at: datetime | None
+    paused_reason: str | None
+
+
+_READ = tuple(f.name for f in fields(PassState))
+# What a pass writes back (see save_states).
+_CHANGED = ("last_pass_at", "last_audience", "approved_audience", "held_since")
+
+
+def locked_states(session: Session, campaign_ids: Sequence[str]) -> dict[str, PassState]:
     """The campaigns' rows, created if new and locked: racing planners take turns (PostgreSQL).
 
     One upsert whose no-op update takes the row locks, in campaign id order so that two
     passes over different campaigns cannot deadlock (SQLite has one writer anyway).  The
-    copies returned are detached: the pass writes its changes back with ``save_states``.
+    pass writes its changes back with ``save_states``.
     """
     if not campaign_ids:
         return {}
-    table: Any = CampaignState.__table__  # type: ignore[attr-defined]
-    insert = dialect_insert(session, table).values([{"campaign_id": i} for i in sorted(campaign_ids)])
+    rows_in = [{"campaign_id": i} for i in sorted(campaign_ids)]
+    insert = dialect_insert(session, CAMPAIGN_STATE).values(rows_in)
     rows = session.connection().execute(
         insert.on_conflict_do_update(
-            index_elements=[table.c.campaign_id], set_={"campaign_id": insert.excluded.campaign_id}
-        ).returning(*table.c)
+            index_elements=[CAMPAIGN_STATE.c.campaign_id], set_={"campaign_id": insert.excluded.campaign_id}
+        ).returning(*(CAMPAIGN_STATE.c[name] for name in _READ))
     )
-    return {row.campaign_id: CampaignState(**row._mapping) for row in rows}
+    return {row.campaign_id: PassState(*row) for row in rows}
 
 
-def save_states(session: Session, states: Sequence[CampaignState]) -> None:
+def save_states(session: Session, states: Sequence[PassState]) -> None:
     """Write what a pass changed in ``states`` (see locked_states)."""
     if not states:
         return
-    table: Any = CampaignState.__table__  # type: ignore[attr-defined]
-    changed = ("last_pass_at", "last_audience", "approved_audience", "held_since")
+    table = CAMPAIGN_STATE
     session.connection().execute(
         table.update()
         .where(table.c.campaign_id == sa.bindparam("key"))
-        .values({name: sa.bindparam(name) for name in changed}),
-        [{"key": state.campaign_id, **{name: getattr(state, name) for name in changed}} for state in states],
+        .values({name: sa.bindparam(name) for name in _CHANGED}),
+        [{"key": state.campaign_id, **{name: getattr(state, name) for name in _CHANGED}} for state in states],
     )
+    if not session.identity_map:
+        return  # nothing loaded, nothing stale (and no need to wake the ORM's mappers)
     for state in states:
         # A copy the session loaded earlier would now be stale: reload it when next used.
         loaded = session.identity_map.get(session.identity_key(CampaignState, state.campaign_id))
@@ -57,7 +80,7 @@ def blast_guard_reason(
     guard: BlastGuard,
     campaign: Campaign,
     audience: int,
-    state: CampaignState,
+    state: PassState,
     total_customers: Callable[[], int],
 ) -> str | None:
     """Why this pass's audience is held for approval, or None when it may go out.

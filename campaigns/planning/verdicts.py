@@ -13,9 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import col
 
-from campaigns.models import Customer, Delivery, DeliveryStatus, Event, Suppression, UTCDateTime
+from campaigns.models import CUSTOMER, DELIVERY, EVENT, SUPPRESSION, DeliveryStatus, UTCDateTime
 from campaigns.planning.splits import held_out
 from campaigns.rules import Campaign, FrequencyCap, Rules, SqlContext, compile_condition
 from campaigns.sql import epoch_seconds, inactive_since
@@ -51,56 +50,56 @@ class VerdictQuery:
         if campaign.once:
             return sa.literal("once")
         if campaign.trigger is not None:
-            return sa.literal("event:") + sa.cast(col(Event.id), sa.String)
+            return sa.literal("event:") + sa.cast(EVENT.c.id, sa.String)
         if fire is not None:
             return sa.literal("cron:" + fire.isoformat())
         # One send per absence: coming back starts a new episode.
         return sa.literal("active:") + sa.cast(epoch_seconds(inactive_since()), sa.String)
 
     def _recent(self, per: timedelta) -> ColumnElement[bool]:
-        return sa.func.coalesce(col(Delivery.sent_at), col(Delivery.created_at)) > self.now - per
+        return sa.func.coalesce(DELIVERY.c.sent_at, DELIVERY.c.created_at) > self.now - per
 
     def _capped(self, cap: FrequencyCap, campaign_id: str | None) -> ColumnElement[bool]:
         count = sa.select(sa.func.count()).where(
-            col(Delivery.customer_id) == col(Customer.id),
-            col(Delivery.status).in_(IN_FLIGHT),
+            DELIVERY.c.customer_id == CUSTOMER.c.id,
+            DELIVERY.c.status.in_(IN_FLIGHT),
             self._recent(cap.per),
         )
         if campaign_id is not None:
-            count = count.where(col(Delivery.campaign_id) == campaign_id)
+            count = count.where(DELIVERY.c.campaign_id == campaign_id)
         return count.scalar_subquery() >= cap.max
 
     def verdict(self, campaign: Campaign, episode: ColumnElement[str]) -> ColumnElement[str]:
         """Why a customer matching the conditions would or would not get this campaign."""
         mine = sa.and_(
-            col(Delivery.customer_id) == col(Customer.id), col(Delivery.campaign_id) == campaign.id
+            DELIVERY.c.customer_id == CUSTOMER.c.id, DELIVERY.c.campaign_id == campaign.id
         )
         cases: list[tuple[ColumnElement[bool], str]] = [
             (
-                sa.select(col(Delivery.id)).where(mine, col(Delivery.episode) == episode).exists(),
+                sa.select(DELIVERY.c.id).where(mine, DELIVERY.c.episode == episode).exists(),
                 "already_sent",
             ),
         ]
         if campaign.cooldown is not None:
             # Held-out rows start a cooldown too, so both groups are paced alike.
-            spaced = sa.select(col(Delivery.id)).where(
-                mine, self._recent(campaign.cooldown), col(Delivery.status).in_(COOLING)
+            spaced = sa.select(DELIVERY.c.id).where(
+                mine, self._recent(campaign.cooldown), DELIVERY.c.status.in_(COOLING)
             )
             cases.append((spaced.exists(), "cooldown"))
         suppressed = sa.or_(
-            col(Customer.unsubscribed_at).is_not(None),
-            sa.select(col(Suppression.id))
-            .where(col(Suppression.email) == sa.func.lower(col(Customer.email)))
+            CUSTOMER.c.unsubscribed_at.is_not(None),
+            sa.select(SUPPRESSION.c.id)
+            .where(SUPPRESSION.c.email == sa.func.lower(CUSTOMER.c.email))
             .exists(),
         )
         cases.append((suppressed, "suppressed"))
         # At most one campaign per customer per pass: the higher priority ran first.
         taken = (
-            sa.select(col(Delivery.id))
+            sa.select(DELIVERY.c.id)
             .where(
-                col(Delivery.customer_id) == col(Customer.id),
-                col(Delivery.created_at) >= self.now_literal(),
-                col(Delivery.status).in_(IN_FLIGHT),
+                DELIVERY.c.customer_id == CUSTOMER.c.id,
+                DELIVERY.c.created_at >= self.now_literal(),
+                DELIVERY.c.status.in_(IN_FLIGHT),
             )
             .exists()
         )
@@ -109,30 +108,30 @@ class VerdictQuery:
             if cap is not None:
                 cases.append((self._capped(cap, scope), "capped"))
         if campaign.holdout > 0:
-            cases.append((held_out(col(Customer.id), campaign), "held_out"))
+            cases.append((held_out(CUSTOMER.c.id, campaign), "held_out"))
         return sa.case(*cases, else_="send")
 
     def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Select[*tuple[Any, ...]]:
         """Every customer matching the campaign's conditions: (customer_id, episode, verdict)."""
         episode = self.episode(campaign, fire)
         query: sa.Select[*tuple[Any, ...]] = sa.select(
-            col(Customer.id).label("customer_id"),
+            CUSTOMER.c.id.label("customer_id"),
             episode.label("episode"),
             self.verdict(campaign, episode).label("verdict"),
         )
         if campaign.trigger is not None:
             trigger = campaign.trigger
             query = query.join(
-                Event,
+                EVENT,
                 sa.and_(
-                    col(Event.customer_id) == col(Customer.id),
-                    col(Event.name) == trigger.event,
-                    col(Event.occurred_at) <= self.now - trigger.after,
-                    col(Event.occurred_at) > self.now - trigger.after - trigger.within,
+                    EVENT.c.customer_id == CUSTOMER.c.id,
+                    EVENT.c.name == trigger.event,
+                    EVENT.c.occurred_at <= self.now - trigger.after,
+                    EVENT.c.occurred_at > self.now - trigger.after - trigger.within,
                 ),
             )
         condition = campaign.condition
         query = query.where(compile_condition(condition, self.sql) if condition else sa.true())
         if self.customer_id is not None:
-            query = query.where(col(Customer.id) == self.customer_id)
+            query = query.where(CUSTOMER.c.id == self.customer_id)
         return query

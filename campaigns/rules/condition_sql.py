@@ -15,9 +15,8 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import col
 
-from campaigns.models import Customer, Event, SurveyAnswer, UTCDateTime
+from campaigns.models import CUSTOMER, EVENT, SURVEY_ANSWER, UTCDateTime
 from campaigns.rules.conditions import (
     ATTRIBUTE_KEY,
     CUSTOMER_FIELDS,
@@ -44,7 +43,7 @@ def reference_column(field: str) -> ColumnElement[Any]:
     if field == "days_since_signup":
         return signup_moment()
     if field == "days_since_cancel":
-        return cast(ColumnElement[Any], col(Customer.cancelled_at))
+        return cast(ColumnElement[Any], CUSTOMER.c.cancelled_at)
     return inactive_since()
 
 
@@ -55,21 +54,21 @@ def compile_condition(condition: Condition, ctx: SqlContext) -> ColumnElement[bo
             return _negate(parts[0])
         return sa.and_(*parts) if condition.kind == "all" else sa.or_(*parts)
     if isinstance(condition, AnswerTest):
-        answered = sa.select(col(SurveyAnswer.id)).where(
-            col(SurveyAnswer.customer_id) == col(Customer.id),
-            col(SurveyAnswer.survey_id) == condition.survey,
-            col(SurveyAnswer.question_id) == condition.question,
+        answered = sa.select(SURVEY_ANSWER.c.id).where(
+            SURVEY_ANSWER.c.customer_id == CUSTOMER.c.id,
+            SURVEY_ANSWER.c.survey_id == condition.survey,
+            SURVEY_ANSWER.c.question_id == condition.question,
         )
         if condition.operator == "exists":
             return answered.exists() if condition.value else sa.not_(answered.exists())
-        matching = answered.where(col(SurveyAnswer.answer).in_(condition.value)).exists()
+        matching = answered.where(SURVEY_ANSWER.c.answer.in_(condition.value)).exists()
         return matching if condition.operator == "in" else sa.and_(answered.exists(), sa.not_(matching))
     if isinstance(condition, EventTest):
-        query = sa.select(col(Event.id)).where(
-            col(Event.customer_id) == col(Customer.id), col(Event.name) == condition.name
+        query = sa.select(EVENT.c.id).where(
+            EVENT.c.customer_id == CUSTOMER.c.id, EVENT.c.name == condition.name
         )
         if condition.within is not None:
-            query = query.where(col(Event.occurred_at) >= ctx.now - condition.within)
+            query = query.where(EVENT.c.occurred_at >= ctx.now - condition.within)
         exists = query.exists()
         return exists if condition.present else sa.not_(exists)
     return _compile_field(condition, ctx)
@@ -89,15 +88,15 @@ def _compile_field(test: FieldTest, ctx: SqlContext) -> ColumnElement[bool]:
         return lapsed if value else sa.not_(lapsed)
     if field == "overdue_ratio":
         now = sa.literal(ctx.now, UTCDateTime())
-        ratio = days_since(reference_column("days_inactive"), now) / col(Customer.cadence_days)
+        ratio = days_since(reference_column("days_inactive"), now) / CUSTOMER.c.cadence_days
         usable = sa.and_(
-            col(Customer.cadence_days).is_not(None),
-            col(Customer.cadence_days) > 0,
+            CUSTOMER.c.cadence_days.is_not(None),
+            CUSTOMER.c.cadence_days > 0,
         )
         return sa.and_(usable, _compare(ratio, op, value))
     match = ATTRIBUTE_KEY.match(field)
     if match:
-        text = attribute_text(col(Customer.attributes), sa.literal(match.group(1)))
+        text = attribute_text(CUSTOMER.c.attributes, sa.literal(match.group(1)))
         if op == "exists":
             present = sa.and_(text.is_not(None))
             return present if value else sa.not_(present)

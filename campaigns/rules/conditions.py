@@ -11,27 +11,25 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlmodel import col
-
-from campaigns.models import Customer
+from campaigns.models import CUSTOMER
 from campaigns.rules.durations import format_duration, parse_duration
 
 Path = tuple[str | int, ...]
 
 CUSTOMER_FIELDS = {
-    "id": col(Customer.external_id),
-    "email": col(Customer.email),
-    "first_name": col(Customer.first_name),
-    "last_name": col(Customer.last_name),
-    "plan": col(Customer.plan),
-    "status": col(Customer.status),
-    "timezone": col(Customer.timezone),
-    "locale": col(Customer.locale),
-    "signed_up_at": col(Customer.signed_up_at),
-    "cancelled_at": col(Customer.cancelled_at),
-    "last_active_at": col(Customer.last_active_at),
-    "activity_count": col(Customer.activity_count),
-    "cadence_days": col(Customer.cadence_days),
+    "id": CUSTOMER.c.external_id,
+    "email": CUSTOMER.c.email,
+    "first_name": CUSTOMER.c.first_name,
+    "last_name": CUSTOMER.c.last_name,
+    "plan": CUSTOMER.c.plan,
+    "status": CUSTOMER.c.status,
+    "timezone": CUSTOMER.c.timezone,
+    "locale": CUSTOMER.c.locale,
+    "signed_up_at": CUSTOMER.c.signed_up_at,
+    "cancelled_at": CUSTOMER.c.cancelled_at,
+    "last_active_at": CUSTOMER.c.last_active_at,
+    "activity_count": CUSTOMER.c.activity_count,
+    "cadence_days": CUSTOMER.c.cadence_days,
 }
 DAY_FIELDS = ("days_inactive", "days_since_signup", "days_since_cancel")
 MAX_DAYS = 36_525  # a century: larger day counts overflow date arithmetic
