@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = Path(__file__).resolve().parent / "rules.yaml"
 RETENTION = Path(sys.executable).parent / "retention"
 SAMPLE = 2000  # distinct pre-rendered messages the reference cycles through
-# `retention run --once --processes 2 --workers 4`: one sending process per core.
-ONCE_PROCESSES = int(os.environ.get("BENCH_ONCE_PROCESSES", "2"))
-ONCE_THREADS = int(os.environ.get("BENCH_ONCE_THREADS", "4"))
+# `retention run --once --workers 8`: with SQLite one process is the fastest (one writer at a time).
+ONCE_PROCESSES = int(os.environ.get("BENCH_ONCE_PROCESSES", "1"))
+ONCE_THREADS = int(os.environ.get("BENCH_ONCE_THREADS", "8"))
 
 
 def settings(url: str, smtp_port: int, broker_url: str = "") -> Settings:

@@ -25,10 +25,12 @@ from campaigns.models import (
     Suppression,
     WorkerHeartbeat,
 )
-from campaigns.responses.notify import notify
+from campaigns.responses.notify import notify_many
 from campaigns.sql import chunks, dialect_insert
 
 log = logging.getLogger(__name__)
+
+_delivery = Delivery.__table__  # type: ignore[attr-defined]
 
 # Claims per delivery before it is given up: SMTP 4xx retries, crashes and dead workers all count.
 MAX_ATTEMPTS = 6
@@ -117,26 +119,23 @@ def _from_sending_many(
     if not deliveries:
         return set()
     claims = [(d.id, d.attempts) for d in deliveries]
-    changed = {
-        i for i in session.scalars(
-            sa.update(Delivery)
-            .where(
-                sa.tuple_(col(Delivery.id), col(Delivery.attempts)).in_(claims),
-                col(Delivery.status) == DeliveryStatus.sending,
-            )
-            .values(**values)
-            .returning(col(Delivery.id))
-            .execution_options(synchronize_session=False)
-        ) if i is not None
-    }
+    # Core, not the ORM: nothing in the session is to be synchronized, and this runs twice a chunk.
+    changed = set(session.scalars(
+        sa.update(_delivery)
+        .where(
+            sa.tuple_(_delivery.c.id, _delivery.c.attempts).in_(claims),
+            _delivery.c.status == DeliveryStatus.sending,
+        )
+        .values(**values)
+        .returning(_delivery.c.id)
+    ))
     if announce:
         reason = values.get("last_error")
-        at = cast(datetime, values["updated_at"])
-        for delivery in deliveries:
-            if delivery.id in changed:
-                notify(session, announce, key=f"{announce}:{delivery.id}", at=at,
-                       customer_id=delivery.customer_id, delivery_id=delivery.id,
-                       campaign_id=delivery.campaign_id, data={"reason": reason} if reason else None)
+        notify_many(session, announce, [
+            {"key": f"{announce}:{d.id}", "customer_id": d.customer_id, "delivery_id": d.id,
+             "campaign_id": d.campaign_id, "data": {"reason": reason} if reason else None}
+            for d in deliveries if d.id in changed
+        ], at=cast(datetime, values["updated_at"]))
     if commit:
         session.commit()
     return changed

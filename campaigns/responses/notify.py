@@ -9,6 +9,7 @@ on a queue of their own, so a slow endpoint never slows the recorder.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,10 +40,24 @@ def notify(
     second click is a second click).  ``customer_id`` is Customer.id; the webhook body
     carries the customer's own id and email.
     """
+    notify_many(session, kind, [{"key": key, "customer_id": customer_id, "delivery_id": delivery_id,
+                                 "campaign_id": campaign_id, "data": data}], at=at)
+
+
+def notify_many(session: Session, kind: str, events: Sequence[Mapping[str, Any]], *, at: datetime) -> None:
+    """``notify`` for several events of one kind in one statement (a chunk of sent emails).
+
+    Each event has ``notify``'s keyword arguments: ``key``, ``customer_id``, ``delivery_id``,
+    ``campaign_id``, ``data``; any may be left out.
+    """
     if kind not in WEBHOOK_EVENT_KINDS:
         raise ValueError(f"unknown webhook event {kind!r} (known: {', '.join(WEBHOOK_EVENT_KINDS)})")
-    insert = dialect_insert(session, _event).values(
-        key=key or f"{kind}:{uuid.uuid4().hex}", kind=kind, customer_id=customer_id,
-        delivery_id=delivery_id, campaign_id=campaign_id, data=data or {}, occurred_at=at,
-    )
-    session.execute(insert.on_conflict_do_nothing(index_elements=["key"]))
+    if not events:
+        return
+    rows = [
+        {"key": e.get("key") or f"{kind}:{uuid.uuid4().hex}", "kind": kind,
+         "customer_id": e.get("customer_id"), "delivery_id": e.get("delivery_id"),
+         "campaign_id": e.get("campaign_id"), "data": e.get("data") or {}, "occurred_at": at}
+        for e in events
+    ]
+    session.execute(dialect_insert(session, _event).on_conflict_do_nothing(index_elements=["key"]), rows)

@@ -50,7 +50,7 @@ def run(
     workers: Annotated[int, typer.Option(help="Sending threads (per process).")] = 8,
     processes: Annotated[int, typer.Option(
         "--processes", min=1,
-        help="With --once: sending processes (one per core is the fastest; PostgreSQL or SQLite).",
+        help="With --once: sending processes (PostgreSQL: one per core; SQLite: 1 is the fastest).",
     )] = 1,
     no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the web endpoints.")] = False,
     host: Annotated[str, typer.Option(help="Web host.")] = "127.0.0.1",
