@@ -193,8 +193,8 @@ class Bench:
             f"{rate / reference:.2f}×", "≥ 1,000 emails/s and ≥ 0.5× plain loop",
             rate >= 1000 and rate >= 0.5 * reference,
             f"messages ~{plain['average_bytes'] / 1024:.1f} KB; left unsent: {unfinished or 'none'}; "
-            f"peak RSS {ours['peak_rss_mb']:.0f} MB, each other sending process ≤ "
-            f"{ours['senders_peak_rss_mb']:.0f} MB{extra}"))
+            f"peak RSS {ours['peak_rss_mb']:.0f} MB (its largest child process: "
+            f"{ours['senders_peak_rss_mb']:.0f} MB){extra}"))
 
     # ------------------------------------------------------------------ P4
 
