@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
@@ -81,20 +82,18 @@ def apply_activity(
     if not active:
         return
     days = recent_active_days_of(session, active, non_activity_events=non_activity_events)
+    stamp = now or datetime.now(UTC)
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement for the batch (the rows are locked already, in id order).
+        batch = [[customer_id, max(times).isoformat(), len(times), median_gap_days(days[customer_id])]
+                 for customer_id, times in sorted(active.items())]
+        session.execute(_activity_from_json(), {"batch": json.dumps(batch), "now": stamp})
+        return
     params = [
         {"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
          "b_cadence": median_gap_days(days[customer_id])}
         for customer_id, times in sorted(active.items())  # one lock order for every writer
     ]
-    stamp = now or datetime.now(UTC)
-    if session.get_bind().dialect.name == "postgresql":
-        # One statement for the batch (the rows are locked already, in id order).
-        session.execute(_activity_from_arrays(), {
-            "ids": [p["b_id"] for p in params], "latest": [p["b_latest"] for p in params],
-            "counts": [p["b_count"] for p in params], "cadences": [p["b_cadence"] for p in params],
-            "now": stamp,
-        })
-        return
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     bulk.executemany(
         session,
@@ -111,14 +110,19 @@ def apply_activity(
 
 
 @functools.cache
-def _activity_from_arrays() -> sa.Update:
-    """PostgreSQL: apply_activity's update with the batch as arrays, unnested into rows."""
-    batch = sa.func.unnest(
-        sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)),
-        sa.bindparam("latest", type_=postgresql.ARRAY(postgresql.TIMESTAMP(timezone=True))),
-        sa.bindparam("counts", type_=postgresql.ARRAY(sa.Integer)),
-        sa.bindparam("cadences", type_=postgresql.ARRAY(sa.Float)),
-    ).table_valued("id", "latest", "count", "cadence").render_derived(name="batch")
+def _activity_from_json() -> sa.Update:
+    """PostgreSQL: apply_activity's update with the batch as one JSON parameter of
+    ``[id, latest, count, cadence]`` rows (psycopg dumps a list parameter item by item in
+    Python; json.dumps does it in C)."""
+    rows = sa.func.json_array_elements(sa.cast(sa.bindparam("batch", type_=sa.String), postgresql.JSON))
+    item = rows.table_valued("value").render_derived(name="item")
+    value = item.c.value
+    batch = sa.select(
+        sa.cast(value.op("->>")(0), sa.Integer).label("id"),
+        sa.cast(value.op("->>")(1), postgresql.TIMESTAMP(timezone=True)).label("latest"),
+        sa.cast(value.op("->>")(2), sa.Integer).label("count"),
+        sa.cast(value.op("->>")(3), sa.Float).label("cadence"),
+    ).subquery("batch")
     return (
         sa.update(_customer)
         .where(_customer.c.id == batch.c.id)

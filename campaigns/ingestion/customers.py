@@ -8,6 +8,7 @@ zone is only known once the customer has been looked up, here.
 from __future__ import annotations
 
 import functools
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from campaigns.sql import chunks
 _customer = Customer.__table__  # type: ignore[attr-defined]
 # What a new customer's columns hold when the record leaves them out (the others are null).
 _NEW_CUSTOMER: dict[str, Any] = {"status": CustomerStatus.active.value, "activity_count": 0, "attributes": {}}
+
+# PostgreSQL: the text array of the JSON array of strings bound as :ids.
+_JSON_TEXTS = sa.text("ARRAY(SELECT json_array_elements_text(CAST(:ids AS JSON)))")
 
 
 @dataclass
@@ -50,16 +54,17 @@ def known_customers(
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
     postgres = session.get_bind().dialect.name == "postgresql"
-    # PostgreSQL: the ids as one array, not an IN list rendered afresh for every chunk.
+    # PostgreSQL: the ids as one array, not an IN list rendered afresh for every chunk; sent
+    # as JSON, which json.dumps writes in C (psycopg dumps a list parameter item by item).
     for chunk in [keys] if postgres else chunks(keys):
         query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
-            _customer.c.external_id == sa.func.any(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
-            if postgres else _customer.c.external_id.in_(chunk)
+            _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
+            else _customer.c.external_id.in_(chunk)
         )
         if lock:
             # One order for every locker: batches touching the same customers cannot deadlock.
             query = query.order_by(_customer.c.id).with_for_update()
-        for row in session.execute(query, {"ids": chunk} if postgres else {}):
+        for row in session.execute(query, {"ids": json.dumps(chunk)} if postgres else {}):
             found[row.external_id] = row
     return found
 
