@@ -179,6 +179,7 @@ def test_frequency_cap_counts_every_campaign_and_priority_picks_the_winner(engin
     assert [p.campaign_id for p in result.plans] == ["high", "low"]
     assert result.plan("high").counts["send"] == 1
     assert result.plan("low").counts["other_campaign"] == 1
+    assert result.plan("low").audience == 1  # its own selection only, not also the one before it
     later = run_pass(engine, rules(text), now=NOW + timedelta(hours=1))
     assert later.plan("low").counts["capped"] == 1
     assert later.plan("low").counts["send"] == 0

@@ -148,11 +148,8 @@ class Planner:
             return plan
 
         connection = session.connection()
-        selection = self._materialize(session, self.verdicts.selection(campaign, fire))
-        for verdict, count in connection.execute(
-            sa.select(selection.c.verdict, sa.func.count()).group_by(selection.c.verdict)
-        ):
-            plan.counts[verdict] = count
+        selection = _PLAN_SELECTION
+        plan.counts.update(self._materialize(session, self.verdicts.selection(campaign, fire)))
         if campaign.max_per_pass is not None:
             plan.over_max_per_pass = max(0, plan.counts["send"] - campaign.max_per_pass)
         if sample:
@@ -200,8 +197,8 @@ class Planner:
             state.approved_audience = held_audience  # what `approve` accepts as the new baseline
         return plan
 
-    def _materialize(self, session: Session, selection: sa.Select[*tuple[Any, ...]]) -> sa.Table:
-        """Evaluate the selection once into a temporary table.
+    def _materialize(self, session: Session, selection: sa.Select[*tuple[Any, ...]]) -> dict[str, int]:
+        """Evaluate the selection once into the temporary table; return its rows per verdict.
 
         The counts, the sample and the insert all read it: evaluating the
         verdicts (correlated subqueries per customer) once instead of twice
@@ -209,11 +206,19 @@ class Planner:
         connection, so racing planners never see each other's (``run`` creates it).
         """
         connection = session.connection()
+        table = _PLAN_SELECTION
+        fill = sa.insert(table).from_select(["customer_id", "episode", "verdict"], selection)
+        if connection.dialect.name == "postgresql":
+            # One round trip instead of three: the sub-statements share one snapshot, so the
+            # DELETE clears the previous campaign's rows and never sees the new ones.
+            cleared = sa.delete(table).cte("cleared")
+            filled = fill.returning(table.c.verdict).cte("filled")
+            counted = sa.select(filled.c.verdict, sa.func.count()).group_by(filled.c.verdict).add_cte(cleared)
+            return {verdict: count for verdict, count in connection.execute(counted)}
         connection.execute(sa.text("DELETE FROM plan_selection"))
-        connection.execute(
-            sa.insert(_PLAN_SELECTION).from_select(["customer_id", "episode", "verdict"], selection)
-        )
-        return _PLAN_SELECTION
+        connection.execute(fill)
+        counted = sa.select(table.c.verdict, sa.func.count()).group_by(table.c.verdict)
+        return {verdict: count for verdict, count in connection.execute(counted)}
 
     def _earlier(self, session: Session, campaign: Campaign, selection: sa.Table) -> dict[str, int]:
         """What became of the deliveries that make customers "already_sent", by status."""
