@@ -77,19 +77,29 @@ def upsert_customers(
     Idempotent, and safe against a concurrent insert of the same customer (ON CONFLICT).
     Attributes are merged key by key; last_active_at only moves forward.  Does not commit.
     """
+    return upsert_customer_values(session, [(r.external_id, r.present_values()) for r in records],
+                                  now=now)
+
+
+def upsert_customer_values(
+    session: Session, records: Sequence[tuple[str, dict[str, Any]]], *, now: datetime | None = None
+) -> UpsertResult:
+    """``upsert_customers`` for records given as (external id, ``CustomerIn.present_values()``).
+
+    The dicts are the caller's to give away: they are changed.
+    """
     stamp = now or datetime.now(UTC)
     pending: dict[str, dict[str, Any]] = {}
     duplicates = 0
-    for record in records:
-        values = record.present_values()
-        previous = pending.get(record.external_id)
+    for external_id, values in records:
+        previous = pending.get(external_id)
         if previous is not None:  # the same customer twice in one batch: later fields win
             duplicates += 1
             attributes = {**previous.get("attributes", {}), **values.get("attributes", {})}
             values = {**previous, **values}
             if attributes:
                 values["attributes"] = attributes
-        pending[record.external_id] = values
+        pending[external_id] = values
     if not pending:
         return UpsertResult(duplicates=duplicates)
     known = known_customers(session, pending)
