@@ -15,6 +15,8 @@ from campaigns.delivery.context import build_sample_context
 from campaigns.delivery.emails import (
     WIRE_POLICY,
     build_email,
+    build_outgoing,
+    outgoing,
     parse_address,
     sender_domain,
 )
@@ -143,3 +145,34 @@ def test_shipped_template_becomes_a_complete_email() -> None:
     text, html = (cast(EmailMessage, p) for p in received.iter_parts())
     assert "https://retention.invalid/u/sample-token" in text.get_content()
     assert "https://retention.invalid/u/sample-token" in html.get_content()
+
+
+NON_ASCII = RenderedMessage(subject="Wir vermissen dich, Zoë — ein Angebot",
+                            text="Grüße, Zoë\n" + "x" * 1200 + "\n", html="<p>Grüße</p>")
+
+
+@pytest.mark.parametrize("rendered", [TEXT_ONLY, WITH_HTML, NON_ASCII], ids=["text", "html", "non-ascii"])
+def test_the_send_paths_wire_bytes_are_the_same_email(rendered: RenderedMessage) -> None:
+    arguments: dict[str, object] = {
+        "rendered": rendered, "sender": "Zoë Acme <hello@acme.example>", "to": "ada@example.com",
+        "message_id": "<we-miss-you.0123abcd@acme.example>", "unsubscribe_url": LONG_UNSUBSCRIBE,
+        "date": datetime(2024, 6, 4, 10, 30, tzinfo=UTC),
+        "headers": {"X-Retention-Campaign": "we-miss-you", "Return-Path": "bounces+42@acme.example"},
+    }
+    out = build_outgoing(**arguments)  # type: ignore[arg-type]
+    wire = parse(out.data)
+    reference = parse(outgoing(build_email(**arguments)).data)  # type: ignore[arg-type]
+    assert (out.sender, out.recipients) == ("bounces+42@acme.example", ("ada@example.com",))
+    assert out.message_id == "<we-miss-you.0123abcd@acme.example>"
+    assert wire.defects == [] and all(part.defects == [] for part in wire.walk())
+    assert wire["Return-Path"] is None  # the envelope carries it (RFC 5321 4.4)
+    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe",
+                   "List-Unsubscribe-Post", "X-Retention-Campaign"):
+        assert wire[header] == reference[header], header
+    assert f"List-Unsubscribe: <{LONG_UNSUBSCRIBE}>\r\n".encode() in out.data
+    assert out.data.isascii() and all(len(line) <= 998 for line in out.data.split(b"\r\n"))
+    for subtype in ("plain", "html"):
+        ours, theirs = wire.get_body((subtype,)), reference.get_body((subtype,))
+        assert (ours is None) == (theirs is None)
+        if ours is not None and theirs is not None:
+            assert ours.get_content() == theirs.get_content()

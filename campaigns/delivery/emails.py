@@ -159,7 +159,7 @@ def build_outgoing(
     else:
         boundary = f"=_{random.getrandbits(96):024x}"  # unguessable enough; urandom costs more
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-        body = (f"--{boundary}\r\n{_part('plain', rendered.text)}\r\n--{boundary}\r\n"
+        body = (f"\r\n--{boundary}\r\n{_part('plain', rendered.text)}\r\n--{boundary}\r\n"
                 f"{_part('html', rendered.html)}\r\n--{boundary}--\r\n")
     head = "\r\n".join(lines)
     envelope_from = parse_address(return_path).addr_spec if return_path else from_address.addr_spec

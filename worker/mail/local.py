@@ -31,7 +31,8 @@ class MaildirTransport:
         self._lock = threading.Lock()
 
     def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
-        data = outgoing(message).data  # the same checks as SMTP, so a dry run catches them
+        # The same checks as SMTP, so a dry run catches them; a Maildir file has this system's line ends.
+        data = outgoing(message).data.replace(b"\r\n", b"\n")
         if before_data is not None:
             before_data()
         try:
