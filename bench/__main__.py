@@ -117,7 +117,7 @@ class Bench:
                     profile = None
                     if self.args.profile and n == max(self.args.sizes):
                         profile = self.workdir / f"p1_{backend}.raw"
-                    result = plan.measure(url, self.now, profile=profile)
+                    result = plan.measure(url, self.now, repeat=plan.repeats(n), profile=profile)
                 if profile is not None:
                     self.results.profiles[f"P1 plan, {backend}, {sz(n)} customers"] = \
                         profiles.summarize(profile)
