@@ -221,3 +221,13 @@ def test_a_worker_presumed_dead_cannot_hand_over_a_delivery_claimed_again(make_r
         row = session.get(Delivery, delivery_id)
         assert row is not None
         assert (row.status, row.message_id, row.claimed_by) == (DeliveryStatus.sending, None, live.worker_id)
+
+
+def test_sending_roles_start_without_dramatiq_warnings(make_runtime, redis_url, smtp_sink, caplog):
+    """Sending and webhooks each get a Worker on the one broker by design: no warning about the
+    second one's middleware reaches the user's log (`retention run --once` printed one)."""
+    rt = make_runtime(smtp_sink.url, redis_url)
+    with caplog.at_level("WARNING"):
+        roles = start_roles(rt, workers=1)
+        roles.stop()
+    assert not [r for r in caplog.records if r.name.startswith("dramatiq")], caplog.text

@@ -33,6 +33,23 @@ def install_broker(url: str) -> dramatiq.Broker:
     return broker
 
 
+class _SecondWorkerMeant(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_WorkerMiddleware" not in record.getMessage()
+
+
+def start_worker(broker: dramatiq.Broker, queue: str, threads: int) -> dramatiq.Worker:
+    """A consumer of ``queue`` with threads of its own (sending and webhooks each get one, so a
+    slow webhook endpoint never takes a sending thread).  Dramatiq warns when a broker gets a
+    second worker's middleware; here that is by design, so the warning does not reach the log."""
+    logger = logging.getLogger(f"dramatiq.broker.{type(broker).__name__}")
+    if not any(isinstance(f, _SecondWorkerMeant) for f in logger.filters):
+        logger.addFilter(_SecondWorkerMeant())
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    return worker
+
+
 def is_in_process(broker: dramatiq.Broker) -> bool:
     return isinstance(broker, StubBroker)
 

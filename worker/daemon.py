@@ -20,7 +20,7 @@ from campaigns.models import utcnow
 from worker import outgoing_webhooks as webhooks
 from worker import runtime as runtime_module
 from worker.actors import Actors, batch_size, declare_configured
-from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process
+from worker.broker import QUEUE, enqueue_many, install_broker, is_in_process, start_worker
 from worker.leader import LeaderLock
 from worker.logs import Throttle
 from worker.passes import LostLeadership, run_pass, settle_stopped_workers
@@ -85,12 +85,8 @@ def start_roles(rt: Runtime, *, workers: int, consume: bool = True) -> Roles:
     worker = webhook_worker = None
     if consume:
         _check_mail_server(rt)
-        worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=workers, worker_timeout=100)
-        worker.start()
-        # Separate threads: Dramatiq's threads serve every queue of their worker alike.
-        webhook_worker = dramatiq.Worker(broker, queues={webhooks.WEBHOOK_QUEUE},
-                                         worker_threads=webhooks.WEBHOOK_THREADS, worker_timeout=100)
-        webhook_worker.start()
+        worker = start_worker(broker, QUEUE, workers)
+        webhook_worker = start_worker(broker, webhooks.WEBHOOK_QUEUE, webhooks.WEBHOOK_THREADS)
     return Roles(broker, actors, worker, webhook_worker, rt.stopping)
 
 
