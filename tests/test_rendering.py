@@ -445,3 +445,20 @@ def test_edits_reach_a_store_that_already_rendered(root: Path) -> None:
     # Bump the mtime explicitly: coarse file system clocks could hide the edit.
     os.utime(path, (stat.st_atime, stat.st_mtime + 5))
     assert store.render("t", context()).subject == "two"
+
+
+def test_a_sending_store_sees_an_edit_at_once_after_forget(root: Path) -> None:
+    """A sending store keeps what it read for ``fresh_for`` seconds; a watcher that saw the edit
+    calls ``forget`` so the next render (the live preview's, a send's) has it at once."""
+    make_store(root, {"t/subject.j2": "Old subject", "t/body.txt.j2": GOOD_TEXT,
+                      "t/fr/subject.j2": "Ancien"})
+    store = TemplateStore(root, fresh_for=3600)
+    assert store.render("t", context()).subject == "Old subject"
+    assert store.render("t", context(), locale="fr").subject == "Ancien"
+    (root / "t" / "subject.j2").write_text("New subject", encoding="utf-8")
+    (root / "t" / "de").mkdir()
+    (root / "t" / "de" / "subject.j2").write_text("Neu", encoding="utf-8")
+    assert store.render("t", context()).subject == "Old subject"  # kept, as meant
+    store.forget()
+    assert store.render("t", context()).subject == "New subject"
+    assert store.render("t", context(), locale="de").subject == "Neu"

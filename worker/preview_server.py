@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -39,9 +39,10 @@ KEEPALIVE_SECONDS = 15.0
 class FileWatch:
     """Counts saved edits to rules.yaml and the templates folder, from a watchfiles thread."""
 
-    def __init__(self, rules: Path, templates: Path) -> None:
+    def __init__(self, rules: Path, templates: Path, *, on_change: Callable[[], None] = lambda: None) -> None:
         self.rules = rules.resolve()
         self.templates = templates.resolve()
+        self.on_change = on_change  # runs before the pages hear of the edit
         self.version = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="preview-watch", daemon=True)
@@ -63,6 +64,7 @@ class FileWatch:
         paths = {self.rules.parent, self.templates}
         for _changes in watchfiles.watch(*paths, watch_filter=self._relevant, stop_event=self._stop,
                                          debounce=150, step=50, raise_interrupt=False):
+            self.on_change()
             self.version += 1
             log.info("preview: files changed, refreshing open pages")
 

@@ -36,6 +36,8 @@ class Reloader:
     def reload(self, *, force: bool = False, templates_changed: bool = False) -> bool:
         """Check the files again; True when new rules took effect (listeners have been told)."""
         with self._lock:
+            if templates_changed or force:
+                self.rt.templates.forget()  # sends see the edit now, not within fresh_for
             try:
                 changed = reload_rules(self.rt, force=force, templates_changed=templates_changed)
             except Exception:  # a reload must never take a role down

@@ -1,8 +1,9 @@
 """Delivery: from a queued Delivery row to a message handed to a transport.
 
 ``outbox`` owns the delivery state transitions, ``sending`` claims, re-checks and sends,
-``rendering`` renders the Jinja templates in the ``sandbox`` with the ``context`` of a delivery,
-``emails`` builds the MIME message,
+``rendering`` renders the Jinja templates in the ``sandbox`` with the ``context`` of a delivery
+(``template_files``: which file a locale gets; ``template_loader``: how often the disk is asked;
+``css``: ``<style>`` inlined), ``emails`` builds the MIME message,
 ``sendwindow`` computes quiet hours and send days, ``tokens`` signs the links,
 ``transport`` says what a transport must do, ``template_errors`` locates template failures.
 """

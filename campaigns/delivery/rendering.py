@@ -17,17 +17,16 @@ Every failure, at ``retention check`` time or while sending, surfaces as a
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import css_inline
 import jinja2
 
 from campaigns.delivery.context import CUSTOMER_FIELDS, build_sample_context
+from campaigns.delivery.css import inline_css
 from campaigns.delivery.sandbox import (
     RENDER_BUDGET,
     LocatingUndefined,
@@ -37,23 +36,20 @@ from campaigns.delivery.sandbox import (
     render_budget,
 )
 from campaigns.delivery.template_errors import describe_failure, source_excerpt, template_location
+from campaigns.delivery.template_files import (
+    HTML_BODY,
+    REQUIRED_FILES,
+    SUBJECT,
+    TEXT_BODY,
+    locale_folders,
+    resolve_files,
+    template_directories,
+    valid_name,
+)
 from campaigns.delivery.template_loader import SeldomCheckingLoader
 from campaigns.delivery.template_names import unknown_names
 from campaigns.delivery.visible_links import has_visible_link
 from campaigns.errors import TemplateError
-from campaigns.locales import LOCALE_TAG, locale_chain, normalize
-
-SUBJECT = "subject.j2"
-TEXT_BODY = "body.txt.j2"
-HTML_BODY = "body.html.j2"
-REQUIRED_FILES = (SUBJECT, TEXT_BODY)
-PAGES_DIR = "pages"
-TEMPLATE_FILES = (SUBJECT, TEXT_BODY, HTML_BODY)
-
-# Remote stylesheets would make rendering depend on the network; @media rules cannot be
-# inlined and stay in a <style> block for the clients that honour it.
-_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
-_STYLE_TAG = re.compile(r"<style\b", re.IGNORECASE)
 
 CAMPAIGN_FIELDS = ("id", "template", "survey")  # the keys of the ``campaign`` dict
 _PART_NAMES = {TEXT_BODY: "text", HTML_BODY: "HTML"}
@@ -73,13 +69,6 @@ class RenderedMessage:
 def _one_line(text: str) -> str:
     # Collapsing all whitespace also removes CR/LF: no header injection.
     return " ".join(text.split())
-
-
-def inline_css(html: str) -> str:
-    """Move the rules of ``<style>`` blocks into ``style`` attributes (at-rules stay)."""
-    if not _STYLE_TAG.search(html):
-        return html
-    return str(_INLINER.inline(html))
 
 
 class TemplateStore:
@@ -121,10 +110,18 @@ class TemplateStore:
         return [name for name in self._directories() if self.exists(name)]
 
     def exists(self, name: str) -> bool:
-        if not _valid_name(name):
+        if not valid_name(name):
             return False
         folder = self._root_abs / name
         return all((folder / file).is_file() for file in REQUIRED_FILES)
+
+    def forget(self) -> None:
+        """Drop what ``render`` keeps for ``fresh_for``: a watcher that saw a saved edit calls
+        this, so the next render reads the disk rather than a copy up to ``fresh_for`` old."""
+        self._resolved.clear()
+        for env in self._sending_envs or ():
+            if env.cache is not None:
+                env.cache.clear()
 
     def render(self, name: str, context: Mapping[str, Any], *, locale: str | None = None) -> RenderedMessage:
         """Render one message in ``locale`` (falling back file by file to the default);
@@ -149,26 +146,12 @@ class TemplateStore:
 
     def locales(self, name: str) -> list[str]:
         """The locale folders of one template, as named on disk."""
-        folder = self._root_abs / name
-        if not _valid_name(name) or not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and LOCALE_TAG.match(p.name))
+        return locale_folders(self._root_abs, name)
 
     def resolve(self, name: str, locale: str | None) -> dict[str, str]:
         """For each file of the template, the path (relative to the templates root) that
         a customer with ``locale`` gets; the HTML part only when one exists."""
-        folders = {normalize(folder): folder for folder in self.locales(name)}
-        candidates = [folders[tag] for tag in locale_chain(locale) if tag in folders]
-        resolved: dict[str, str] = {}
-        for file in TEMPLATE_FILES:
-            for folder in candidates:
-                if (self._root_abs / name / folder / file).is_file():
-                    resolved[file] = f"{name}/{folder}/{file}"
-                    break
-            else:
-                if (self._root_abs / name / file).is_file():
-                    resolved[file] = f"{name}/{file}"
-        return resolved
+        return resolve_files(self._root_abs, name, locale)
 
     def _render_resolved(self, files: Mapping[str, str], prepared: Mapping[str, Any]) -> RenderedMessage:
         cached = self.fresh_for > 0
@@ -198,7 +181,7 @@ class TemplateStore:
         """Every problem of one template, in every locale: missing files, syntax, names
         unknown on any branch, no visible unsubscribe link.  Returns them all rather than
         stopping at the first."""
-        if not _valid_name(name) or not (self._root_abs / name).is_dir():
+        if not valid_name(name) or not (self._root_abs / name).is_dir():
             return [
                 TemplateError(
                     f"no template directory {name!r}{self._folder_hint(name)}: "
@@ -341,14 +324,7 @@ class TemplateStore:
         return list(unique.values())
 
     def _directories(self) -> list[str]:
-        if not self._root_abs.is_dir():
-            return []
-        # templates/pages/ holds the web pages (campaigns.responses.pages), not an email.
-        return sorted(
-            p.name
-            for p in self._root_abs.iterdir()
-            if p.is_dir() and _valid_name(p.name) and p.name != PAGES_DIR
-        )
+        return template_directories(self._root_abs)
 
     def _render_file(self, path: str, context: Mapping[str, Any], *, cached: bool = False) -> str:
         """Render one file, ``path`` relative to the templates root (``NAME/zh-CN/subject.j2``)."""
@@ -414,6 +390,3 @@ def _display_path(path: Path) -> str:
     except ValueError:
         return path.as_posix()
 
-
-def _valid_name(name: str) -> bool:
-    return bool(name) and name[0] not in "._" and "/" not in name and "\\" not in name

@@ -22,8 +22,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from campaigns.delivery.rendering import PAGES_DIR
 from campaigns.delivery.template_errors import template_location
+from campaigns.delivery.template_files import PAGES_DIR
 from campaigns.errors import TemplateError
 from campaigns.locales import LOCALE_TAG, locale_chain, normalize
 

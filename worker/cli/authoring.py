@@ -280,7 +280,7 @@ def _serve_preview(host: str, port: int) -> None:
         sock.bind((host, port))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or stop what uses it")
-    watch = FileWatch(rt.settings.rules, rt.settings.templates)
+    watch = FileWatch(rt.settings.rules, rt.settings.templates, on_change=rt.templates.forget)
     watch.start()
     out.print(f"preview of {len(rt.rules.campaigns)} campaigns on http://{host}:{port}/ "
               f"(watching {rt.settings.rules} and {rt.settings.templates}; Ctrl-C stops)",
