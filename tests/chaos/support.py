@@ -42,6 +42,7 @@ from campaigns.delivery import outbox
 from campaigns.models import Delivery, utcnow
 from tests.factories import add_customer
 from tests.support.redis import HOST, find_redis_server, free_port, ping
+from tests.support.services import stop_process
 from tests.support.smtp import SMTPSink
 from worker.daemon import Roles, start_roles
 from worker.runtime import Runtime
@@ -274,14 +275,8 @@ class RedisProcess:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()  # SIGTERM: with AOF, Redis syncs the file and exits
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process)  # SIGTERM first: with AOF, Redis syncs the file and exits
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url(), socket_timeout=5)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.redis import free_port
-from tests.support.services import skip_or_fail
+from tests.support.services import skip_or_fail, stop_process
 
 USER, PASSWORD = "bounces", "bounce-pass"
 
@@ -144,12 +144,7 @@ def dovecot() -> Iterator[Dovecot]:
             time.sleep(0.05)
         yield Dovecot(port)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stdout:
             process.stdout.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.services import skip_or_fail
+from tests.support.services import skip_or_fail, stop_process
 
 HOST = "127.0.0.1"
 # Database 0 is left to whoever uses `RedisServer.url`; tests get 1..DATABASES-1.
@@ -117,14 +117,8 @@ class RedisServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT)
 
     def flushdb(self, db: int) -> None:
         with redis.Redis.from_url(self.url_for(db)) as client:

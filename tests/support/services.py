@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import NoReturn
 
 import pytest
@@ -18,3 +19,15 @@ def skip_or_fail(reason: str) -> NoReturn:
         pytest.fail(f"{reason} (CI=true: a missing service fails the run instead of skipping)",
                     pytrace=False)
     pytest.skip(reason)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL when ``process`` has not exited within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
