@@ -28,10 +28,6 @@ MAX_VALUES = 50  # more distinct values than this is free text, not a vocabulary
 _ATTRIBUTE_SCAN = 5_000
 
 
-def customer_count(session: Session) -> int:
-    return int(session.execute(sa.select(sa.func.count()).select_from(Customer)).scalar_one())
-
-
 def has_customers(session: Session) -> bool:
     return session.execute(sa.select(col(Customer.id)).limit(1)).first() is not None
 

@@ -195,8 +195,7 @@ def test_a_worker_presumed_dead_cannot_hand_over_a_delivery_claimed_again(make_r
         [delivery_id] = run_pass(rt, lambda ids: len(ids)).result.queued_ids
         live = Heartbeat(rt.engine, interval=timedelta(seconds=10))
         live.beat()
-        first = outbox.claim(session, delivery_id, now=utcnow(), worker="paused-vm:1:dead")
-        assert first is not None
+        [first] = outbox.claim_many(session, [delivery_id], now=utcnow(), worker="paused-vm:1:dead")
         first_attempt = first.attempts
         # Its heartbeat has stopped (it never had one here): settled, queued again.
         settled = outbox.abandon_stale_sending(
@@ -204,8 +203,8 @@ def test_a_worker_presumed_dead_cannot_hand_over_a_delivery_claimed_again(make_r
         )
         assert settled.requeued == [delivery_id]
     with Session(rt.engine) as other:
-        second = outbox.claim(other, delivery_id, now=utcnow(), worker=live.worker_id)
-        assert second is not None and second.attempts == first_attempt + 1
+        [second] = outbox.claim_many(other, [delivery_id], now=utcnow(), worker=live.worker_id)
+        assert second.attempts == first_attempt + 1
         # A live worker's claim is left alone.
         assert outbox.abandon_stale_sending(
             other, now=utcnow(), after=timedelta(hours=1), dead_after=timedelta(seconds=30)
@@ -215,7 +214,7 @@ def test_a_worker_presumed_dead_cannot_hand_over_a_delivery_claimed_again(make_r
         assert stale is not None
         stale.attempts = first_attempt  # what the first worker still holds
         session.expunge(stale)
-        assert not outbox.mark_handing_over(session, stale, message_id="<x@y>", now=utcnow())
+        assert not outbox.mark_handing_over_many(session, {"<x@y>": stale}, now=utcnow())
         outbox.finish(session, stale, DeliveryStatus.sent, now=utcnow())
     with Session(rt.engine) as session:
         row = session.get(Delivery, delivery_id)

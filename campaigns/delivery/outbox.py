@@ -36,14 +36,6 @@ _delivery = Delivery.__table__  # type: ignore[attr-defined]
 MAX_ATTEMPTS = 6
 
 
-def claim(
-    session: Session, delivery_id: int, *, now: datetime, worker: str | None = None
-) -> Delivery | None:
-    """``queued → sending`` if the delivery is still queued and due; None if someone else has it."""
-    claimed = claim_many(session, [delivery_id], now=now, worker=worker)
-    return claimed[0] if claimed else None
-
-
 def claim_many(
     session: Session, delivery_ids: Sequence[int], *, now: datetime, worker: str | None = None
 ) -> list[Delivery]:
@@ -65,7 +57,7 @@ def claim_many(
             col(Delivery.due_at) <= now,
         )
         # message_id is cleared: it is set again only when this attempt hands the message over
-        # (mark_handing_over), so a dead worker's row tells whether mail may have left.
+        # (mark_handing_over_many), so a dead worker's row tells whether mail may have left.
         .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now,
                 message_id=None, claimed_by=worker)
         .returning(Delivery)
@@ -75,22 +67,16 @@ def claim_many(
     return sorted(claimed, key=lambda d: d.id or 0)
 
 
-def mark_handing_over(session: Session, delivery: Delivery, *, message_id: str, now: datetime) -> bool:
-    """Record the Message-ID right before the message goes to the mail server.
-
-    This is the line between the two ways a worker can die mid-send: before it,
-    no byte of the message has left, so the delivery can safely be sent again;
-    after it, the server may have accepted the message.  False when the
-    delivery is no longer this worker's to send (then nothing must be sent).
-    """
-    return delivery.id in mark_handing_over_many(session, {message_id: delivery}, now=now)
-
-
 def mark_handing_over_many(
     session: Session, by_message_id: Mapping[str, Delivery], *, now: datetime,
     sent: Sequence[Delivery] = (),
 ) -> set[int]:
-    """``mark_handing_over`` for several deliveries in one transaction; the ids still this claim's.
+    """Record each Message-ID right before its message goes to the mail server, in one
+    transaction; the ids still this claim's (nothing must be sent for the others).
+
+    This is the line between the two ways a worker can die mid-send: before it, no byte of
+    the message has left, so the delivery can safely be sent again; after it, the server
+    may have accepted the message.
 
     A worker killed after it loses every one of them to `unknown`, sent or not: the
     caller marks only the few it sends next (see ``Sender``), which bounds that loss.
@@ -153,7 +139,7 @@ def finish_sent(
     """Record several handed-over deliveries as sent, in one transaction; the ids recorded.
 
     Their Message-IDs were written by the hand-over mark.  A send also ends each
-    campaign's run of policy rejections (``record_success``).
+    campaign's run of policy rejections.
     """
     changed = _from_sending_many(
         session, deliveries, {"status": DeliveryStatus.sent, "updated_at": now, "sent_at": now,

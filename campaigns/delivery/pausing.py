@@ -57,11 +57,6 @@ def pause(
     return bool(paused)
 
 
-def record_success(session: Session, campaign_id: str) -> None:
-    reset_policy_failures(session, campaign_id)
-    session.commit()
-
-
 def reset_policy_failures(session: Session, campaign_id: str) -> None:
     session.execute(
         sa.update(CampaignState)

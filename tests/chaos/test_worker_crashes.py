@@ -2,7 +2,7 @@
 moments, and deliveries that crash or kill their worker every time (issue 8, scenarios 1, 2, 11).
 
 The line between "may be resent" and "held as unknown" is the hand-over mark the worker
-records right before SMTP DATA (campaigns.delivery.outbox.mark_handing_over).
+records right before SMTP DATA (campaigns.delivery.outbox.mark_handing_over_many).
 """
 
 from __future__ import annotations
