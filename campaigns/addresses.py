@@ -19,6 +19,8 @@ from campaigns.errors import InvalidAddress
 EXAMPLE = '"Acme <hello@acme.example>"'
 
 
+# Composing asks for the same sender with every email: the parsed form is remembered.
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address:
     """``Acme <hello@acme.example>`` or ``hello@acme.example`` as an Address.
 
@@ -26,13 +28,17 @@ def parse_address(text: str) -> Address:
     """
     if "\r" in text or "\n" in text:
         raise InvalidAddress(f"invalid email address {text!r}: it contains a line break")
-    name, _ = email.utils.parseaddr(text)
     # The mailbox as written: parseaddr quietly drops what it cannot parse ("a b@x" -> "ab@x").
     stripped = text.strip()
     if stripped.endswith(">") and "<" in stripped:
+        name, _ = email.utils.parseaddr(text)
         mailbox = stripped[stripped.rindex("<") + 1 : -1].strip()
     else:
         mailbox, name = stripped, ""
+    if _plainly_valid(mailbox):
+        # A dot-atom needs no parsing by the email package (its parser is most of the cost).
+        local, _, domain = mailbox.partition("@")
+        return Address(display_name=name, username=local, domain=domain)
     mailbox = check_mailbox(mailbox, shown=text)
     try:
         return Address(display_name=name, addr_spec=mailbox)

@@ -164,3 +164,19 @@ _TLD = st.sampled_from(["", ".com", ".COM", ".test", ".local", ".c0m", ".", ".xn
 def test_any_address_gets_email_validators_verdict(local: str, domain: str, tld: str, length: int) -> None:
     address = "x" * length + local + "@" + domain + tld
     assert _our_verdict(address) == _expected(address)
+
+
+@pytest.mark.parametrize("text", ["hello@acme.example", "Acme <hello@acme.example>",
+                                  '"Acme, Inc." <first.last+tag@mail.acme.example>',
+                                  "Zoë <zoe@acme.example>", "o'brien@acme.example",
+                                  "x@xn--caf-dma.example"])
+def test_parsed_address_is_the_email_packages_own(text: str) -> None:
+    """parse_address skips the email package's parser for a dot-atom: the result is the same."""
+    from email.headerregistry import Address
+    from email.utils import parseaddr
+
+    from campaigns.addresses import parse_address
+
+    name, mailbox = parseaddr(text)
+    assert parse_address(text) == Address(display_name=name, addr_spec=mailbox)
+    assert str(parse_address(text)) == str(Address(display_name=name, addr_spec=mailbox))

@@ -260,3 +260,22 @@ def test_webhooks_section_errors_are_located():
         "rules.yaml:4:20: webhooks[0].events[1]: Input should be 'unsubscribed', 'answered', 'clicked', "
         "'converted', 'bounced', 'complained' or 'sent' (got 'opened')",
     ]
+
+
+def test_sent_events_are_recorded_only_while_an_endpoint_wants_them(make_runtime, tmp_path, receiver):
+    """A row per email that the fan-out would only delete is not written (the send path)."""
+    from campaigns.models import WebhookEvent
+
+    def sent_events(rules: str, tag: str) -> int:
+        rt = make_runtime(f"maildir://{tmp_path}/outbox", rules=rules)
+        with Session(rt.engine) as session:
+            for n in range(3):
+                add_customer(session, external_id=f"{tag}{n}", email=f"{tag}{n}@example.com",
+                             timezone="UTC", last_active_at=utcnow() - timedelta(days=40))
+            session.commit()
+        assert sum(r.sent for r in run_once(rt, workers=1).rows) == 3
+        with Session(rt.engine) as session:
+            return len(session.exec(select(WebhookEvent).where(WebhookEvent.kind == "sent")).all())
+
+    assert sent_events(rules_with(receiver.url, "[clicked]"), "a") == 0
+    assert sent_events(rules_with(receiver.url, "[sent]"), "b") == 3

@@ -122,3 +122,23 @@ def test_links_build_public_urls_that_verify(signer: Signer) -> None:
 def test_track_refuses_non_http_targets(signer: Signer, url: str) -> None:
     with pytest.raises(ValueError, match="track\\(\\) needs an absolute http\\(s\\) URL"):
         links("https://m.example", signer, 1).track(url)
+
+
+@pytest.mark.parametrize("keys", [["current-secret"], ["new-secret", "old-secret"]],
+                         ids=["one_key", "rotated"])
+def test_tokens_are_the_bytes_itsdangerous_writes(keys: list[str]) -> None:
+    """Signer writes tokens itself (it is on the send path); they must stay itsdangerous's."""
+    from campaigns.delivery.tokens import _Serializer
+
+    signer = Signer(keys)
+    reference = {purpose: _Serializer(list(reversed(keys)), salt=f"retention.{purpose.value}")
+                 for purpose in Purpose}
+    for _ in range(3):  # a second boundary between the two calls would differ: try again
+        second = int(time.time())
+        ours = [signer.unsubscribe_token(42), signer.survey_token(7),
+                signer.click_token(9, "https://acme.example/café?q=1&r=ü")]
+        theirs = [reference[Purpose.unsubscribe].dumps(42), reference[Purpose.survey].dumps(7),
+                  reference[Purpose.click].dumps([9, "https://acme.example/café?q=1&r=ü"])]
+        if int(time.time()) == second:
+            break
+    assert ours == theirs

@@ -92,10 +92,10 @@ def build_email(
     return msg
 
 
-def _transfer_encoding(text: str) -> str:
+def _transfer_encoding(text: str, lines: list[str] | None = None) -> str:
     # 7bit when possible; otherwise quoted-printable, which every relay
     # accepts (8bit needs 8BITMIME) and keeps mostly-ASCII text readable.
-    if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
+    if text.isascii() and max(map(len, text.splitlines() if lines is None else lines), default=0) <= 998:
         return "7bit"
     return "quoted-printable"
 
@@ -209,12 +209,12 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _part(subtype: str, text: str) -> str:
-    cte = _transfer_encoding(text)
     lines = _LINE_END.split(text)
     if lines and lines[-1] == "":
         lines.pop()
+    cte = _transfer_encoding(text, lines)
     if cte == "7bit":
-        content = "".join(f"{line}\r\n" for line in lines)
+        content = "\r\n".join(lines) + "\r\n" if lines else ""
     else:
         content = email.quoprimime.body_encode(
             "\n".join(lines).encode("utf-8").decode("latin-1"), eol="\r\n") + "\r\n"

@@ -69,7 +69,7 @@ def claim_many(
 
 def mark_handing_over_many(
     session: Session, by_message_id: Mapping[str, Delivery], *, now: datetime,
-    sent: Sequence[Delivery] = (),
+    sent: Sequence[Delivery] = (), announce_sent: bool = True,
 ) -> set[int]:
     """Record each Message-ID right before its message goes to the mail server, in one
     transaction; the ids still this claim's (nothing must be sent for the others).
@@ -84,7 +84,7 @@ def mark_handing_over_many(
     the same transaction.
     """
     if sent:
-        finish_sent(session, sent, now=now, commit=False)
+        finish_sent(session, sent, now=now, commit=False, announce=announce_sent)
     message_ids = sa.case({d.id: mid for mid, d in by_message_id.items()}, value=col(Delivery.id))
     return _from_sending_many(session, list(by_message_id.values()),
                               {"message_id": message_ids, "updated_at": now})
@@ -134,20 +134,22 @@ def _from_sending(
 
 
 def finish_sent(
-    session: Session, deliveries: Sequence[Delivery], *, now: datetime, commit: bool = True
+    session: Session, deliveries: Sequence[Delivery], *, now: datetime, commit: bool = True,
+    announce: bool = True,
 ) -> set[int]:
     """Record several handed-over deliveries as sent, in one transaction; the ids recorded.
 
     Their Message-IDs were written by the hand-over mark.  A send also ends each
-    campaign's run of policy rejections.
+    campaign's run of policy rejections.  ``announce``: record the `sent` webhook events
+    (the sender leaves them out while no endpoint of rules.yaml wants them: a row per
+    email written only to be deleted by the fan-out).
     """
     changed = _from_sending_many(
         session, deliveries, {"status": DeliveryStatus.sent, "updated_at": now, "sent_at": now,
                               "last_error": None},
-        announce="sent", commit=False,
+        announce="sent" if announce else None, commit=False,
     )
-    for campaign_id in sorted({d.campaign_id for d in deliveries}):
-        reset_policy_failures(session, campaign_id)
+    reset_policy_failures(session, {d.campaign_id for d in deliveries})
     if commit:
         session.commit()
     return changed

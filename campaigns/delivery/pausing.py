@@ -6,6 +6,7 @@ the senders leave them alone.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -19,6 +20,8 @@ from campaigns.sql import dialect_insert
 # the recipient, so the address stays mailable; many in a row mean the campaign
 # itself is being refused, and sending more only hurts the sender's reputation.
 POLICY_FAILURES_TO_PAUSE = 10
+
+_state = CampaignState.__table__  # type: ignore[attr-defined]
 
 
 def record_policy_failure(session: Session, campaign_id: str, reason: str, *, now: datetime) -> bool:
@@ -57,11 +60,15 @@ def pause(
     return bool(paused)
 
 
-def reset_policy_failures(session: Session, campaign_id: str) -> None:
+def reset_policy_failures(session: Session, campaign_ids: Collection[str]) -> None:
+    """A send ends these campaigns' runs of policy rejections (one statement per chunk sent)."""
+    # Core and one shape for any number of campaigns: it runs with every chunk of sends.
     session.execute(
-        sa.update(CampaignState)
-        .where(col(CampaignState.campaign_id) == campaign_id, col(CampaignState.policy_failures) > 0)
-        .values(policy_failures=0)
+        sa.update(_state)
+        .where(_state.c.campaign_id.in_(sa.bindparam("ids", expanding=True)),
+               _state.c.policy_failures > 0)
+        .values(policy_failures=0),
+        {"ids": sorted(campaign_ids)},
     )
 
 

@@ -120,7 +120,8 @@ class Sender:
         now = self.clock()
         claimed = outbox.claim_many(session, delivery_ids, now=now, worker=self.worker)
         ready = self._prepare_many(session, claimed, now, batch)
-        handover = _Handover(session, self.clock)
+        handover = _Handover(session, self.clock,
+                             announce_sent=any(w.wants("sent") for w in self.rules.webhooks))
         for start in range(0, len(ready), CHUNK):
             self._send_chunk(session, ready[start:start + CHUNK], handover, batch)
         handover.record()
@@ -357,9 +358,10 @@ class _Handover:
     message refused before its content (RCPT 5xx) is marked by the next one's turn.
     """
 
-    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime], *, announce_sent: bool) -> None:
         self.session = session
         self.clock = clock
+        self.announce_sent = announce_sent
         self.chunk: list[Composed] = []
         self.asked: set[int] = set()
         self.ours: set[int] = set()
@@ -375,7 +377,7 @@ class _Handover:
             rest = [c for c in self.chunk[index:] if _id(c.delivery) not in self.asked]
             self.ours |= outbox.mark_handing_over_many(
                 self.session, {c.message.message_id: c.delivery for c in rest}, now=self.clock(),
-                sent=self.accepted)
+                sent=self.accepted, announce_sent=self.announce_sent)
             self.accepted = []
             self.asked |= {_id(c.delivery) for c in rest}
         if delivery_id not in self.ours:
@@ -383,7 +385,8 @@ class _Handover:
 
     def record(self) -> None:
         if self.accepted:
-            outbox.finish_sent(self.session, self.accepted, now=self.clock())
+            outbox.finish_sent(self.session, self.accepted, now=self.clock(),
+                               announce=self.announce_sent)
             self.accepted = []
 
 
