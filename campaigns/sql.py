@@ -52,6 +52,27 @@ def dialect_insert(session: Session, table: Any) -> Any:
     )
 
 
+def json_rows(dialect: str, columns: Sequence[tuple[str, Any]], *, param: str = "rows") -> sa.Subquery:
+    """A table of rows passed as one JSON parameter, ``[[v1, v2, …], …]``, named ``batch``.
+
+    For statements run with every chunk of a hot path: built and compiled once, where an
+    ``IN`` list of tuples or a ``CASE`` per row is built and coerced item by item on every
+    call.  ``columns``: (name, SQL type) of each position.
+    """
+    rows = sa.bindparam(param, type_=sa.String)
+    cells: list[ColumnElement[Any]]
+    if dialect == "postgresql":
+        items = (sa.func.json_array_elements(sa.cast(rows, postgresql.JSON))
+                 .table_valued("value").render_derived(name="item"))
+        cells = [items.c.value.op("->>")(sa.literal_column(str(n))) for n in range(len(columns))]
+    else:
+        items = sa.func.json_each(rows).table_valued("value")
+        cells = [sa.func.json_extract(items.c.value, sa.literal_column(f"'$[{n}]'"))
+                 for n in range(len(columns))]
+    typed = [sa.cast(cell, type_).label(name) for cell, (name, type_) in zip(cells, columns, strict=True)]
+    return sa.select(*typed).select_from(items).subquery("batch")
+
+
 # ---------------------------------------------------------------- reference moments
 
 
@@ -177,3 +198,14 @@ class epoch_seconds(FunctionElement[int]):
     """Whole seconds since 1970 of a timestamp."""
 
     type = sa.BigInteger()
+
+
+@per_dialect(sqlite=lambda column: f"+{column}", default=lambda column: column)
+class unindexed_text(FunctionElement[str]):
+    """A text column that SQLite must not search an index for (its unary +).
+
+    For a term like ``status = 'sending'`` beside a key lookup: SQLite would otherwise
+    walk every row of that status in the index and probe the few keys for each.
+    """
+
+    type = sa.String()

@@ -6,11 +6,13 @@ racing sweeper or a retried worker can never move a delivery twice.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -26,7 +28,7 @@ from campaigns.models import (
     WorkerHeartbeat,
 )
 from campaigns.responses.notify import notify_many
-from campaigns.sql import chunks, dialect_insert
+from campaigns.sql import chunks, dialect_insert, json_rows, unindexed_text
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +87,19 @@ def mark_handing_over_many(
     """
     if sent:
         finish_sent(session, sent, now=now, commit=False, announce=announce_sent)
-    message_ids = sa.case({d.id: mid for mid, d in by_message_id.items()}, value=col(Delivery.id))
-    return _from_sending_many(session, list(by_message_id.values()),
-                              {"message_id": message_ids, "updated_at": now})
+    return _from_sending_many(session, list(by_message_id.values()), {"updated_at": now},
+                              per_row={"message_id": {d.id: mid for mid, d in by_message_id.items()}})
 
 
 def _from_sending_many(
     session: Session, deliveries: Sequence[Delivery], values: Mapping[str, object], *,
+    per_row: Mapping[str, Mapping[int | None, object]] | None = None, give_back_attempt: bool = False,
     announce: str | None = None, commit: bool = True,
 ) -> set[int]:
     """Apply ``values`` to those of ``deliveries`` still ``sending`` under their claim; the ids changed.
 
+    ``per_row``: column -> value by delivery id, for what differs from row to row.
+    ``give_back_attempt``: the claim's attempt is not counted (a deferral).
     ``announce`` names the webhook event the change is, recorded in the same transaction.
     A worker presumed dead whose delivery was settled and claimed again by another
     one finds ``sending`` with a higher ``attempts``: nothing of it is applied, so it
@@ -104,17 +108,13 @@ def _from_sending_many(
     """
     if not deliveries:
         return set()
-    claims = [(d.id, d.attempts) for d in deliveries]
-    # Core, not the ORM: nothing in the session is to be synchronized, and this runs twice a chunk.
-    changed = set(session.scalars(
-        sa.update(_delivery)
-        .where(
-            sa.tuple_(_delivery.c.id, _delivery.c.attempts).in_(claims),
-            _delivery.c.status == DeliveryStatus.sending,
-        )
-        .values(**values)
-        .returning(_delivery.c.id)
-    ))
+    per_row = per_row or {}
+    statement = _fenced_update(session.get_bind().dialect.name, tuple(sorted(values)),
+                               tuple(sorted(per_row)), give_back_attempt)
+    rows = [[d.id, d.attempts, *(per_row[k][d.id] for k in sorted(per_row))] for d in deliveries]
+    params = {f"v_{key}": value for key, value in values.items()}
+    params["rows"] = json.dumps(rows)
+    changed = set(session.scalars(statement, params))
     if announce:
         reason = values.get("last_error")
         notify_many(session, announce, [
@@ -127,10 +127,34 @@ def _from_sending_many(
     return changed
 
 
+@functools.lru_cache(maxsize=64)
+def _fenced_update(
+    dialect: str, constants: tuple[str, ...], per_row: tuple[str, ...], give_back_attempt: bool
+) -> sa.Update:
+    """``_from_sending_many``'s UPDATE … RETURNING for one set of columns, built once: the
+    claims (id, attempts) and the per-row values come as one JSON parameter."""
+    batch = json_rows(dialect, [("id", sa.Integer()), ("attempts", sa.Integer()),
+                                *((key, _delivery.c[key].type) for key in per_row)])
+    values: dict[str, Any] = {key: sa.bindparam(f"v_{key}", type_=_delivery.c[key].type)
+                              for key in constants}
+    values.update({key: batch.c[key] for key in per_row})
+    if give_back_attempt:
+        values["attempts"] = _delivery.c.attempts - 1
+    return (
+        sa.update(_delivery)
+        .where(_delivery.c.id == batch.c.id, _delivery.c.attempts == batch.c.attempts,
+               unindexed_text(_delivery.c.status) == DeliveryStatus.sending.value)
+        .values(values)
+        .returning(_delivery.c.id)
+    )
+
+
 def _from_sending(
-    session: Session, delivery: Delivery, values: dict[str, object], *, announce: str | None = None
+    session: Session, delivery: Delivery, values: dict[str, object], *, give_back_attempt: bool = False,
+    announce: str | None = None,
 ) -> bool:
-    return delivery.id in _from_sending_many(session, [delivery], values, announce=announce)
+    return delivery.id in _from_sending_many(session, [delivery], values,
+                                             give_back_attempt=give_back_attempt, announce=announce)
 
 
 def finish_sent(
@@ -193,10 +217,8 @@ def release(
     }
     if due_at is not None:
         values["due_at"] = due_at
-    if not enqueued:
-        # A deferral is not an attempt: give it back.
-        values["attempts"] = col(Delivery.attempts) - 1
-    _from_sending(session, delivery, values)
+    # A deferral is not an attempt: give it back.
+    _from_sending(session, delivery, values, give_back_attempt=not enqueued)
 
 
 def suppression_reason(session: Session, customer: Customer) -> str | None:
