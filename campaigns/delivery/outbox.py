@@ -51,22 +51,30 @@ def claim_many(
     """
     if not delivery_ids:
         return []
-    claimed = session.scalars(
+    claimed = session.scalars(_claim(), {"ids": list(delivery_ids), "now": now, "worker": worker}).all()
+    session.commit()
+    return sorted(claimed, key=lambda d: d.id or 0)
+
+
+@functools.cache
+def _claim() -> sa.Update:
+    """claim_many's statement, built once (it runs with every batch)."""
+    now = sa.bindparam("now", type_=_delivery.c.updated_at.type)
+    return (
         sa.update(Delivery)
         .where(
-            col(Delivery.id).in_(delivery_ids),
+            col(Delivery.id).in_(sa.bindparam("ids", expanding=True)),
             col(Delivery.status) == DeliveryStatus.queued,
             col(Delivery.due_at) <= now,
         )
         # message_id is cleared: it is set again only when this attempt hands the message over
         # (mark_handing_over_many), so a dead worker's row tells whether mail may have left.
         .values(status=DeliveryStatus.sending, attempts=col(Delivery.attempts) + 1, updated_at=now,
-                message_id=None, claimed_by=worker)
+                message_id=None, claimed_by=sa.bindparam("worker", type_=_delivery.c.claimed_by.type))
         .returning(Delivery)
-        .execution_options(populate_existing=True)
-    ).all()
-    session.commit()
-    return sorted(claimed, key=lambda d: d.id or 0)
+        # The session holds none of them yet: nothing to synchronize, the rows come back whole.
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
 
 
 def mark_handing_over_many(
