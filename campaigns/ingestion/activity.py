@@ -70,6 +70,7 @@ def apply_activity(
     *,
     non_activity_events: frozenset[str] = frozenset(),
     now: datetime | None = None,
+    stored_counts: Mapping[int, int] | None = None,
 ) -> None:
     """Record newly stored activity events for several customers at once.
 
@@ -77,23 +78,33 @@ def apply_activity(
     just inserted (events already counted must not be passed again).  last_active_at only
     moves forward, so an out-of-order old event cannot make a customer look less active.
     The events must already be in the session's transaction: cadence is read back from them.
+
+    ``stored_counts`` (Customer.id -> activity_count as this transaction sees it, before
+    these events) spares reading the events of customers who cannot have a cadence yet.
     """
     active = {customer_id: times for customer_id, times in times_by_customer.items() if times}
     if not active:
         return
-    days = recent_active_days_of(session, active, non_activity_events=non_activity_events)
+    days = recent_active_days_of(session, _may_have_cadence(active, stored_counts),
+                                 non_activity_events=non_activity_events)
     stamp = now or datetime.now(UTC)
+
+    def cadence(customer_id: int) -> tuple[bool, float | None]:
+        # (read, value): a customer not read keeps the cadence they have (null).
+        found = days.get(customer_id)
+        return (False, None) if found is None else (True, median_gap_days(found))
+
     if session.get_bind().dialect.name == "postgresql":
         # One statement for the batch (the rows are locked already, in id order).
-        batch = [[customer_id, max(times).isoformat(), len(times), median_gap_days(days[customer_id])]
+        batch = [[customer_id, max(times).isoformat(), len(times), *cadence(customer_id)]
                  for customer_id, times in sorted(active.items())]
         session.execute(_activity_from_json(), {"batch": json.dumps(batch), "now": stamp})
         return
-    params = [
-        {"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
-         "b_cadence": median_gap_days(days[customer_id])}
-        for customer_id, times in sorted(active.items())  # one lock order for every writer
-    ]
+    params = []
+    for customer_id, times in sorted(active.items()):  # one lock order for every writer
+        read, value = cadence(customer_id)
+        params.append({"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
+                       "b_read": read, "b_cadence": value})
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     bulk.executemany(
         session,
@@ -102,17 +113,37 @@ def apply_activity(
         .values(
             last_active_at=later_of(_customer.c.last_active_at, latest, value_may_be_null=False),
             activity_count=_customer.c.activity_count + sa.bindparam("b_count"),
-            cadence_days=sa.bindparam("b_cadence"),
+            cadence_days=sa.case((sa.bindparam("b_read", type_=sa.Boolean), sa.bindparam("b_cadence")),
+                                 else_=_customer.c.cadence_days),
             updated_at=stamp,
         ),
         params,
     )
 
 
+def _may_have_cadence(
+    active: Mapping[int, Sequence[datetime]], stored_counts: Mapping[int, int] | None
+) -> list[int]:
+    """The customers whose cadence must be read back from their events.
+
+    A cadence needs MIN_CADENCE_DAYS distinct active days, hence at least as many activity
+    events, and activity_count counts every activity event stored (this module is the only
+    one to change it): a customer whose stored count plus the new events falls short keeps
+    a null cadence without a look at their events.  (An event name later taken out of
+    ``non_activity_events`` makes that customer's older events of that name count for the
+    cadence but not in activity_count: their cadence then shows from their third counted
+    activity event on.)
+    """
+    if stored_counts is None:
+        return list(active)
+    return [customer_id for customer_id, times in active.items()
+            if stored_counts.get(customer_id, MIN_CADENCE_DAYS) + len(times) >= MIN_CADENCE_DAYS]
+
+
 @functools.cache
 def _activity_from_json() -> sa.Update:
     """PostgreSQL: apply_activity's update with the batch as one JSON parameter of
-    ``[id, latest, count, cadence]`` rows (psycopg dumps a list parameter item by item in
+    ``[id, latest, count, cadence read?, cadence]`` rows (psycopg dumps a list parameter item by item in
     Python; json.dumps does it in C)."""
     rows = sa.func.json_array_elements(sa.cast(sa.bindparam("batch", type_=sa.String), postgresql.JSON))
     item = rows.table_valued("value").render_derived(name="item")
@@ -121,7 +152,8 @@ def _activity_from_json() -> sa.Update:
         sa.cast(value.op("->>")(0), sa.Integer).label("id"),
         sa.cast(value.op("->>")(1), postgresql.TIMESTAMP(timezone=True)).label("latest"),
         sa.cast(value.op("->>")(2), sa.Integer).label("count"),
-        sa.cast(value.op("->>")(3), sa.Float).label("cadence"),
+        sa.cast(value.op("->>")(3), sa.Boolean).label("read"),
+        sa.cast(value.op("->>")(4), sa.Float).label("cadence"),
     ).subquery("batch")
     return (
         sa.update(_customer)
@@ -129,7 +161,7 @@ def _activity_from_json() -> sa.Update:
         .values(
             last_active_at=later_of(_customer.c.last_active_at, batch.c.latest, value_may_be_null=False),
             activity_count=_customer.c.activity_count + batch.c.count,
-            cadence_days=batch.c.cadence,
+            cadence_days=sa.case((batch.c.read, batch.c.cadence), else_=_customer.c.cadence_days),
             updated_at=sa.bindparam("now", type_=_customer.c.updated_at.type),
         )
     )

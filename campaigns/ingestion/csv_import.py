@@ -22,6 +22,7 @@ from campaigns.errors import CsvFormatError
 from campaigns.ingestion.customers import upsert_customer_values
 from campaigns.ingestion.events import record_events
 from campaigns.ingestion.fast_customers import customer_reader
+from campaigns.ingestion.fast_events import event_reader
 from campaigns.ingestion.records import DATETIME_FIELDS, CustomerIn, EventIn, validation_message
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ def import_csv(
         reader = csv.reader(source)
         header, header_line = _read_header(reader, path)
         columns = _column_names(header, kind, path, header_line)
-        # Plainly valid customer rows skip the model (same values); the rest go through it.
-        fast = customer_reader(columns) if kind == "customers" else None
+        # Plainly valid rows skip the model (same values); the rest go through it.
+        fast = customer_reader(columns) if kind == "customers" else event_reader(columns)
 
         def rejects(cells: list[str], message: str) -> None:
             if on_reject is not None:

@@ -45,7 +45,7 @@ class UpsertResult:
 def known_customers(
     session: Session, external_ids: Iterable[str], *, lock: bool = False
 ) -> dict[str, Any]:
-    """external_id -> row(id, external_id, timezone) for those that exist, in few queries.
+    """external_id -> row(id, external_id, timezone, activity_count) for those that exist.
 
     ``lock`` takes the customers' rows (PostgreSQL; SQLite serializes writers anyway) so
     that concurrent batches for one customer take turns: each then recomputes the cadence
@@ -57,7 +57,9 @@ def known_customers(
     # PostgreSQL: the ids as one array, not an IN list rendered afresh for every chunk; sent
     # as JSON, which json.dumps writes in C (psycopg dumps a list parameter item by item).
     for chunk in [keys] if postgres else chunks(keys):
-        query = sa.select(_customer.c.id, _customer.c.external_id, _customer.c.timezone).where(
+        query = sa.select(
+            _customer.c.id, _customer.c.external_id, _customer.c.timezone, _customer.c.activity_count
+        ).where(
             _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
             else _customer.c.external_id.in_(chunk)
         )

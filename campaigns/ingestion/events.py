@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 import campaigns.ingestion.bulk as bulk
 from campaigns.ingestion.activity import apply_activity, cancel_customers
 from campaigns.ingestion.customers import known_customers
+from campaigns.ingestion.fast_events import EventValues
 from campaigns.ingestion.records import EventIn, to_utc
 from campaigns.models import Event
 
@@ -50,7 +51,7 @@ def derived_client_id(customer_id: str, name: str, occurred_at: datetime, proper
 
 def record_events(
     session: Session,
-    records: Sequence[EventIn],
+    records: Sequence[EventIn | EventValues],
     *,
     non_activity_events: frozenset[str],
     now: datetime | None = None,
@@ -62,7 +63,9 @@ def record_events(
     activity.  Unknown customers are reported per record.  Does not commit.
     """
     stamp = now or datetime.now(UTC)
+    latest_allowed = stamp + FUTURE_TOLERANCE
     result = EventResult()
+    version = _commits_by_others(session)
     known = known_customers(session, (r.customer_id for r in records), lock=True)
     rows: dict[str, dict[str, Any]] = {}
     for index, record in enumerate(records):
@@ -75,8 +78,10 @@ def record_events(
                 "(import the customer before their events)",
             ))
             continue
-        occurred_at = to_utc(record.occurred_at, customer.timezone)
-        if occurred_at > stamp + FUTURE_TOLERANCE:
+        occurred_at = record.occurred_at
+        if occurred_at.tzinfo is not UTC:  # the usual offset, +00:00, is UTC already
+            occurred_at = to_utc(occurred_at, customer.timezone)
+        if occurred_at > latest_allowed:
             result.errors.append((
                 index,
                 f"occurred_at: {occurred_at:%Y-%m-%dT%H:%M:%SZ} is in the future (now "
@@ -96,8 +101,8 @@ def record_events(
     if not rows:
         return result
 
-    stored = set(bulk.insert_returning(session, _event, list(rows.values()), conflict="client_id",
-                                       returning="client_id"))
+    stored = bulk.insert_returning(session, _event, list(rows.values()), conflict="client_id",
+                                   returning="client_id")
     result.inserted = len(stored)
     result.duplicates += len(rows) - len(stored)
 
@@ -111,6 +116,19 @@ def record_events(
             previous = cancellations.get(row["customer_id"])
             if previous is None or row["occurred_at"] > previous:
                 cancellations[row["customer_id"]] = row["occurred_at"]
-    apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp)
+    # The activity counts read above are those this transaction updates: PostgreSQL locked
+    # the rows; SQLite reads outside a transaction until the INSERT takes the write lock, so
+    # they hold only if no other connection committed in between.
+    counts = ({customer.id: customer.activity_count for customer in known.values()}
+              if _commits_by_others(session) == version else None)
+    apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp,
+                   stored_counts=counts)
     cancel_customers(session, cancellations, now=stamp)
     return result
+
+
+def _commits_by_others(session: Session) -> int | None:
+    """SQLite: a number that changes whenever another connection commits; None elsewhere."""
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    return int(session.connection().exec_driver_sql("PRAGMA data_version").scalar_one())
