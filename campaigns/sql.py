@@ -73,6 +73,19 @@ def json_rows(dialect: str, columns: Sequence[tuple[str, Any]], *, param: str = 
     return sa.select(*typed).select_from(items).subquery("batch")
 
 
+def constant(value: str | int) -> ColumnElement[Any]:
+    """One of the code's own constants (a status, a verdict) written into the SQL.
+
+    Not a bound parameter: nothing to process at each execution, nothing to compile but the
+    text.  Never for values from rules.yaml or the database, which stay bound.
+    """
+    if isinstance(value, int):
+        return sa.literal_column(str(int(value)), sa.Integer())
+    if not value.replace("_", "").isalnum():
+        raise ValueError(f"constant {value!r} is not a plain word: bind it instead")
+    return sa.literal_column(f"'{value}'", sa.String())
+
+
 # ---------------------------------------------------------------- reference moments
 
 
@@ -129,6 +142,35 @@ def per_dialect(*, sqlite: Callable[..., str], default: Callable[..., str]) -> C
                 return render(*(compiler.process(clause, **kw) for clause in element.clauses))
 
             compiles(cls, *dialects)(compile_sql)
+        return cls
+
+    return register
+
+
+def fixed_sql(template: str) -> Callable[[F], F]:
+    """Compile a function element to ``template`` on every dialect, ``{0}``, ``{1}`` … being
+    its arguments, compiled in order.
+
+    For SQL whose shape never varies (the planner's per-customer guards): one ``format``
+    instead of building and compiling a tree of Core elements, which is most of what a
+    freshly started pass spends before its first query (bench P1).  Anything that changes
+    the SQL must be an argument, never a Python attribute: the compiled form is cached on
+    the arguments alone.
+    """
+
+    def register(cls: F) -> F:
+        element_class: Any = cls
+        element_class.name = cls.__name__
+        element_class.inherit_cache = True
+
+        def compile_sql(element: Any, compiler: Any, **kw: Any) -> str:
+            # post_process_text doubles the template's own % for pyformat drivers (psycopg).
+            text: str = compiler.post_process_text(template)
+            return text.format(
+                *(compiler.process(clause, **kw) for clause in element.clauses)
+            )
+
+        compiles(cls)(compile_sql)
         return cls
 
     return register

@@ -19,7 +19,7 @@ from sqlmodel import col
 
 from campaigns.delivery import outbox
 from campaigns.models import Customer, Delivery, DeliveryStatus
-from campaigns.planning.verdicts import IN_FLIGHT
+from campaigns.planning.guards import IN_FLIGHT
 from campaigns.rules import Campaign, FrequencyCap, Rules
 
 RETRIABLE = (DeliveryStatus.failed, DeliveryStatus.unknown)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from campaigns.planning.conversions import credit_conversions
 from campaigns.planning.explain import PastDelivery, Verdict, explain, past_deliveries
+from campaigns.planning.guards import IN_FLIGHT
 from campaigns.planning.planner import CampaignPlan, PassResult, Planner
 from campaigns.planning.state import approve
-from campaigns.planning.verdicts import IN_FLIGHT
 
 __all__ = [
     "IN_FLIGHT",

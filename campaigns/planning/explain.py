@@ -17,8 +17,8 @@ from sqlmodel import col
 
 from campaigns.delivery.sendwindow import WAITING, next_send_time
 from campaigns.models import Customer, Delivery, DeliveryStatus, Suppression, UTCDateTime
+from campaigns.planning.guards import IN_FLIGHT
 from campaigns.planning.planner import CampaignPlan, Planner
-from campaigns.planning.verdicts import IN_FLIGHT
 from campaigns.rules import Campaign, Rules
 from campaigns.rules.condition_sql import SqlContext, compile_condition, reference_column
 from campaigns.rules.conditions import (

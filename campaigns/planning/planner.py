@@ -25,7 +25,7 @@ from campaigns.planning.splits import variant_columns
 from campaigns.planning.state import PassState, blast_guard_reason, locked_states, save_states
 from campaigns.planning.verdicts import VERDICTS, VerdictQuery
 from campaigns.rules import Campaign, Rules
-from campaigns.sql import dialect_insert
+from campaigns.sql import constant, dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,9 @@ class Planner:
         """Insert the sendable and held-out rows; return (id, status) of those actually new."""
         new_status = DeliveryStatus.held if held else DeliveryStatus.queued
         status = sa.case(
-            (selection.c.verdict == "held_out", sa.literal(DeliveryStatus.held_out.value)),
-            (selection.c.verdict == "capped", sa.literal(DeliveryStatus.skipped.value)),
-            else_=sa.literal(new_status.value),
+            (selection.c.verdict == constant("held_out"), constant(DeliveryStatus.held_out)),
+            (selection.c.verdict == constant("capped"), constant(DeliveryStatus.skipped)),
+            else_=constant(new_status),
         )
         template, variant = variant_columns(campaign, selection.c.customer_id)
         recorded = ["send", "held_out"] + (["capped"] if campaign.over_cap == "skip" else [])
@@ -263,13 +263,13 @@ class Planner:
                 status,
                 template,
                 variant,
-                sa.literal(0),
+                constant(0),
                 now,
                 now,
                 now,
                 now if not held else sa.null(),
             )
-            .where(selection.c.verdict.in_(recorded))
+            .where(selection.c.verdict.in_([constant(verdict) for verdict in recorded]))
             .order_by(selection.c.customer_id)
         )
         if campaign.max_per_pass is not None:

@@ -46,12 +46,15 @@ def locked_states(session: Session, campaign_ids: Sequence[str]) -> dict[str, Pa
     """
     if not campaign_ids:
         return {}
-    rows_in = [{"campaign_id": i} for i in sorted(campaign_ids)]
-    insert = dialect_insert(session, CAMPAIGN_STATE).values(rows_in)
+    insert = dialect_insert(session, CAMPAIGN_STATE)
+    # Executed with one parameter set per campaign, not built with .values(list): SQLAlchemy
+    # still sends a single multi-row INSERT, but compiles it once per process rather than at
+    # every pass (a multi-VALUES statement is never cached).
     rows = session.connection().execute(
         insert.on_conflict_do_update(
             index_elements=[CAMPAIGN_STATE.c.campaign_id], set_={"campaign_id": insert.excluded.campaign_id}
-        ).returning(*(CAMPAIGN_STATE.c[name] for name in _READ))
+        ).returning(*(CAMPAIGN_STATE.c[name] for name in _READ)),
+        [{"campaign_id": i} for i in sorted(campaign_ids)],
     )
     return {row.campaign_id: PassState(*row) for row in rows}
 

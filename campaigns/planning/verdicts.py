@@ -14,14 +14,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
-from campaigns.models import CUSTOMER, DELIVERY, EVENT, SUPPRESSION, DeliveryStatus, UTCDateTime
+from campaigns.models import CUSTOMER, EVENT, UTCDateTime
+from campaigns.planning.guards import (
+    cooling_down,
+    over_campaign_cap,
+    over_cap,
+    sent_this_episode,
+    suppressed,
+    taken_this_pass,
+)
 from campaigns.planning.splits import held_out
-from campaigns.rules import Campaign, FrequencyCap, Rules, SqlContext, compile_condition
-from campaigns.sql import epoch_seconds, inactive_since
+from campaigns.rules import Campaign, Rules, SqlContext, compile_condition
+from campaigns.sql import constant, epoch_seconds, inactive_since
 
-# Deliveries that are, or will be, real messages: they count against frequency caps.
-IN_FLIGHT = (DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent, DeliveryStatus.held)
-COOLING = (*IN_FLIGHT, DeliveryStatus.held_out)
 VERDICTS = (
     "no_match",
     "already_sent",
@@ -56,60 +61,32 @@ class VerdictQuery:
         # One send per absence: coming back starts a new episode.
         return sa.literal("active:") + sa.cast(epoch_seconds(inactive_since()), sa.String)
 
-    def _recent(self, per: timedelta) -> ColumnElement[bool]:
-        return sa.func.coalesce(DELIVERY.c.sent_at, DELIVERY.c.created_at) > self.now - per
-
-    def _capped(self, cap: FrequencyCap, campaign_id: str | None) -> ColumnElement[bool]:
-        count = sa.select(sa.func.count()).where(
-            DELIVERY.c.customer_id == CUSTOMER.c.id,
-            DELIVERY.c.status.in_(IN_FLIGHT),
-            self._recent(cap.per),
-        )
-        if campaign_id is not None:
-            count = count.where(DELIVERY.c.campaign_id == campaign_id)
-        return count.scalar_subquery() >= cap.max
-
     def verdict(self, campaign: Campaign, episode: ColumnElement[str]) -> ColumnElement[str]:
         """Why a customer matching the conditions would or would not get this campaign."""
-        mine = sa.and_(
-            DELIVERY.c.customer_id == CUSTOMER.c.id, DELIVERY.c.campaign_id == campaign.id
-        )
-        cases: list[tuple[ColumnElement[bool], str]] = [
-            (
-                sa.select(DELIVERY.c.id).where(mine, DELIVERY.c.episode == episode).exists(),
-                "already_sent",
-            ),
+        customer, now = CUSTOMER.c.id, self.now_literal()
+        campaign_id = sa.literal(campaign.id)
+        cases: list[tuple[ColumnElement[bool], ColumnElement[str]]] = [
+            (sent_this_episode(customer, campaign_id, episode), constant("already_sent")),
         ]
         if campaign.cooldown is not None:
-            # Held-out rows start a cooldown too, so both groups are paced alike.
-            spaced = sa.select(DELIVERY.c.id).where(
-                mine, self._recent(campaign.cooldown), DELIVERY.c.status.in_(COOLING)
-            )
-            cases.append((spaced.exists(), "cooldown"))
-        suppressed = sa.or_(
-            CUSTOMER.c.unsubscribed_at.is_not(None),
-            sa.select(SUPPRESSION.c.id)
-            .where(SUPPRESSION.c.email == sa.func.lower(CUSTOMER.c.email))
-            .exists(),
-        )
-        cases.append((suppressed, "suppressed"))
+            cooling = cooling_down(customer, campaign_id, self._since(campaign.cooldown))
+            cases.append((cooling, constant("cooldown")))
+        cases.append((suppressed(CUSTOMER.c.unsubscribed_at, CUSTOMER.c.email), constant("suppressed")))
         # At most one campaign per customer per pass: the higher priority ran first.
-        taken = (
-            sa.select(DELIVERY.c.id)
-            .where(
-                DELIVERY.c.customer_id == CUSTOMER.c.id,
-                DELIVERY.c.created_at >= self.now_literal(),
-                DELIVERY.c.status.in_(IN_FLIGHT),
-            )
-            .exists()
-        )
-        cases.append((taken, "other_campaign"))
-        for cap, scope in ((self.rules.defaults.frequency_cap, None), (campaign.frequency_cap, campaign.id)):
-            if cap is not None:
-                cases.append((self._capped(cap, scope), "capped"))
+        cases.append((taken_this_pass(customer, now), constant("other_campaign")))
+        cap = self.rules.defaults.frequency_cap
+        if cap is not None:
+            cases.append((over_cap(customer, self._since(cap.per), cap.max), constant("capped")))
+        cap = campaign.frequency_cap
+        if cap is not None:
+            over = over_campaign_cap(customer, self._since(cap.per), cap.max, campaign_id)
+            cases.append((over, constant("capped")))
         if campaign.holdout > 0:
-            cases.append((held_out(CUSTOMER.c.id, campaign), "held_out"))
-        return sa.case(*cases, else_="send")
+            cases.append((held_out(customer, campaign), constant("held_out")))
+        return sa.case(*cases, else_=constant("send"))
+
+    def _since(self, per: timedelta) -> ColumnElement[datetime]:
+        return sa.literal(self.now - per, UTCDateTime())
 
     def selection(self, campaign: Campaign, fire: datetime | None) -> sa.Select[*tuple[Any, ...]]:
         """Every customer matching the campaign's conditions: (customer_id, episode, verdict)."""
