@@ -48,8 +48,9 @@ class Roles:
     webhook_worker: dramatiq.Worker | None = None
     stopping: threading.Event | None = None  # the runtime's: set first by stop()
 
-    def enqueue(self, ids: list[int]) -> int:
-        return enqueue_many(self.actors.deliver_batch, ids, batch=batch_size(len(ids)))
+    def enqueue(self, ids: list[int], *, batch: int | None = None) -> int:
+        """Send ``ids`` in deliver_batch messages of ``batch`` ids (default: by the pass's size)."""
+        return enqueue_many(self.actors.deliver_batch, ids, batch=batch or batch_size(len(ids)))
 
     def stop(self, timeout_s: float = 30.0, *, abort_sends: Callable[[], None] | None = None) -> None:
         """Let in-flight sends finish for ``timeout_s``; then ``abort_sends`` (cut their connections).

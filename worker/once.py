@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection
@@ -69,10 +69,9 @@ def run_once(
     helpers = [_Helper.fork(rt, workers=workers) for _ in range(max(0, processes - 1))]
     roles = start_roles(rt, workers=workers)
     try:
-        lanes: list[Enqueue] = [roles.enqueue, *(helper.enqueue for helper in helpers)]
         # Nothing survives in an in-process queue: everything queued and due is ours to send.
         stale_after = timedelta(0) if is_in_process(roles.broker) else None
-        report = run_pass(rt, _dealt(lanes), stale_after=stale_after)
+        report = run_pass(rt, _dealt(roles, helpers), stale_after=stale_after)
         ids = report.result.queued_ids + report.swept_ids
         _wait_until_settled(rt, ids, timeout)
     finally:
@@ -90,8 +89,16 @@ def run_once(
     )
 
 
-def _dealt(lanes: list[Enqueue]) -> Enqueue:
-    """An enqueue that deals batches of ids out to ``lanes`` in turn."""
+def _dealt(own: Roles, helpers: Sequence[_Helper]) -> Enqueue:
+    """An enqueue that deals batches of ids out to this process and the helpers in turn.
+
+    The batches are cut here, for the whole pass, and each lane sends its own as they
+    come: a lane cutting them again would send the pass in sixteenths of a batch.
+    """
+    if not helpers:
+        return own.enqueue
+    lanes: list[Callable[[list[int]], object]] = [
+        lambda ids: enqueue_as_one(own, ids), *(helper.enqueue for helper in helpers)]
     turn = [0]
 
     def enqueue(ids: list[int]) -> int:
@@ -100,7 +107,12 @@ def _dealt(lanes: list[Enqueue]) -> Enqueue:
             turn[0] += 1
         return len(ids)
 
-    return enqueue if len(lanes) > 1 else lanes[0]
+    return enqueue
+
+
+def enqueue_as_one(roles: Roles, ids: list[int]) -> int:
+    """One dealt batch, as one deliver_batch message."""
+    return roles.enqueue(ids, batch=len(ids))
 
 
 class _Helper:
@@ -156,7 +168,7 @@ def _helper_main(rt: Runtime, workers: int, conn: Connection, parents: Connectio
                 break
             if ids is None:
                 break
-            roles.enqueue(ids)
+            enqueue_as_one(roles, ids)
     finally:
         if roles is not None:
             roles.stop(rt.settings.shutdown_grace_seconds, abort_sends=lambda: rt.transport.close())
