@@ -151,7 +151,12 @@ NON_ASCII = RenderedMessage(subject="Wir vermissen dich, Zoë — ein Angebot",
                             text="Grüße, Zoë\n" + "x" * 1200 + "\n", html="<p>Grüße</p>")
 
 
-@pytest.mark.parametrize("rendered", [TEXT_ONLY, WITH_HTML, NON_ASCII], ids=["text", "html", "non-ascii"])
+MIXED_LINE_ENDS = RenderedMessage(subject="Lines", text="one\r\ntwo\rthree\nfour\x0cstill four\n",
+                                  html="<p>a</p>\r\n<p>b</p>\r<p>c</p>")
+
+
+@pytest.mark.parametrize("rendered", [TEXT_ONLY, WITH_HTML, NON_ASCII, MIXED_LINE_ENDS],
+                         ids=["text", "html", "non-ascii", "mixed-line-ends"])
 def test_the_send_paths_wire_bytes_are_the_same_email(rendered: RenderedMessage) -> None:
     arguments: dict[str, object] = {
         "rendered": rendered, "sender": "Zoë Acme <hello@acme.example>", "to": "ada@example.com",

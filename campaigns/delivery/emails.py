@@ -24,7 +24,6 @@ import email.quoprimime
 import email.utils
 import io
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,11 +204,16 @@ def outgoing(message: EmailMessage | OutgoingEmail) -> OutgoingEmail:
                          data=buffer.getvalue(), smtputf8=international)
 
 
-_LINE_END = re.compile(r"\r\n|\r|\n")
+def _lines(text: str) -> list[str]:
+    """``text`` split at CRLF, CR or LF (not at the other breaks str.splitlines knows)."""
+    # str.split is several times faster than a regex over a whole body.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
 
 
 def _part(subtype: str, text: str) -> str:
-    lines = _LINE_END.split(text)
+    lines = _lines(text)
     if lines and lines[-1] == "":
         lines.pop()
     cte = _transfer_encoding(text, lines)
