@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 import campaigns.ingestion.csv_import as csv_import
 from campaigns.ingestion import CustomerIn, upsert_customers
@@ -22,6 +22,7 @@ from campaigns.ingestion.fast_events import EventValues, event_reader
 from campaigns.ingestion.records import EventIn
 from campaigns.models import Customer, Event
 from tests.test_ingest import engine  # noqa: F401  (the fixture: SQLite and PostgreSQL)
+from worker.database import make_engine
 
 HEADERS = [
     ["id", "customer_id", "event", "occurred_at", "properties"],
@@ -153,3 +154,35 @@ def test_stored_rows_and_rejects_match_the_model_path(
     assert fast[1] == slow[1]
     assert fast[2] == slow[2]
     assert fast[0].rejected_count > 20 and fast[0].inserted > 50
+
+
+def test_batches_get_a_larger_sqlite_cache_and_the_pool_gets_its_settings_back(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = make_engine(f"sqlite:///{tmp_path / 'settings.db'}")
+    SQLModel.metadata.create_all(made)
+    names = ("cache_size", "wal_autocheckpoint")
+
+    def settings_of(connection: Any) -> list[Any]:
+        return [connection.exec_driver_sql(f"PRAGMA {name}").scalar_one() for name in names]
+
+    during: list[list[Any]] = []
+    write_batch = csv_import._write_batch
+
+    def observed(session: Session, *args: Any) -> None:
+        during.append(settings_of(session.connection()))
+        write_batch(session, *args)
+
+    monkeypatch.setattr(csv_import, "_write_batch", observed)
+    try:
+        with Session(made) as session:
+            upsert_customers(session, [CustomerIn.model_validate({"id": "c0", "email": "c0@example.com"})])
+            session.commit()
+            text = "customer_id,event,occurred_at\n" + "c0,login,2024-03-01T10:00:00Z\n" * 3
+            import_csv(session, io.StringIO(text), "events", batch_size=1)
+        with made.connect() as connection:
+            after = settings_of(connection)
+    finally:
+        made.dispose()
+    assert during == [[-65_536, 30_000]] * 3
+    assert after == [-2000, 1000]  # SQLite's defaults

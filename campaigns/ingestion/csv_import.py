@@ -18,6 +18,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+import campaigns.ingestion.bulk as bulk
 from campaigns.errors import CsvFormatError
 from campaigns.ingestion.customers import upsert_customer_values
 from campaigns.ingestion.events import record_events
@@ -139,6 +140,7 @@ def import_csv(
             nonlocal batch, read_since_flush
             if batch:
                 try:
+                    bulk.batch_pragmas(session)
                     _write_batch(session, kind, batch, report, rejects, non_activity_events)
                     session.commit()
                 except Exception:
