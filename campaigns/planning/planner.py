@@ -20,12 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from campaigns.models import CUSTOMER, DELIVERY, DeliveryStatus
+from campaigns.planning.recording import delivery_insert
 from campaigns.planning.schedule import next_fire, scheduled_fire
-from campaigns.planning.splits import variant_columns
 from campaigns.planning.state import PassState, blast_guard_reason, locked_states, save_states
 from campaigns.planning.verdicts import VERDICTS, VerdictQuery
 from campaigns.rules import Campaign, Rules
-from campaigns.sql import constant, dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,9 @@ _PLAN_SELECTION = sa.Table(
     sa.Column("verdict", sa.String(20), nullable=False),
     prefixes=["TEMPORARY"],
 )
+# The same objects every pass: SQLAlchemy keeps their cache keys, not only their compiled forms.
+_CLEAR = sa.text("DELETE FROM plan_selection")
+_COUNTED = sa.select(_PLAN_SELECTION.c.verdict, sa.func.count()).group_by(_PLAN_SELECTION.c.verdict)
 
 
 @dataclass
@@ -214,10 +216,9 @@ class Planner:
             # statement too, over the INSERT's RETURNING, made a 1M pass 15 % slower.)
             connection.execute(fill.add_cte(sa.delete(table).cte("cleared")))
         else:
-            connection.execute(sa.text("DELETE FROM plan_selection"))
+            connection.execute(_CLEAR)
             connection.execute(fill)
-        counted = sa.select(table.c.verdict, sa.func.count()).group_by(table.c.verdict)
-        return {verdict: count for verdict, count in connection.execute(counted)}
+        return {verdict: count for verdict, count in connection.execute(_COUNTED)}
 
     def _earlier(self, session: Session, campaign: Campaign, selection: sa.Table) -> dict[str, int]:
         """What became of the deliveries that make customers "already_sent", by status."""
@@ -243,58 +244,12 @@ class Planner:
         return self._total_customers
 
     def _insert(
-        self, session: Session, campaign: Campaign, selection: sa.FromClause, *, held: bool
+        self, session: Session, campaign: Campaign, selection: sa.Table, *, held: bool
     ) -> list[tuple[int, str]]:
         """Insert the sendable and held-out rows; return (id, status) of those actually new."""
-        new_status = DeliveryStatus.held if held else DeliveryStatus.queued
-        status = sa.case(
-            (selection.c.verdict == constant("held_out"), constant(DeliveryStatus.held_out)),
-            (selection.c.verdict == constant("capped"), constant(DeliveryStatus.skipped)),
-            else_=constant(new_status),
+        connection = session.connection()
+        statement, parameters = delivery_insert(
+            connection.dialect.name, selection, campaign, held=held, now=self.now
         )
-        template, variant = variant_columns(campaign, selection.c.customer_id)
-        recorded = ["send", "held_out"] + (["capped"] if campaign.over_cap == "skip" else [])
-        now = self.verdicts.now_literal()
-        rows = (
-            sa.select(
-                sa.literal(campaign.id),
-                selection.c.customer_id,
-                selection.c.episode,
-                status,
-                template,
-                variant,
-                constant(0),
-                now,
-                now,
-                now,
-                now if not held else sa.null(),
-            )
-            .where(selection.c.verdict.in_([constant(verdict) for verdict in recorded]))
-            .order_by(selection.c.customer_id)
-        )
-        if campaign.max_per_pass is not None:
-            rows = rows.limit(campaign.max_per_pass)
-        columns = [
-            "campaign_id",
-            "customer_id",
-            "episode",
-            "status",
-            "template",
-            "variant",
-            "attempts",
-            "due_at",
-            "created_at",
-            "updated_at",
-            "enqueued_at",
-        ]
-        # The table, not the ORM entity: the ORM's bulk-insert path turns each returned row
-        # into an object first, which cost more than the INSERT itself (bench P1).
-        table = DELIVERY
-        insert = dialect_insert(session, table)
-        statement = (
-            insert.from_select(columns, rows)
-            .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "episode"])
-            .returning(table.c.id, table.c.status)
-        )
-        inserted: list[tuple[int, str]] = session.connection().execute(statement).all()  # type: ignore[assignment]
+        inserted: list[tuple[int, str]] = connection.execute(statement, parameters).all()  # type: ignore[assignment]
         return inserted
