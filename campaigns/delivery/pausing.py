@@ -62,14 +62,15 @@ def pause(
 
 def reset_policy_failures(session: Session, campaign_ids: Collection[str]) -> None:
     """A send ends these campaigns' runs of policy rejections (one statement per chunk sent)."""
-    # Core and one shape for any number of campaigns: it runs with every chunk of sends.
-    session.execute(
-        sa.update(_state)
-        .where(_state.c.campaign_id.in_(sa.bindparam("ids", expanding=True)),
-               _state.c.policy_failures > 0)
-        .values(policy_failures=0),
-        {"ids": sorted(campaign_ids)},
-    )
+    session.execute(_RESET, {"ids": sorted(campaign_ids)})
+
+
+# Core, built once, one shape for any number of campaigns: it runs with every chunk of sends.
+_RESET = (
+    sa.update(_state)
+    .where(_state.c.campaign_id.in_(sa.bindparam("ids", expanding=True)), _state.c.policy_failures > 0)
+    .values(policy_failures=0)
+)
 
 
 def paused_reason(session: Session, campaign_id: str) -> str | None:
