@@ -41,7 +41,11 @@ def chunks(ids: Sequence[T], size: int = ID_CHUNK) -> Iterator[Sequence[T]]:
 
 def dialect_insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT (with ``on_conflict_do_*``) for a table or model class."""
-    name = session.get_bind().dialect.name
+    return insert_for(session.get_bind().dialect.name, table)
+
+
+def insert_for(name: str, table: Any) -> Any:
+    """``dialect_insert`` by the dialect's name, for statements built once per dialect."""
     if name == "sqlite":
         return sqlite.insert(table)
     if name == "postgresql":

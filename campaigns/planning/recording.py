@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from campaigns.models import DELIVERY, DeliveryStatus, UTCDateTime
 from campaigns.planning.splits import variant_columns
 from campaigns.rules import Campaign
-from campaigns.sql import constant
+from campaigns.sql import constant, insert_for
 
 COLUMNS = (
     "campaign_id",
@@ -82,9 +81,10 @@ def _build(shape: tuple[str, bool, bool, bool], selection: sa.Table, split: tupl
         rows = rows.limit(sa.bindparam("max_per_pass", type_=sa.Integer()))
     # The table, not the ORM entity: the ORM's bulk-insert path turns each returned row
     # into an object first, which cost more than the INSERT itself (bench P1).
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(DELIVERY)
-    return (
+    insert = insert_for(dialect, DELIVERY)
+    statement: Insert = (
         insert.from_select(list(COLUMNS), rows)
         .on_conflict_do_nothing(index_elements=["campaign_id", "customer_id", "episode"])
         .returning(DELIVERY.c.id, DELIVERY.c.status)
     )
+    return statement
