@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 import campaigns.ingestion.bulk as bulk
 from campaigns.models import Customer, CustomerStatus, Event
-from campaigns.sql import chunks
+from campaigns.sql import chunks, json_rows
 
 # A cadence describes recent habits: the gaps between the last CADENCE_DAYS + 1 active days.
 CADENCE_DAYS = 20
@@ -145,16 +145,10 @@ def _activity_from_json() -> sa.Update:
     """PostgreSQL: apply_activity's update with the batch as one JSON parameter of
     ``[id, latest, count, cadence read?, cadence]`` rows (psycopg dumps a list parameter item by item in
     Python; json.dumps does it in C)."""
-    rows = sa.func.json_array_elements(sa.cast(sa.bindparam("batch", type_=sa.String), postgresql.JSON))
-    item = rows.table_valued("value").render_derived(name="item")
-    value = item.c.value
-    batch = sa.select(
-        sa.cast(value.op("->>")(0), sa.Integer).label("id"),
-        sa.cast(value.op("->>")(1), postgresql.TIMESTAMP(timezone=True)).label("latest"),
-        sa.cast(value.op("->>")(2), sa.Integer).label("count"),
-        sa.cast(value.op("->>")(3), sa.Boolean).label("read"),
-        sa.cast(value.op("->>")(4), sa.Float).label("cadence"),
-    ).subquery("batch")
+    batch = json_rows("postgresql", [
+        ("id", sa.Integer()), ("latest", postgresql.TIMESTAMP(timezone=True)), ("count", sa.Integer()),
+        ("read", sa.Boolean()), ("cadence", sa.Float()),
+    ], param="batch")
     return (
         sa.update(_customer)
         .where(_customer.c.id == batch.c.id)
