@@ -174,7 +174,7 @@ class Bench:
                 if profile is not None:
                     self.results.profiles[f"P3 end to end, run --once, {sz(n)} customers"] = \
                         profiles.summarize(profile)
-                self._p3_row(f"P3 end to end, `run --once --processes {e2e.ONCE_PROCESSES} --workers "
+                self._p3_row(f"P3 end to end, `run --once --processes {ours['processes']} --workers "
                              f"{e2e.ONCE_THREADS}` (SQLite, in-process broker), "
                              f"{sz(n)} customers", ours, plain)
                 if "postgresql" not in self.backends:
@@ -182,9 +182,10 @@ class Bench:
                 with self.database("postgresql", f"p3_{n}") as url, services.redis_server() as redis_url:
                     data.load(url, n, self.now)
                     ours = child.run("bench.e2e:scaled", url=url, smtp_port=port, redis_url=redis_url,
-                                     processes=2, threads=4)
+                                     processes=e2e.SCALED_PROCESSES, threads=e2e.SCALED_THREADS)
                     plain = child.run("bench.e2e:plain_loop", url=url, smtp_port=port, n=ours["sent"])
-                self._p3_row(f"P3 end to end, PostgreSQL + Redis, 2 `retention worker` × 4 threads, "
+                self._p3_row(f"P3 end to end, PostgreSQL + Redis, {e2e.SCALED_PROCESSES} `retention "
+                             f"worker` × {e2e.SCALED_THREADS} threads, "
                              f"{sz(n)} customers", ours, plain,
                              extra=f"; pass + bulk enqueue {ours['plan_seconds']:.1f} s")
 

@@ -33,9 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = Path(__file__).resolve().parent / "rules.yaml"
 RETENTION = Path(sys.executable).parent / "retention"
 SAMPLE = 2000  # distinct pre-rendered messages the reference cycles through
-# `retention run --once --workers 8`: with SQLite one process is the fastest (one writer at a time).
-ONCE_PROCESSES = int(os.environ.get("BENCH_ONCE_PROCESSES", "1"))
-ONCE_THREADS = int(os.environ.get("BENCH_ONCE_THREADS", "8"))
+# `retention run --once --workers 2`: --processes as the CLI's default (one per core).  Two
+# threads a process keep a sink on this machine busy; with more, most wait for the one SQLite
+# writer (py-spy: in a hand-over's first UPDATE).  The default, 8, is for a relay across a
+# network (README).
+ONCE_PROCESSES = int(os.environ.get("BENCH_ONCE_PROCESSES", "0"))  # 0: the CLI's default
+ONCE_THREADS = int(os.environ.get("BENCH_ONCE_THREADS", "2"))
+# `retention worker --threads N` processes of the PostgreSQL + Redis set-up.
+SCALED_PROCESSES = int(os.environ.get("BENCH_WORKER_PROCESSES", "2"))
+SCALED_THREADS = int(os.environ.get("BENCH_WORKER_THREADS", "4"))
 
 
 def settings(url: str, smtp_port: int, broker_url: str = "") -> Settings:
@@ -57,9 +63,10 @@ def _statuses(engine: sa.engine.Engine) -> dict[str, int]:
 def once(
     url: str, smtp_port: int, threads: int = ONCE_THREADS, processes: int = ONCE_PROCESSES
 ) -> dict[str, Any]:
-    from worker.once import run_once
+    from worker.once import default_processes, run_once
 
     rt = runtime.build(settings(url, smtp_port), migrate=False)
+    processes = processes or default_processes(rt)
     before = _statuses(rt.engine).get(DeliveryStatus.sent, 0)
     started = time.perf_counter()
     summary = run_once(rt, workers=threads, processes=processes, timeout=timedelta(hours=2))
@@ -68,7 +75,7 @@ def once(
     rt.close()
     sent = statuses.get(DeliveryStatus.sent, 0) - before
     return {"seconds": seconds, "sent": sent, "per_second": sent / seconds, "pending": summary.pending,
-            "statuses": statuses, "senders_peak_rss_mb": _children_peak_rss_mb()}
+            "statuses": statuses, "senders_peak_rss_mb": _children_peak_rss_mb(), "processes": processes}
 
 
 def scaled(url: str, smtp_port: int, redis_url: str, processes: int = 2, threads: int = 8) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from campaigns.errors import (
 )
 from tests.support.smtp import Certificate, SilentServer, SMTPSink
 from worker.mail import SMTPTransport, mask_url, transport_from_url
+from worker.mail.smtp import dot_stuffed
 
 
 def make_message(to: str = "ada@example.com", subject: str = "We miss you, Ada") -> EmailMessage:
@@ -210,7 +211,7 @@ def test_message_without_from_is_refused_before_connecting(smtp, smtp_sink):
     assert smtp_sink.connections == 0
 
 
-def test_pipelining_sends_the_envelope_and_data_in_one_write_per_message(smtp, smtp_sink, monkeypatch):
+def _count_writes(monkeypatch) -> list[bytes]:
     writes: list[bytes] = []
     send = smtplib.SMTP.send
 
@@ -219,6 +220,11 @@ def test_pipelining_sends_the_envelope_and_data_in_one_write_per_message(smtp, s
         send(self, data)
 
     monkeypatch.setattr(smtplib.SMTP, "send", counting)
+    return writes
+
+
+def test_pipelining_sends_the_envelope_and_data_in_one_write_per_message(smtp, smtp_sink, monkeypatch):
+    writes = _count_writes(monkeypatch)
     for _ in range(3):
         smtp.send(make_message())
     assert len(smtp_sink.wait_for(3)) == 3
@@ -230,6 +236,63 @@ def test_pipelining_sends_the_envelope_and_data_in_one_write_per_message(smtp, s
     else:
         assert len(writes) == 4 * 3  # MAIL, RCPT, DATA and the content, each waiting for its reply
     assert smtp_sink.connections == 1  # one connection, reused
+
+
+def test_the_next_envelope_goes_out_behind_the_content_one_write_per_message(smtp, smtp_sink,
+                                                                            monkeypatch):
+    writes = _count_writes(monkeypatch)
+    messages = [make_message(to=f"reader{i}@example.com") for i in range(4)]
+    for message, then in zip(messages, [*messages[1:], None], strict=True):
+        assert smtp.send(message, then=then).startswith("250")
+    received = smtp_sink.wait_for(4)
+    assert [m.rcpt_tos for m in received] == [[f"reader{i}@example.com"] for i in range(4)]
+    writes = [w for w in writes if not w.lower().startswith(b"ehlo")]
+    if smtp_sink.pipelining:
+        # The first envelope, then each content with the next envelope behind it.
+        assert len(writes) == 1 + 4
+        for write, then in zip(writes[1:4], messages[1:], strict=True):
+            assert b"\r\n.\r\nMAIL FROM:<hello@acme.example>" in write
+            assert write.endswith(f"RCPT TO:<{then['To'].addresses[0].addr_spec}>\r\nDATA\r\n".encode())
+        assert writes[4].endswith(b"\r\n.\r\n")
+    else:
+        assert len(writes) == 4 * 4  # `then` means nothing without PIPELINING
+    assert [m.parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") for m in received] \
+        == ["Hello Ada,\n.\nA line that is just a dot must survive.\n"] * 4
+    assert smtp_sink.connections == 1
+
+
+def test_another_message_sent_than_the_one_announced_goes_out_and_the_announced_one_does_not(
+        smtp, smtp_sink):
+    announced, instead = make_message(to="announced@example.com"), make_message(to="instead@example.com")
+    smtp.send(make_message(to="first@example.com"), then=announced)
+    smtp.send(instead)
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(2)] == [["first@example.com"], ["instead@example.com"]]
+    time.sleep(0.2)
+    assert len(smtp_sink.messages) == 2
+    # The server was waiting for the announced content: that connection could only be dropped.
+    assert smtp_sink.connections == (2 if smtp_sink.pipelining else 1)
+
+
+def test_content_refused_with_the_next_envelope_behind_it_fails_alone(smtp, smtp_sink):
+    smtp_sink.fail_next(1, "554 5.7.1 Message refused as spam")
+    refused, then = make_message(to="spammy@example.com"), make_message(to="next@example.com")
+    with pytest.raises(PermanentDeliveryError, match="refused the message: 554"):
+        smtp.send(refused, then=then)
+    assert smtp.send(then).startswith("250")
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(1)] == [["next@example.com"]]
+    time.sleep(0.2)
+    assert len(smtp_sink.messages) == 1
+
+
+def test_close_with_an_envelope_sent_ahead_makes_no_message_of_it(smtp, smtp_sink):
+    smtp.send(make_message(to="first@example.com"), then=make_message(to="never@example.com"))
+    started = time.monotonic()
+    smtp.close()
+    assert time.monotonic() - started < 0.4  # cut, not a QUIT waited for inside DATA
+    smtp.send(make_message(to="later@example.com"))
+    assert [m.rcpt_tos for m in smtp_sink.wait_for(2)] == [["first@example.com"], ["later@example.com"]]
+    time.sleep(0.2)
+    assert len(smtp_sink.messages) == 2
 
 
 # -- SMTP over TLS ---------------------------------------------------------------
@@ -382,3 +445,16 @@ def test_bad_url_is_a_configuration_error_that_masks_the_password(url, reason):
 )
 def test_mask_url_hides_only_the_password(url, masked):
     assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize(("content", "stuffed"), [
+    (b"Hello\r\n", b"Hello\r\n"),
+    (b".\r\n", b"..\r\n"),
+    (b"a\r\n.\r\nb\r\n", b"a\r\n..\r\nb\r\n"),
+    (b"a\r\n..x\r\n", b"a\r\n...x\r\n"),
+    (b"a\n.bare LF\n", b"a\n..bare LF\n"),
+    (b"no.dot.at.a.line.start\r\n", b"no.dot.at.a.line.start\r\n"),
+    (b"", b""),
+])
+def test_dot_stuffing_adds_a_period_to_every_line_that_starts_with_one(content, stuffed):
+    assert dot_stuffed(content) == stuffed

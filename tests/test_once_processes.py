@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from campaigns.models import DeliveryStatus
 from tests.test_delivery import add_inactive, wait_for_status
 from worker.actors import batch_size
-from worker.once import _dealt, enqueue_as_one, run_once
+from worker.once import MAX_DEFAULT_PROCESSES, _dealt, default_processes, enqueue_as_one, run_once
 
 
 class _Lane:
@@ -52,3 +56,18 @@ def test_two_processes_send_every_email_once(make_runtime, smtp_sink: Any) -> No
     assert len(rows) == 40 and summary.pending == 0
     recipients = [tuple(m.rcpt_tos) for m in smtp_sink.messages]
     assert len(recipients) == len(set(recipients)) == 40
+
+
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_smtp_sends_from_one_process_per_core_by_default(make_runtime, smtp_sink: Any, monkeypatch,
+                                                          cores: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_processes(make_runtime(smtp_sink.url)) == min(cores, MAX_DEFAULT_PROCESSES)
+
+
+@pytest.mark.parametrize("scheme", ["maildir", "console"])
+def test_maildir_and_console_send_from_one_process(make_runtime, tmp_path: Path, monkeypatch,
+                                                   scheme: str) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    url = f"maildir://{tmp_path / 'mail'}" if scheme == "maildir" else "console://"
+    assert default_processes(make_runtime(url)) == 1

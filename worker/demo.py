@@ -61,12 +61,13 @@ class _Bouncing:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+    def send(self, message: Message, *, before_data: BeforeData | None = None,
+             then: Message | None = None) -> str:
         to = outgoing(message).recipients[0]
         if to.endswith("@" + BOUNCING_DOMAIN):
             raise PermanentDeliveryError(f"550 5.1.1 <{to}>: mailbox unknown (demo)",
                                          code=550, enhanced="5.1.1")
-        return self.transport.send(message, before_data=before_data)
+        return self.transport.send(message, before_data=before_data, then=then)
 
     def close(self) -> None:
         self.transport.close()

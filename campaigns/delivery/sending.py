@@ -123,7 +123,7 @@ class Sender:
         handover = _Handover(session, self.clock,
                              announce_sent=any(w.wants("sent") for w in self.rules.webhooks))
         for start in range(0, len(ready), CHUNK):
-            self._send_chunk(session, ready[start:start + CHUNK], handover, batch)
+            self._send_chunk(session, ready[start:start + CHUNK + 1], handover, batch)
         handover.record()
         for delivery_id in delivery_ids:
             batch.outcomes.setdefault(delivery_id, Outcome.skipped)
@@ -261,10 +261,13 @@ class Sender:
                       pausing.POLICY_FAILURES_TO_PAUSE, exc, delivery.campaign_id)
         return Outcome.failed
 
-    def _send_chunk(self, session: Session, chunk: list[Composed], handover: _Handover,
+    def _send_chunk(self, session: Session, chunk_and_next: list[Composed], handover: _Handover,
                     batch: Batch) -> None:
+        """Send a chunk: ``chunk_and_next`` is the chunk and the next chunk's first message (the
+        transport may start that one's envelope behind the chunk's last content)."""
+        chunk = chunk_and_next[:CHUNK]
         handover.start(chunk)
-        for composed in chunk:
+        for index, composed in enumerate(chunk):
             if self.stopping():
                 # Shutting down: the message in flight finishes, the rest of the batch waits in the
                 # outbox for the next pass (not an attempt) instead of holding up the exit.
@@ -278,19 +281,25 @@ class Sender:
                               error=f"suppressed: {batch.suppressed[address]}"[:2000])
                 batch.outcomes[_id(composed.delivery)] = Outcome.suppressed
                 continue
-            outcome = self._send(session, composed, handover, batch)
+            then = chunk_and_next[index + 1] if index + 1 < len(chunk_and_next) else None
+            if then is not None and then.customer.email.lower() in batch.suppressed:
+                then = None
+            outcome = self._send(session, composed, handover, batch, then)
             batch.outcomes[_id(composed.delivery)] = outcome
             if outcome is Outcome.sent:
                 handover.accepted.append(composed.delivery)
                 log.debug("sent %s to customer %s (%s)", composed.campaign.id,
                           composed.customer.external_id, composed.delivery.id)
 
-    def _send(self, session: Session, composed: Composed, handover: _Handover, batch: Batch) -> Outcome:
-        """Hand one message to the transport; Outcome.sent is recorded by the caller, with its chunk."""
+    def _send(self, session: Session, composed: Composed, handover: _Handover, batch: Batch,
+              then: Composed | None = None) -> Outcome:
+        """Hand one message to the transport; Outcome.sent is recorded by the caller, with its chunk.
+        ``then``: the message this thread sends next."""
         delivery = composed.delivery
         message_id = composed.message.message_id
         try:
-            self.transport.send(composed.message, before_data=lambda: handover.before_data(composed))
+            self.transport.send(composed.message, before_data=lambda: handover.before_data(composed),
+                                then=then.message if then is not None else None)
         except _TakenOver as exc:
             log.warning("%s; not sending it", exc)
             return Outcome.skipped

@@ -19,8 +19,11 @@ Message = EmailMessage | OutgoingEmail
 
 @runtime_checkable
 class Transport(Protocol):
-    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
-        """Deliver one message; return the server's reply or an id to record."""
+    def send(self, message: Message, *, before_data: BeforeData | None = None,
+             then: Message | None = None) -> str:
+        """Deliver one message; return the server's reply or an id to record.  ``then``: the
+        message sent next on this thread, if known, which a transport may start early (SMTP
+        PIPELINING); another one sent instead must still go out right."""
         ...
 
     def close(self) -> None:

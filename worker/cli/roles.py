@@ -48,10 +48,11 @@ def db_upgrade() -> None:
 def run(
     once: Annotated[bool, typer.Option("--once", help="One pass, deliver what is due, exit.")] = False,
     workers: Annotated[int, typer.Option(help="Sending threads (per process).")] = 8,
-    processes: Annotated[int, typer.Option(
-        "--processes", min=1,
-        help="With --once: sending processes (PostgreSQL: one per core; SQLite: 1 is the fastest).",
-    )] = 1,
+    processes: Annotated[int | None, typer.Option(
+        "--processes", min=1, show_default=False,
+        help="With --once: sending processes (default: one per core, at most "
+             "4, when sending by SMTP; else 1).",
+    )] = None,
     no_web: Annotated[bool, typer.Option("--no-web", help="Do not serve the web endpoints.")] = False,
     host: Annotated[str, typer.Option(help="Web host.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Web port.")] = 8000,
@@ -65,7 +66,8 @@ def run(
     rt = build_runtime(last_good="refuse" if once else "use")
     with user_errors():
         if once:
-            summary = once_module.run_once(rt, workers=workers, processes=processes)
+            summary = once_module.run_once(
+                rt, workers=workers, processes=processes or once_module.default_processes(rt))
             _print_summary(rt, summary)
             failed = sum(row.other.get(DeliveryStatus.failed, 0) for row in summary.rows)
             if failed:

@@ -30,7 +30,8 @@ class MaildirTransport:
         # thread-safe; two threads could race on the same temporary name.
         self._lock = threading.Lock()
 
-    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+    def send(self, message: Message, *, before_data: BeforeData | None = None,
+             then: Message | None = None) -> str:
         # The same checks as SMTP, so a dry run catches them; a Maildir file has this system's line ends.
         data = outgoing(message).data.replace(b"\r\n", b"\n")
         if before_data is not None:
@@ -58,7 +59,8 @@ class ConsoleTransport:
         self._stream = stream
         self._lock = threading.Lock()
 
-    def send(self, message: Message, *, before_data: BeforeData | None = None) -> str:
+    def send(self, message: Message, *, before_data: BeforeData | None = None,
+             then: Message | None = None) -> str:
         data = outgoing(message).data
         if before_data is not None:
             before_data()
