@@ -55,6 +55,10 @@ class QuarterSummary:
     goals: frozenset[str] = frozenset()  # campaigns with a goal: the ones a lift is measured for
 
 
+def _bounces(message: Message) -> bool:
+    return outgoing(message).recipients[0].endswith("@" + BOUNCING_DOMAIN)
+
+
 class _Bouncing:
     """The configured transport, except that addresses at BOUNCING_DOMAIN no longer exist."""
 
@@ -64,10 +68,12 @@ class _Bouncing:
     def send(self, message: Message, *, before_data: BeforeData | None = None,
              then: Message | None = None) -> str:
         to = outgoing(message).recipients[0]
-        if to.endswith("@" + BOUNCING_DOMAIN):
+        if _bounces(message):
             raise PermanentDeliveryError(f"550 5.1.1 <{to}>: mailbox unknown (demo)",
                                          code=550, enhanced="5.1.1")
-        return self.transport.send(message, before_data=before_data, then=then)
+        # A message refused here never reaches the transport: it must not start its envelope.
+        return self.transport.send(message, before_data=before_data,
+                                   then=None if then is None or _bounces(then) else then)
 
     def close(self) -> None:
         self.transport.close()
