@@ -146,10 +146,8 @@ def test_db_upgrade_creates_the_schema(workdir):
     assert count_deliveries(workdir) == 0
 
 
-def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, smtp_sink):
-    import signal
-    import time
-
+def _daemon_with_one_customer_due(workdir: Path, smtp_sink) -> subprocess.Popen[str]:
+    """`retention run --no-web` sending to ``smtp_sink``, one inactive customer to write to."""
     (workdir / "customers.csv").write_text(
         "id,email,plan,status,last_active_at\n"
         "c1,ada@example.com,pro,active,2020-01-01T10:00:00+00:00\n"
@@ -160,8 +158,15 @@ def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, sm
     environment.update(env)
     rules = (workdir / "rules.yaml").read_text().replace('quiet_hours: "21:00-08:00"', "quiet_hours: null")
     (workdir / "rules.yaml").write_text(rules)
-    daemon = subprocess.Popen([str(RETENTION), "run", "--no-web"], cwd=workdir, env=environment,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(RETENTION), "run", "--no-web"], cwd=workdir, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, smtp_sink):
+    import signal
+    import time
+
+    daemon = _daemon_with_one_customer_due(workdir, smtp_sink)
     try:
         smtp_sink.wait_for(1, timeout=30)
     finally:
@@ -172,6 +177,26 @@ def test_daemon_sends_on_its_first_tick_and_exits_cleanly_on_sigterm(workdir, sm
     assert time.monotonic() - started < 30
     assert "Traceback" not in stderr
     assert [m.rcpt_tos for m in smtp_sink.messages] == [["ada@example.com"]]
+
+
+def test_daemon_stopped_by_sigterm_as_it_first_connects_exits_cleanly(workdir, smtp_sink):
+    """SIGTERM at the first SMTP greeting (the roles' start, or the first send): the handlers are
+    in place before anything can send, so the daemon stops cleanly, never by the signal."""
+    import signal
+    import time
+
+    daemon = _daemon_with_one_customer_due(workdir, smtp_sink)
+    try:
+        deadline = time.monotonic() + 30
+        while smtp_sink.connections == 0 and time.monotonic() < deadline and daemon.poll() is None:
+            time.sleep(0.001)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _stdout, stderr = daemon.communicate(timeout=60)
+    assert smtp_sink.connections >= 1
+    assert daemon.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert len(smtp_sink.messages) <= 1
 
 
 def test_init_writes_the_examples_and_never_overwrites_without_force(tmp_path):

@@ -124,10 +124,22 @@ def serve(
     """
     sockets = _bind_all(web, ops)
     runtime_module.install(rt)
-    roles = start_roles(rt, workers=workers, consume=consume and workers > 0)
     stop = threading.Event()
-    scheduler = BackgroundScheduler(timezone="UTC")
     reloader = Reloader(rt)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            reloader.reload_soon()
+            return
+        log.info("received %s: finishing in-flight sends, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    # Before anything that can send starts: a SIGTERM right after the first email (the first
+    # pass runs at once) must stop the daemon cleanly, not kill it mid-send.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    roles = start_roles(rt, workers=workers, consume=consume and workers > 0)
+    scheduler = BackgroundScheduler(timezone="UTC")
     leader = _leader_lock(rt) if plan else None
     waiting_for: list[str | None] = [None]
     broker_down = Throttle(60.0)
@@ -215,15 +227,6 @@ def serve(
         servers.append(HttpServer(ops_app(rt, role), sockets[-1], "ops").start())
     reloader.start()
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            reloader.reload_soon()
-            return
-        log.info("received %s: finishing in-flight sends, then exiting", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
     log.info(
         "retention daemon running: broker %s, %d worker threads, a pass every %s%s%s",
         "in-process" if is_in_process(roles.broker) else "redis",
