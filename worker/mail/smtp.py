@@ -44,6 +44,7 @@ Reply = tuple[int, bytes]
 # will, and then waits for that message's content.
 _AHEAD = "retention_ahead"
 
+
 def dot_stuffed(content: bytes) -> bytes:
     """RFC 5321 4.5.2: a line that starts with a period gets one more.  After every LF, bare
     ones too: a server may take those as line ends.  (A replace: a multiline regex was a
@@ -108,8 +109,8 @@ class SMTPTransport:
             self._discard()
             if not reused:
                 raise TransientDeliveryError(f"{self._where()}: {exc}") from exc.__cause__
-            log.info("SMTP connection to %s was closed by the server; reconnecting",
-                     self.settings.url)
+            log.info("SMTP connection to %s cannot be used again (%s); reconnecting",
+                     self.settings.url, exc)
         try:
             return self._send_on_connection(message, sender, recipients, content, before_data, then)
         except _StaleConnection as exc:
