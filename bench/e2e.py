@@ -78,7 +78,8 @@ def once(
             "statuses": statuses, "senders_peak_rss_mb": _children_peak_rss_mb(), "processes": processes}
 
 
-def scaled(url: str, smtp_port: int, redis_url: str, processes: int = 2, threads: int = 8) -> dict[str, Any]:
+def scaled(url: str, smtp_port: int, redis_url: str, processes: int = SCALED_PROCESSES,
+           threads: int = SCALED_THREADS) -> dict[str, Any]:
     from worker.daemon import start_roles
     from worker.passes import run_pass
 

@@ -38,8 +38,8 @@ from worker.wording import plural
 log = logging.getLogger(__name__)
 
 ONCE_TIMEOUT = timedelta(minutes=10)
-# `--processes` unset: one sending process per core, up to this many.  More only contend for
-# the one SQLite writer and PostgreSQL's locks.
+# `--processes` unset: one sending process per core, up to this many (measured on 2 cores
+# only; with SQLite every process shares the one writer).
 MAX_DEFAULT_PROCESSES = 4
 # How late the end of the sends may be noticed; a count of the open ids costs a few ms.
 MAX_POLL_S = 0.1
