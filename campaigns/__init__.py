@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from campaigns.delivery import Sender, TemplateStore
     from campaigns.errors import ConfigurationError, RetentionError
     from campaigns.ingestion import import_csv, record_events, upsert_customers
-    from campaigns.planning import Planner, explain
+    from campaigns.planning import Planner
+    from campaigns.planning.explain import explain  # the function, not its module (mypy)
     from campaigns.reports import build_report
     from campaigns.responses import record_click, submit_survey, unsubscribe
     from campaigns.rules import Rules, load_rules

@@ -104,6 +104,24 @@ class Event(SQLModel, table=True):
     created_at: datetime = _dt(default_factory=utcnow)
 
 
+class PendingActivity(SQLModel, table=True):
+    """Activity an import stored events for but has not yet applied to its customers.
+
+    Written in the events' own transaction, so an interrupted import loses none of it;
+    ``campaigns.ingestion.activity.fold_pending_activity`` applies and deletes the rows at
+    the end of each import and before each planning pass.  (Updating every customer named
+    by each batch rewrote most customer pages once per batch: the import's largest cost.)
+    No foreign key: a deleted customer's rows simply match nothing when folded.
+    """
+
+    __tablename__ = "pending_activity"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int
+    latest_at: datetime = _dt()  # the newest activity event's time
+    count: int  # activity events stored
+
+
 class Delivery(SQLModel, table=True):
     """One planned message.  The database is the outbox and the source of truth."""
 

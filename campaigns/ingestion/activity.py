@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 import campaigns.ingestion.bulk as bulk
-from campaigns.models import Customer, CustomerStatus, Event
+from campaigns.models import Customer, CustomerStatus, Event, PendingActivity
 from campaigns.sql import chunks, json_rows
 
 # A cadence describes recent habits: the gaps between the last CADENCE_DAYS + 1 active days.
@@ -35,6 +35,7 @@ _LATERAL_WIDTH = 1000  # customers per LATERAL statement (PostgreSQL)
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 _event = Event.__table__  # type: ignore[attr-defined]
+_pending = PendingActivity.__table__  # type: ignore[attr-defined]
 
 
 def median_gap_days(days: Iterable[date]) -> float | None:
@@ -64,9 +65,19 @@ def later_of(
     )
 
 
+# Customer.id -> (the newest activity event's time, how many activity events) of new events.
+Activity = Mapping[int, tuple[datetime, int]]
+
+
+def activity_of(times_by_customer: Mapping[int, Sequence[datetime]]) -> dict[int, tuple[datetime, int]]:
+    """Activity from each customer's new activity event times."""
+    return {customer_id: (max(times), len(times))
+            for customer_id, times in times_by_customer.items() if times}
+
+
 def apply_activity(
     session: Session,
-    times_by_customer: Mapping[int, Sequence[datetime]],
+    active: Activity,
     *,
     non_activity_events: frozenset[str] = frozenset(),
     now: datetime | None = None,
@@ -74,15 +85,14 @@ def apply_activity(
 ) -> None:
     """Record newly stored activity events for several customers at once.
 
-    ``times_by_customer`` maps Customer.id to the occurred_at of activity events that were
-    just inserted (events already counted must not be passed again).  last_active_at only
-    moves forward, so an out-of-order old event cannot make a customer look less active.
-    The events must already be in the session's transaction: cadence is read back from them.
+    ``active`` counts only activity events that were just stored (events already counted
+    must not be passed again).  last_active_at only moves forward, so an out-of-order old
+    event cannot make a customer look less active.  The events must already be in the
+    session's transaction: cadence is read back from them.
 
     ``stored_counts`` (Customer.id -> activity_count as this transaction sees it, before
     these events) spares reading the events of customers who cannot have a cadence yet.
     """
-    active = {customer_id: times for customer_id, times in times_by_customer.items() if times}
     if not active:
         return
     days = recent_active_days_of(session, _may_have_cadence(active, stored_counts),
@@ -96,14 +106,14 @@ def apply_activity(
 
     if session.get_bind().dialect.name == "postgresql":
         # One statement for the batch (the rows are locked already, in id order).
-        batch = [[customer_id, max(times).isoformat(), len(times), *cadence(customer_id)]
-                 for customer_id, times in sorted(active.items())]
+        batch = [[customer_id, newest.isoformat(), count, *cadence(customer_id)]
+                 for customer_id, (newest, count) in sorted(active.items())]
         session.execute(_activity_from_json(), {"batch": json.dumps(batch), "now": stamp})
         return
     params = []
-    for customer_id, times in sorted(active.items()):  # one lock order for every writer
+    for customer_id, (newest, count) in sorted(active.items()):  # one lock order for every writer
         read, value = cadence(customer_id)
-        params.append({"b_id": customer_id, "b_latest": max(times), "b_count": len(times),
+        params.append({"b_id": customer_id, "b_latest": newest, "b_count": count,
                        "b_read": read, "b_cadence": value})
     latest = sa.bindparam("b_latest", type_=_customer.c.last_active_at.type)
     bulk.executemany(
@@ -121,9 +131,7 @@ def apply_activity(
     )
 
 
-def _may_have_cadence(
-    active: Mapping[int, Sequence[datetime]], stored_counts: Mapping[int, int] | None
-) -> list[int]:
+def _may_have_cadence(active: Activity, stored_counts: Mapping[int, int] | None) -> list[int]:
     """The customers whose cadence must be read back from their events.
 
     A cadence needs MIN_CADENCE_DAYS distinct active days, hence at least as many activity
@@ -136,8 +144,99 @@ def _may_have_cadence(
     """
     if stored_counts is None:
         return list(active)
-    return [customer_id for customer_id, times in active.items()
-            if stored_counts.get(customer_id, MIN_CADENCE_DAYS) + len(times) >= MIN_CADENCE_DAYS]
+    return [customer_id for customer_id, (_, count) in active.items()
+            if stored_counts.get(customer_id, MIN_CADENCE_DAYS) + count >= MIN_CADENCE_DAYS]
+
+
+def store_pending_activity(session: Session, active: Activity) -> None:
+    """Store new activity as PendingActivity rows, for ``fold_pending_activity`` to apply.
+
+    For imports: a row per customer per batch costs an append, where applying it at once
+    rewrites the customer's row and index pages batch after batch.
+    """
+    if active:
+        bulk.executemany(session, sa.insert(_pending), [
+            {"customer_id": customer_id, "latest_at": latest, "count": count}
+            for customer_id, (latest, count) in active.items()
+        ])
+
+
+def fold_pending_activity(
+    session: Session, *, non_activity_events: frozenset[str], now: datetime | None = None
+) -> int:
+    """Apply and delete every PendingActivity row; the number of customers updated.
+
+    Safe beside imports and other folds.  Does not commit.
+    """
+    stamp = now or datetime.now(UTC)
+    if session.get_bind().dialect.name == "sqlite":
+        return _fold_in_sql(session, non_activity_events, stamp)
+    # PostgreSQL: each row is claimed by the DELETE that returns it (a concurrent fold
+    # gets the others), then the customers are locked in id order, like every other writer's.
+    active: dict[int, tuple[datetime, int]] = {}
+    claim = sa.delete(_pending).returning(_pending.c.customer_id, _pending.c.latest_at, _pending.c.count)
+    for customer_id, latest, count in session.execute(claim):
+        seen = active.get(customer_id)
+        active[customer_id] = (latest, count) if seen is None else (max(seen[0], latest), seen[1] + count)
+    counts: dict[int, int] = {}
+    for chunk in chunks(sorted(active)):
+        query = (sa.select(_customer.c.id, _customer.c.activity_count).where(_customer.c.id.in_(chunk))
+                 .order_by(_customer.c.id).with_for_update())
+        counts.update(tuple(row) for row in session.execute(query))  # (a Result has keys())
+    apply_activity(session, {customer_id: active[customer_id] for customer_id in counts},
+                   non_activity_events=non_activity_events, now=stamp, stored_counts=counts)
+    return len(counts)
+
+
+def _fold_in_sql(session: Session, non_activity_events: frozenset[str], now: datetime) -> int:
+    """SQLite: the fold as one UPDATE … FROM the pending rows grouped by customer.
+
+    Its first statement is a write, so the transaction holds SQLite's one write lock from
+    the start: no pending row can arrive between the UPDATE and the DELETE.
+    """
+    folded: int = session.connection().execute(_fold_update(), {"now": now}).rowcount
+    if folded:
+        due = list(session.execute(_cadence_due()).scalars())
+        days = recent_active_days_of(session, due, non_activity_events=non_activity_events)
+        bulk.executemany(session, _set_cadence(), [
+            {"b_id": customer_id, "b_cadence": median_gap_days(found)} for customer_id, found in days.items()
+        ])
+    session.execute(sa.delete(_pending))
+    return folded
+
+
+@functools.cache
+def _fold_update() -> sa.Update:
+    pending = (
+        sa.select(_pending.c.customer_id, sa.func.max(_pending.c.latest_at).label("latest"),
+                  sa.func.sum(_pending.c.count).label("count"))
+        .group_by(_pending.c.customer_id)
+        .subquery("pending")
+    )
+    return (
+        sa.update(_customer)
+        .where(_customer.c.id == pending.c.customer_id)
+        .values(
+            last_active_at=later_of(_customer.c.last_active_at, pending.c.latest, value_may_be_null=False),
+            activity_count=_customer.c.activity_count + pending.c.count,
+            updated_at=sa.bindparam("now", type_=_customer.c.updated_at.type),
+        )
+    )
+
+
+@functools.cache
+def _cadence_due() -> sa.Select[int]:
+    """After ``_fold_update``: the folded customers with enough activity events for a cadence."""
+    return sa.select(_customer.c.id).where(
+        _customer.c.id.in_(sa.select(_pending.c.customer_id)),
+        _customer.c.activity_count >= MIN_CADENCE_DAYS,
+    )
+
+
+@functools.cache
+def _set_cadence() -> sa.Update:
+    return (sa.update(_customer).where(_customer.c.id == sa.bindparam("b_id"))
+            .values(cadence_days=sa.bindparam("b_cadence")))
 
 
 @functools.cache

@@ -27,7 +27,6 @@ from campaigns.sql import dialect_insert
 Convert = Callable[[Any], Any]
 # Adds the ON CONFLICT clause to the dialect's INSERT (rows as VALUES, or selected from COPY).
 OnConflict = Callable[[Any], Any]
-_ROWS_PER_STATEMENT = 500  # multi-row VALUES: 500 × a dozen columns stays far below SQLite's limit
 # SQLite settings while an import batch is written and committed.  A batch of 10,000 events
 # dirties the rows and index entries of as many random customers (30-40 MB of pages): in
 # SQLite's default 2 MB page cache they spill to the WAL mid-transaction and are read back,
@@ -84,15 +83,34 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+_JSON_MEMO = 4096  # distinct objects remembered per batch
+
+
+def _json() -> Convert:
+    """JSON text, written once per object: a batch's rows share their properties dicts
+    (``fast_events`` reads a repeated cell once).  The memo holds each object, so its id
+    cannot be reused while remembered."""
+    seen: dict[int, tuple[Any, str]] = {}
+
+    def convert(value: Any) -> str | None:
+        if value is None:
+            return None
+        hit = seen.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        text = json.dumps(value)
+        if len(seen) < _JSON_MEMO:
+            seen[id(value)] = (value, text)
+        return text
+
+    return convert
 
 
 def _converter(type_: Any, dialect: str) -> Convert | None:
     if isinstance(type_, UTCDateTime):
         return _repeats_once(_sqlite_datetime if dialect == "sqlite" else _utc)
     if isinstance(type_, sa.JSON):
-        return _json
+        return _json()
     return None
 
 
@@ -179,32 +197,35 @@ def write_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, An
     return executemany(session, on_conflict(dialect_insert(session, table)), rows, constants)
 
 
-def insert_returning(
-    session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, conflict: str, returning: str
+def insert_new(
+    session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, conflict: str, key: str
 ) -> list[Any]:
-    """``INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING returning`` for many rows at once.
+    """``INSERT … ON CONFLICT (conflict) DO NOTHING`` for many rows; the ``key`` values of
+    the rows actually inserted.
 
-    The returned values are those of the rows actually inserted.  SQLite gets multi-row
-    VALUES (its driver's executemany cannot return rows), PostgreSQL COPY.
+    PostgreSQL: COPY, then one ``INSERT … SELECT … RETURNING``.  SQLite: the driver's
+    executemany (a multi-row ``VALUES … RETURNING`` costs 1.8× as much: SQLite parses each
+    statement of thousands of parameters afresh).  Its rowcount says how many rows went in;
+    when some did not, the new ones are the last rowcount ids, as the table's integer key
+    hands out the next id above the largest, and the transaction holds the only write lock.
     """
     if not rows:
         return []
     if session.get_bind().dialect.name == "postgresql":
         with _Staged(session, table, rows) as staged:
             statement = staged.insert.on_conflict_do_nothing(index_elements=[conflict])
-            return list(session.execute(statement.returning(table.c[returning])).scalars())
-    connection = session.connection()
-    columns = list(rows[0])
-    convert = [_converter(table.c[name].type, "sqlite") for name in columns]
-    one = "(" + ", ".join(["?"] * len(columns)) + ")"
-    quoted = ", ".join(connection.dialect.identifier_preparer.quote(name) for name in columns)
-    found: list[Any] = []
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = _tuples(rows[start : start + _ROWS_PER_STATEMENT], columns, convert)
-        sql = (f"INSERT INTO {table.name} ({quoted}) VALUES {', '.join([one] * len(chunk))} "
-               f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}")
-        found.extend(connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).scalars())
-    return found
+            return list(session.execute(statement.returning(table.c[key])).scalars())
+    (identity,) = table.primary_key.columns
+    if identity.name in rows[0]:
+        raise ValueError(f"insert_new assigns {table.name}.{identity.name} itself: leave it out of the rows")
+    statement = dialect_insert(session, table).on_conflict_do_nothing(index_elements=[conflict])
+    inserted = executemany(session, statement, rows)
+    if inserted == len(rows):
+        return [row[key] for row in rows]
+    if not inserted:
+        return []
+    newest = sa.select(table.c[key]).order_by(identity.desc()).limit(inserted)
+    return list(session.execute(newest).scalars())
 
 
 class _Staged:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 import campaigns.ingestion.bulk as bulk
 from campaigns.errors import CsvFormatError
+from campaigns.ingestion.activity import fold_pending_activity
 from campaigns.ingestion.customers import upsert_customer_values
 from campaigns.ingestion.events import record_events
 from campaigns.ingestion.fast_customers import customer_reader
@@ -150,6 +151,17 @@ def import_csv(
                 on_progress(report.rows)
             batch, read_since_flush = [], 0
 
+        def finish() -> None:
+            flush()
+            if kind == "events":  # the batches' activity, applied once per customer
+                try:
+                    bulk.batch_pragmas(session)
+                    fold_pending_activity(session, non_activity_events=non_activity_events)
+                    session.commit()
+                except Exception:
+                    session.rollback()  # the events stay, and the next pass folds again
+                    raise
+
         while True:
             line = reader.line_num + 1  # where the next record starts
             try:
@@ -157,7 +169,7 @@ def import_csv(
             except StopIteration:
                 break
             except (csv.Error, UnicodeDecodeError) as exc:
-                flush()
+                finish()
                 raise CsvFormatError(f"{path}:{line}: {_describe_read_error(exc)}") from exc
             joined = "".join(cells)
             if not joined or joined.isspace():
@@ -172,7 +184,7 @@ def import_csv(
                 batch.append((line, cells, outcome))
             if read_since_flush >= batch_size:
                 flush()
-        flush()
+        finish()
     report.rejected.sort()
     log.info(
         "imported %s from %s: %d rows, %d inserted, %d updated, %d duplicates, %d rejected",
@@ -250,7 +262,8 @@ def _write_batch(
         report.unchanged += upserted.unchanged
         report.duplicates += upserted.duplicates
         return
-    recorded = record_events(session, records, non_activity_events=non_activity_events)
+    recorded = record_events(session, records, non_activity_events=non_activity_events,
+                             defer_activity=True)
     report.inserted += recorded.inserted
     report.duplicates += recorded.duplicates
     for index, message in recorded.errors:

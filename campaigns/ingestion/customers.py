@@ -24,7 +24,6 @@ import campaigns.ingestion.bulk as bulk
 from campaigns.ingestion.activity import later_of
 from campaigns.ingestion.records import DATETIME_FIELDS, CustomerIn, to_utc
 from campaigns.models import Customer, CustomerStatus
-from campaigns.sql import chunks
 
 _customer = Customer.__table__  # type: ignore[attr-defined]
 # What a new customer's columns hold when the record leaves them out (the others are null).
@@ -32,6 +31,9 @@ _NEW_CUSTOMER: dict[str, Any] = {"status": CustomerStatus.active.value, "activit
 
 # PostgreSQL: the text array of the JSON array of strings bound as :ids.
 _JSON_TEXTS = sa.text("ARRAY(SELECT json_array_elements_text(CAST(:ids AS JSON)))")
+# SQLite: the same strings, as the rows of json_each.
+_SQLITE_JSON_TEXTS: sa.Select[Any] = sa.select(sa.literal_column("value")).select_from(
+    sa.text("json_each(:ids)"))
 
 
 @dataclass
@@ -54,21 +56,25 @@ def known_customers(
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
     postgres = session.get_bind().dialect.name == "postgresql"
-    # PostgreSQL: the ids as one array, not an IN list rendered afresh for every chunk; sent
-    # as JSON, which json.dumps writes in C (psycopg dumps a list parameter item by item).
-    for chunk in [keys] if postgres else chunks(keys):
-        query = sa.select(
-            _customer.c.id, _customer.c.external_id, _customer.c.timezone, _customer.c.activity_count
-        ).where(
-            _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
-            else _customer.c.external_id.in_(chunk)
-        )
-        if lock:
-            # One order for every locker: batches touching the same customers cannot deadlock.
-            query = query.order_by(_customer.c.id).with_for_update()
-        for row in session.execute(query, {"ids": json.dumps(chunk)} if postgres else {}):
-            found[row.external_id] = row
+    for row in session.execute(_known(postgres, lock), {"ids": json.dumps(keys)}):
+        found[row.external_id] = row
     return found
+
+
+@functools.cache
+def _known(postgres: bool, lock: bool) -> sa.Select[Any]:
+    # The ids as one JSON array, not an IN list rendered afresh for every chunk: json.dumps
+    # writes it in C (psycopg would dump a list parameter item by item).
+    query = sa.select(
+        _customer.c.id, _customer.c.external_id, _customer.c.timezone, _customer.c.activity_count
+    ).where(
+        _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
+        else _customer.c.external_id.in_(_SQLITE_JSON_TEXTS)
+    )
+    if lock:
+        # One order for every locker: batches touching the same customers cannot deadlock.
+        query = query.order_by(_customer.c.id).with_for_update()
+    return query
 
 
 def upsert_customers(

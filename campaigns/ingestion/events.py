@@ -17,7 +17,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 import campaigns.ingestion.bulk as bulk
-from campaigns.ingestion.activity import apply_activity, cancel_customers
+from campaigns.ingestion.activity import (
+    activity_of,
+    apply_activity,
+    cancel_customers,
+    store_pending_activity,
+)
 from campaigns.ingestion.customers import known_customers
 from campaigns.ingestion.fast_events import EventValues
 from campaigns.ingestion.records import EventIn, to_utc
@@ -55,17 +60,21 @@ def record_events(
     *,
     non_activity_events: frozenset[str],
     now: datetime | None = None,
+    defer_activity: bool = False,
 ) -> EventResult:
     """Store events once each and update the customers' activity and cancellations.
 
     An event without an id gets one derived from its content (customer, name, time,
     properties), so resending it is harmless.  Only events stored by this call count as
     activity.  Unknown customers are reported per record.  Does not commit.
+
+    ``defer_activity`` (imports) leaves the activity as PendingActivity rows for
+    ``fold_pending_activity``; cancellations are applied at once either way.
     """
     stamp = now or datetime.now(UTC)
     latest_allowed = stamp + FUTURE_TOLERANCE
     result = EventResult()
-    version = _commits_by_others(session)
+    version = None if defer_activity else _commits_by_others(session)
     known = known_customers(session, (r.customer_id for r in records), lock=True)
     rows: dict[str, dict[str, Any]] = {}
     for index, record in enumerate(records):
@@ -101,8 +110,7 @@ def record_events(
     if not rows:
         return result
 
-    stored = bulk.insert_returning(session, _event, list(rows.values()), conflict="client_id",
-                                   returning="client_id")
+    stored = bulk.insert_new(session, _event, list(rows.values()), conflict="client_id", key="client_id")
     result.inserted = len(stored)
     result.duplicates += len(rows) - len(stored)
 
@@ -116,14 +124,17 @@ def record_events(
             previous = cancellations.get(row["customer_id"])
             if previous is None or row["occurred_at"] > previous:
                 cancellations[row["customer_id"]] = row["occurred_at"]
+    cancel_customers(session, cancellations, now=stamp)
+    if defer_activity:
+        store_pending_activity(session, activity_of(activity))
+        return result
     # The activity counts read above are those this transaction updates: PostgreSQL locked
     # the rows; SQLite reads outside a transaction until the INSERT takes the write lock, so
     # they hold only if no other connection committed in between.
     counts = ({customer.id: customer.activity_count for customer in known.values()}
               if _commits_by_others(session) == version else None)
-    apply_activity(session, activity, non_activity_events=non_activity_events, now=stamp,
-                   stored_counts=counts)
-    cancel_customers(session, cancellations, now=stamp)
+    apply_activity(session, activity_of(activity), non_activity_events=non_activity_events,
+                   now=stamp, stored_counts=counts)
     return result
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from campaigns.ingestion.activity import fold_pending_activity
 from campaigns.models import CUSTOMER, DELIVERY, DeliveryStatus
 from campaigns.planning.recording import delivery_insert
 from campaigns.planning.schedule import next_fire, scheduled_fire
@@ -104,6 +105,9 @@ class Planner:
         """Plan every enabled campaign, highest priority first; the caller commits or rolls back."""
         result = PassResult(now=self.now, plans=[], queued_ids=[])
         session.flush()  # the pass runs Core statements on the session's connection
+        # What an import has stored but not yet applied (it is running, or was interrupted).
+        fold_pending_activity(session, now=self.now,
+                              non_activity_events=frozenset(self.rules.defaults.non_activity_events))
         connection = session.connection()
         postgresql = connection.dialect.name == "postgresql"
         if postgresql:
