@@ -155,7 +155,7 @@ def store_pending_activity(session: Session, active: Activity) -> None:
     rewrites the customer's row and index pages batch after batch.
     """
     if active:
-        bulk.executemany(session, sa.insert(_pending), [
+        bulk.append_rows(session, _pending, [
             {"customer_id": customer_id, "latest_at": latest, "count": count}
             for customer_id, (latest, count) in active.items()
         ])
@@ -178,14 +178,20 @@ def fold_pending_activity(
     for customer_id, latest, count in session.execute(claim):
         seen = active.get(customer_id)
         active[customer_id] = (latest, count) if seen is None else (max(seen[0], latest), seen[1] + count)
-    counts: dict[int, int] = {}
-    for chunk in chunks(sorted(active)):
-        query = (sa.select(_customer.c.id, _customer.c.activity_count).where(_customer.c.id.in_(chunk))
-                 .order_by(_customer.c.id).with_for_update())
-        counts.update(tuple(row) for row in session.execute(query))  # (a Result has keys())
+    counts = {customer_id: count for customer_id, count
+              in session.execute(_lock_counts(), {"ids": json.dumps(sorted(active))})}
     apply_activity(session, {customer_id: active[customer_id] for customer_id in counts},
                    non_activity_events=non_activity_events, now=stamp, stored_counts=counts)
     return len(counts)
+
+
+@functools.cache
+def _lock_counts() -> sa.Select[int, int]:
+    """PostgreSQL: the activity_count of the customers in the JSON array :ids, locked in id order."""
+    ids = sa.text("ARRAY(SELECT CAST(json_array_elements_text(CAST(:ids AS JSON)) AS INTEGER))")
+    return (sa.select(_customer.c.id, _customer.c.activity_count)
+            .where(_customer.c.id == sa.func.any(ids))
+            .order_by(_customer.c.id).with_for_update())
 
 
 def _fold_in_sql(session: Session, non_activity_events: frozenset[str], now: datetime) -> int:

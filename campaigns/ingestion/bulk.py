@@ -197,6 +197,23 @@ def write_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, An
     return executemany(session, on_conflict(dialect_insert(session, table)), rows, constants)
 
 
+def append_rows(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A plain INSERT of many rows that nothing can conflict with: COPY on PostgreSQL (its
+    executemany is a round trip of parsing per row), the driver's executemany on SQLite."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        executemany(session, sa.insert(table), rows)
+        return
+    columns = list(rows[0])
+    quote = session.connection().dialect.identifier_preparer.quote
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    convert = [_converter(table.c[n].type, "postgresql") for n in columns]
+    with cursor.copy(f"COPY {quote(table.name)} ({', '.join(quote(n) for n in columns)}) FROM STDIN") as copy:
+        for values in _tuples(rows, columns, convert):
+            copy.write_row(values)
+
+
 def insert_new(
     session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, conflict: str, key: str
 ) -> list[Any]:
