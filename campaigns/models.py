@@ -108,7 +108,7 @@ class PendingActivity(SQLModel, table=True):
     """Activity an import stored events for but has not yet applied to its customers.
 
     Written in the events' own transaction, so an interrupted import loses none of it;
-    ``campaigns.ingestion.activity.fold_pending_activity`` applies and deletes the rows at
+    ``campaigns.ingestion.pending.fold_pending_activity`` applies and deletes the rows at
     the end of each import and before each planning pass.  (Updating every customer named
     by each batch rewrote most customer pages once per batch: the import's largest cost.)
     No foreign key: a deleted customer's rows simply match nothing when folded.

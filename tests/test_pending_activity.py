@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from campaigns.ingestion.activity import fold_pending_activity
 from campaigns.ingestion.csv_import import import_csv
+from campaigns.ingestion.pending import fold_pending_activity
 from campaigns.models import Customer, PendingActivity
 from campaigns.planning import Planner
 from tests.factories import NOW, add_customer, migrated_engine, rules

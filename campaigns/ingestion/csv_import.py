@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 
 import campaigns.ingestion.bulk as bulk
 from campaigns.errors import CsvFormatError
-from campaigns.ingestion.activity import fold_pending_activity
 from campaigns.ingestion.customers import upsert_customer_values
 from campaigns.ingestion.events import record_events
 from campaigns.ingestion.fast_customers import customer_reader
 from campaigns.ingestion.fast_events import event_reader
+from campaigns.ingestion.pending import fold_pending_activity
 from campaigns.ingestion.records import DATETIME_FIELDS, CustomerIn, EventIn, validation_message
 
 log = logging.getLogger(__name__)

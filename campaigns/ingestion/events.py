@@ -17,14 +17,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 import campaigns.ingestion.bulk as bulk
-from campaigns.ingestion.activity import (
-    activity_of,
-    apply_activity,
-    cancel_customers,
-    store_pending_activity,
-)
+from campaigns.ingestion.activity import activity_of, apply_activity, cancel_customers
 from campaigns.ingestion.customers import known_customers
 from campaigns.ingestion.fast_events import EventValues
+from campaigns.ingestion.pending import store_pending_activity
 from campaigns.ingestion.records import EventIn, to_utc
 from campaigns.models import Event
 

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from campaigns.ingestion.activity import fold_pending_activity
+from campaigns.ingestion.pending import fold_pending_activity
 from campaigns.models import CUSTOMER, DELIVERY, DeliveryStatus
 from campaigns.planning.recording import delivery_insert
 from campaigns.planning.schedule import next_fire, scheduled_fire
