@@ -21,15 +21,8 @@ from campaigns.ingestion.pending import fold_pending_activity
 from campaigns.models import Customer, PendingActivity
 from campaigns.planning import Planner
 from tests.factories import NOW, add_customer, migrated_engine, rules
+from tests.test_planner import MISS_YOU
 
-MISS_YOU = """
-    campaigns:
-      - id: we-miss-you
-        template: we_miss_you
-        when:
-          status: active
-          days_inactive: {at_least: 30}
-"""
 HEADER = "customer_id,event,occurred_at,id\n"
 
 

@@ -160,12 +160,20 @@ def _activity_from_json() -> sa.Update:
         sa.update(_customer)
         .where(_customer.c.id == batch.c.id)
         .values(
-            last_active_at=later_of(_customer.c.last_active_at, batch.c.latest, value_may_be_null=False),
-            activity_count=_customer.c.activity_count + batch.c.count,
+            **activity_values(batch.c.latest, batch.c.count),
             cadence_days=sa.case((batch.c.read, batch.c.cadence), else_=_customer.c.cadence_days),
-            updated_at=sa.bindparam("now", type_=_customer.c.updated_at.type),
         )
     )
+
+
+def activity_values(latest: ColumnElement[datetime], count: ColumnElement[int]) -> dict[str, Any]:
+    """The customer columns a set of new activity events changes, for an UPDATE whose rows
+    come from a table of (latest, count) per customer; ``:now`` stamps updated_at."""
+    return {
+        "last_active_at": later_of(_customer.c.last_active_at, latest, value_may_be_null=False),
+        "activity_count": _customer.c.activity_count + count,
+        "updated_at": sa.bindparam("now", type_=_customer.c.updated_at.type),
+    }
 
 
 def _not_one_of(names: frozenset[str]) -> ColumnElement[bool]:

@@ -18,8 +18,8 @@ import campaigns.ingestion.bulk as bulk
 from campaigns.ingestion.activity import (
     MIN_CADENCE_DAYS,
     Activity,
+    activity_values,
     apply_activity,
-    later_of,
     median_gap_days,
     recent_active_days_of,
 )
@@ -103,11 +103,7 @@ def _fold_update() -> sa.Update:
     return (
         sa.update(_customer)
         .where(_customer.c.id == pending.c.customer_id)
-        .values(
-            last_active_at=later_of(_customer.c.last_active_at, pending.c.latest, value_may_be_null=False),
-            activity_count=_customer.c.activity_count + pending.c.count,
-            updated_at=sa.bindparam("now", type_=_customer.c.updated_at.type),
-        )
+        .values(**activity_values(pending.c.latest, pending.c.count))
     )
 
 
