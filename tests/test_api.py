@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
@@ -132,3 +135,33 @@ def test_duplicates_and_future_events_are_counted_as_such(api):
     with Session(rt.engine) as session:
         ada = session.exec(select(Customer).where(Customer.external_id == "c1")).one()
         assert ada.last_active_at is None  # the 2099 event changed nothing
+
+
+def test_batches_of_one_process_write_sqlite_in_turn(tmp_path: Any) -> None:
+    """Batch writers queue on a lock of their own, not in SQLite's sleeping busy handler."""
+    import asyncio
+    import threading
+
+    from worker.database import batch_writer, make_engine
+    from worker.http_io import in_session
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    inside, most = 0, 0
+    guard = threading.Lock()
+
+    def work(_session: Any) -> None:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.05)
+        with guard:
+            inside -= 1
+
+    async def both() -> None:
+        await asyncio.gather(*(in_session(engine, work, commit=True, batch=True) for _ in range(4)))
+
+    asyncio.run(both())
+    assert most == 1
+    assert batch_writer(engine) is batch_writer(engine)
+    engine.dispose()

@@ -22,7 +22,7 @@ from campaigns.ingestion.fast_events import EventValues, event_reader
 from campaigns.ingestion.records import EventIn
 from campaigns.models import Customer, Event
 from tests.test_ingest import engine  # noqa: F401  (the fixture: SQLite and PostgreSQL)
-from worker.database import make_engine
+from worker.database import SQLITE_CHECKPOINT_PAGES, make_engine
 
 HEADERS = [
     ["id", "customer_id", "event", "occurred_at", "properties"],
@@ -184,5 +184,5 @@ def test_batches_get_a_larger_sqlite_cache_and_the_pool_gets_its_settings_back(
             after = settings_of(connection)
     finally:
         made.dispose()
-    assert during == [[-65_536, 30_000]] * 3
-    assert after == [-2000, 1000]  # SQLite's defaults
+    assert during == [[-65_536, SQLITE_CHECKPOINT_PAGES]] * 3
+    assert after == [-2000, SQLITE_CHECKPOINT_PAGES]  # SQLite's default cache, our checkpoint

@@ -74,7 +74,7 @@ def api_router(rt: Runtime) -> APIRouter:
 
     async def stored(work: Callable[[Session], T]) -> T:
         try:
-            return await in_session(rt.engine, work, commit=True)
+            return await in_session(rt.engine, work, commit=True, batch=True)
         except DatabaseUnavailable:
             raise HTTPException(
                 503, "database unavailable: nothing was stored, retry later", headers={"Retry-After": "30"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -16,6 +17,8 @@ from fastapi import Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+
+from worker.database import batch_writer
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def in_session(engine: Engine, work: Callable[[Session], T], *, commit: bool = False) -> T:
-    """``work(session)`` in a worker thread, committed when ``commit``."""
+async def in_session(
+    engine: Engine, work: Callable[[Session], T], *, commit: bool = False, batch: bool = False
+) -> T:
+    """``work(session)`` in a worker thread, committed when ``commit``.
+
+    ``batch``: the work writes a batch (up to a thousand rows), in turn with this process's
+    other batches (``batch_writer``).
+    """
 
     def run() -> T:
-        with Session(engine) as session:
+        with batch_writer(engine) if batch else nullcontext(), Session(engine) as session:
             result = work(session)
             if commit:
                 session.commit()

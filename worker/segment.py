@@ -160,7 +160,7 @@ async def _store(rt: Runtime, messages: list[Any], context: dict[str, Any] | Non
                                received_at=received_at, batch_context=context)
 
     try:
-        return await in_session(rt.engine, work, commit=True)
+        return await in_session(rt.engine, work, commit=True, batch=True)
     except DatabaseUnavailable:
         raise Refused(503, "unavailable", "database unavailable: nothing was stored, retry later",
                       headers={"Retry-After": "30"}) from None

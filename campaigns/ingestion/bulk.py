@@ -29,10 +29,9 @@ Convert = Callable[[Any], Any]
 OnConflict = Callable[[Any], Any]
 # SQLite settings while an import batch is written and committed.  A batch of 10,000 events
 # dirties the rows and index entries of as many random customers (30-40 MB of pages): in
-# SQLite's default 2 MB page cache they spill to the WAL mid-transaction and are read back,
-# and the default checkpoint after every commit past 1000 WAL pages copies (and fsyncs) those
-# pages batch after batch, where one checkpoint every few batches copies each page once.
-BATCH_PRAGMAS = {"cache_size": -65_536, "wal_autocheckpoint": 30_000}  # 64 MiB; pages (~120 MB)
+# SQLite's default 2 MB page cache they spill to the WAL mid-transaction and are read back.
+# (Every connection checkpoints rarely enough already: worker.database.)
+BATCH_PRAGMAS = {"cache_size": -65_536}  # 64 MiB
 
 
 def batch_pragmas(session: Session) -> None:
