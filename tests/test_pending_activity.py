@@ -120,3 +120,15 @@ def test_folding_twice_applies_the_activity_once(engine: Engine) -> None:
         assert stored(session, "c1").activity_count == 3
         assert stored(session, "c1").last_active_at == NOW - timedelta(days=1)
         assert pending_rows(session) == 0
+
+
+def test_nothing_pending_costs_a_pass_one_read_and_no_write(engine: Engine) -> None:
+    with Session(engine) as session:
+        add_customer(session, external_id="c1")
+        session.commit()
+        statements: list[str] = []
+        sa.event.listen(engine, "before_cursor_execute",
+                        lambda _c, _cur, statement, *_: statements.append(statement.split()[0].upper()))
+        assert fold_pending_activity(session, non_activity_events=frozenset()) == 0
+        session.rollback()
+    assert statements == ["SELECT"]
