@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any
 
@@ -10,6 +12,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from campaigns.models import Customer, Event
+from worker.database import batch_writer, make_engine
+from worker.http_io import in_session
 from worker.web import create_app
 
 KEY = {"Authorization": "Bearer s3cret"}
@@ -139,12 +143,6 @@ def test_duplicates_and_future_events_are_counted_as_such(api):
 
 def test_batches_of_one_process_write_sqlite_in_turn(tmp_path: Any) -> None:
     """Batch writers queue on a lock of their own, not in SQLite's sleeping busy handler."""
-    import asyncio
-    import threading
-
-    from worker.database import batch_writer, make_engine
-    from worker.http_io import in_session
-
     engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
     inside, most = 0, 0
     guard = threading.Lock()
