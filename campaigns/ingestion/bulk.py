@@ -30,7 +30,7 @@ OnConflict = Callable[[Any], Any]
 # SQLite settings while an import batch is written and committed.  A batch of 10,000 events
 # dirties the rows and index entries of as many random customers (30-40 MB of pages): in
 # SQLite's default 2 MB page cache they spill to the WAL mid-transaction and are read back.
-# (Every connection checkpoints rarely enough already: worker.database.)
+# (How often the WAL is checkpointed is the connection's own setting, made where it is opened.)
 BATCH_PRAGMAS = {"cache_size": -65_536}  # 64 MiB
 
 
