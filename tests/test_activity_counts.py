@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, select
 
 import campaigns.ingestion.events as events_module
 from campaigns.ingestion import EventIn, record_events
 from campaigns.ingestion.csv_import import import_csv
+from campaigns.models import Event
 from tests.test_ingest import add_customers, add_events, customer, engine, session, utc  # noqa: F401  (fixtures)
 from worker.database import make_engine
 
@@ -100,3 +101,54 @@ def test_events_committed_by_another_writer_after_the_count_was_read_still_count
         assert result.inserted == 1
         assert customer(ours, "c1").activity_count == 3
         assert customer(ours, "c1").cadence_days == 4
+
+
+def test_concurrent_batches_for_the_same_customers_count_every_event_and_its_cadence(
+    engine: Engine,  # noqa: F811  (the imported fixture)
+) -> None:
+    # Each writer recomputes the cadence from the events committed before it: whichever
+    # commits last must see every batch's events, however the batches interleave.
+    from concurrent.futures import ThreadPoolExecutor
+
+    people = [f"c{i}" for i in range(5)]
+    with Session(engine) as setup:
+        add_customers(setup, *({"id": p, "email": f"{p}@example.com"} for p in people))
+
+    def batch(number: int) -> None:
+        rows = [login(p, number * 2, f"{p}-{number}") for p in people]
+        with Session(engine) as writer:
+            result = record_events(writer, [EventIn.model_validate(r) for r in rows],
+                                   non_activity_events=frozenset())
+            writer.commit()
+        assert result.inserted == len(people)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(batch, range(12)))
+    with Session(engine) as check:
+        for p in people:
+            assert (customer(check, p).activity_count, customer(check, p).cadence_days) == (12, 2.0)
+
+
+def test_an_import_is_not_held_up_by_an_open_api_batch_for_the_same_customer(
+    postgres_url: str,
+) -> None:
+    # The API's batch locks its customers' rows to update their activity; an import's batch
+    # only references those rows (a foreign-key check), which that lock must not block.
+    made = make_engine(postgres_url)
+    SQLModel.metadata.create_all(made)
+    try:
+        with Session(made) as setup:
+            add_customers(setup, {"id": "c1", "email": "a@example.com"})
+        with Session(made) as api_batch, Session(made) as importer:
+            record_events(api_batch, [EventIn.model_validate(login("c1", 0, "a1"))],
+                          non_activity_events=frozenset())
+            importer.connection().exec_driver_sql("SET lock_timeout = '2s'")
+            # An import's batch: its activity waits in pending_activity for the fold.
+            record_events(importer, [EventIn.model_validate(login("c1", 4, "a2"))],
+                          non_activity_events=frozenset(), defer_activity=True)
+            importer.commit()
+            api_batch.commit()
+        with Session(made) as check:
+            assert {e.client_id for e in check.exec(select(Event))} == {"a1", "a2"}
+    finally:
+        made.dispose()

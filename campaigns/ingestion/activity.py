@@ -130,6 +130,27 @@ def apply_activity(
     )
 
 
+def lock_activity_counts(session: Session, customer_ids: Iterable[int]) -> dict[int, int]:
+    """PostgreSQL: lock these customers' rows in id order; their activity_count as of now.
+
+    Concurrent batches for one customer take turns from here to their commit: each then
+    recomputes the cadence from every event committed before it, instead of racing and
+    losing some.  One order for every locker, so they cannot deadlock.  The lock is
+    PostgreSQL's FOR NO KEY UPDATE, as an UPDATE of these columns takes: events being
+    stored for these customers elsewhere (their foreign-key check) are not held up by it.
+    """
+    ids = json.dumps(sorted(customer_ids))
+    return {customer_id: count for customer_id, count in session.execute(_lock_counts(), {"ids": ids})}
+
+
+@functools.cache
+def _lock_counts() -> sa.Select[tuple[int, int]]:
+    ids = sa.text("ARRAY(SELECT CAST(json_array_elements_text(CAST(:ids AS JSON)) AS INTEGER))")
+    return (sa.select(_customer.c.id, _customer.c.activity_count)
+            .where(_customer.c.id == sa.func.any(ids))
+            .order_by(_customer.c.id).with_for_update(key_share=True))
+
+
 def _may_have_cadence(active: Activity, stored_counts: Mapping[int, int] | None) -> list[int]:
     """The customers whose cadence must be read back from their events.
 

@@ -44,37 +44,26 @@ class UpsertResult:
     duplicates: int = 0  # the same customer again later in the batch (its fields were merged)
 
 
-def known_customers(
-    session: Session, external_ids: Iterable[str], *, lock: bool = False
-) -> dict[str, Any]:
-    """external_id -> row(id, external_id, timezone, activity_count) for those that exist.
-
-    ``lock`` takes the customers' rows (PostgreSQL; SQLite serializes writers anyway) so
-    that concurrent batches for one customer take turns: each then recomputes the cadence
-    from every event committed before it, instead of racing and losing some.
-    """
+def known_customers(session: Session, external_ids: Iterable[str]) -> dict[str, Any]:
+    """external_id -> row(id, external_id, timezone, activity_count) for those that exist."""
     found: dict[str, Any] = {}
     keys = sorted(set(external_ids))
     postgres = session.get_bind().dialect.name == "postgresql"
-    for row in session.execute(_known(postgres, lock), {"ids": json.dumps(keys)}):
+    for row in session.execute(_known(postgres), {"ids": json.dumps(keys)}):
         found[row.external_id] = row
     return found
 
 
 @functools.cache
-def _known(postgres: bool, lock: bool) -> sa.Select[Any]:
+def _known(postgres: bool) -> sa.Select[Any]:
     # The ids as one JSON array, not an IN list rendered afresh for every chunk: json.dumps
     # writes it in C (psycopg would dump a list parameter item by item).
-    query = sa.select(
+    return sa.select(
         _customer.c.id, _customer.c.external_id, _customer.c.timezone, _customer.c.activity_count
     ).where(
         _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
         else _customer.c.external_id.in_(_SQLITE_JSON_TEXTS)
     )
-    if lock:
-        # One order for every locker: batches touching the same customers cannot deadlock.
-        query = query.order_by(_customer.c.id).with_for_update()
-    return query
 
 
 def upsert_customers(

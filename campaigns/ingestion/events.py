@@ -17,7 +17,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 import campaigns.ingestion.bulk as bulk
-from campaigns.ingestion.activity import activity_of, apply_activity, cancel_customers
+from campaigns.ingestion.activity import (
+    activity_of,
+    apply_activity,
+    cancel_customers,
+    lock_activity_counts,
+)
 from campaigns.ingestion.customers import known_customers
 from campaigns.ingestion.fast_events import EventValues
 from campaigns.ingestion.pending import store_pending_activity
@@ -71,7 +76,7 @@ def record_events(
     latest_allowed = stamp + FUTURE_TOLERANCE
     result = EventResult()
     version = None if defer_activity else _commits_by_others(session)
-    known = known_customers(session, (r.customer_id for r in records), lock=True)
+    known = known_customers(session, (r.customer_id for r in records))
     rows: dict[str, dict[str, Any]] = {}
     for index, record in enumerate(records):
         customer = known.get(record.customer_id)
@@ -120,15 +125,22 @@ def record_events(
             previous = cancellations.get(row["customer_id"])
             if previous is None or row["occurred_at"] > previous:
                 cancellations[row["customer_id"]] = row["occurred_at"]
-    cancel_customers(session, cancellations, now=stamp)
     if defer_activity:
+        cancel_customers(session, cancellations, now=stamp)
         store_pending_activity(session, activity_of(activity))
         return result
-    # The activity counts read above are those this transaction updates: PostgreSQL locked
-    # the rows; SQLite reads outside a transaction until the INSERT takes the write lock, so
-    # they hold only if no other connection committed in between.
-    counts = ({customer.id: customer.activity_count for customer in known.values()}
-              if _commits_by_others(session) == version else None)
+    counts: dict[int, int] | None
+    if version is None:
+        # PostgreSQL: the rows are locked only now, after the events are in, so that a
+        # concurrent batch for the same customers waits for this one's updates and commit
+        # alone.  Cancellations too: one lock order for everything this transaction updates.
+        counts = lock_activity_counts(session, activity.keys() | cancellations.keys())
+    else:
+        # SQLite reads outside a transaction until the INSERT takes the write lock: the
+        # counts read with the customers hold only if no other connection committed between.
+        counts = ({customer.id: customer.activity_count for customer in known.values()}
+                  if _commits_by_others(session) == version else None)
+    cancel_customers(session, cancellations, now=stamp)
     apply_activity(session, activity_of(activity), non_activity_events=non_activity_events,
                    now=stamp, stored_counts=counts)
     return result

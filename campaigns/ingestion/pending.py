@@ -8,7 +8,6 @@ planner folds before each pass, so what an interrupted import left is never miss
 from __future__ import annotations
 
 import functools
-import json
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -20,6 +19,7 @@ from campaigns.ingestion.activity import (
     Activity,
     activity_values,
     apply_activity,
+    lock_activity_counts,
     median_gap_days,
     recent_active_days_of,
 )
@@ -63,8 +63,7 @@ def fold_pending_activity(
     for customer_id, latest, count in session.execute(claim):
         seen = active.get(customer_id)
         active[customer_id] = (latest, count) if seen is None else (max(seen[0], latest), seen[1] + count)
-    counts = {customer_id: count for customer_id, count
-              in session.execute(_lock_counts(), {"ids": json.dumps(sorted(active))})}
+    counts = lock_activity_counts(session, active)
     apply_activity(session, {customer_id: active[customer_id] for customer_id in counts},
                    non_activity_events=non_activity_events, now=stamp, stored_counts=counts)
     return len(counts)
@@ -73,15 +72,6 @@ def fold_pending_activity(
 @functools.cache
 def _any_pending() -> sa.Select[tuple[int]]:
     return sa.select(_pending.c.id).limit(1)
-
-
-@functools.cache
-def _lock_counts() -> sa.Select[int, int]:
-    """PostgreSQL: the activity_count of the customers in the JSON array :ids, locked in id order."""
-    ids = sa.text("ARRAY(SELECT CAST(json_array_elements_text(CAST(:ids AS JSON)) AS INTEGER))")
-    return (sa.select(_customer.c.id, _customer.c.activity_count)
-            .where(_customer.c.id == sa.func.any(ids))
-            .order_by(_customer.c.id).with_for_update())
 
 
 def _fold_in_sql(session: Session, non_activity_events: frozenset[str], now: datetime) -> int:
