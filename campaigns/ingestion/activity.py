@@ -144,7 +144,7 @@ def lock_activity_counts(session: Session, customer_ids: Iterable[int]) -> dict[
 
 
 @functools.cache
-def _lock_counts() -> sa.Select[tuple[int, int]]:
+def _lock_counts() -> sa.Select[int, int]:
     ids = sa.text("ARRAY(SELECT CAST(json_array_elements_text(CAST(:ids AS JSON)) AS INTEGER))")
     return (sa.select(_customer.c.id, _customer.c.activity_count)
             .where(_customer.c.id == sa.func.any(ids))
