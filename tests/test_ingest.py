@@ -366,6 +366,22 @@ def test_naive_event_time_is_read_in_the_customers_stored_time_zone(session: Ses
     assert customer(session, "plain").last_active_at == utc(2024, 1, 15, 10)
 
 
+def test_an_imported_batch_with_one_naive_time_reads_that_customers_zone(
+    session: Session, tmp_path: Path
+) -> None:
+    # The import looks its customers up without their zones unless a row needs one.
+    add_customers(session, {"id": "berlin", "email": "b@example.com", "timezone": "Europe/Berlin"},
+                  {"id": "plain", "email": "p@example.com"})
+    path = write(tmp_path / "events.csv", "customer_id,event,occurred_at\n"
+                 "plain,login,2024-01-14T10:00:00+00:00\n"
+                 "berlin,login,2024-01-15 10:00\n")
+
+    assert import_file(session, path, "events").rejected == []
+
+    assert customer(session, "berlin").last_active_at == utc(2024, 1, 15, 9)
+    assert customer(session, "plain").last_active_at == utc(2024, 1, 14, 10)
+
+
 def test_an_old_event_arriving_late_does_not_move_last_activity_back(session: Session) -> None:
     add_customers(session, {"id": "c1", "email": "a@example.com"})
     add_events(session, {"customer_id": "c1", "event": "login", "occurred_at": "2024-03-10T10:00Z"})

@@ -44,22 +44,27 @@ class UpsertResult:
     duplicates: int = 0  # the same customer again later in the batch (its fields were merged)
 
 
-def known_customers(session: Session, external_ids: Iterable[str]) -> dict[str, Any]:
-    """external_id -> row(id, external_id, timezone, activity_count) for those that exist."""
-    found: dict[str, Any] = {}
-    keys = sorted(set(external_ids))
+def known_customers(
+    session: Session, external_ids: Iterable[str], *, zones: bool = True, counts: bool = True
+) -> dict[str, Any]:
+    """external_id -> row(id, external_id, timezone, activity_count) for those that exist.
+
+    Without ``zones`` the timezone is null, without ``counts`` the activity_count: a lookup
+    without both reads the external_id index alone, not every customer's row as well.
+    """
+    keys = json.dumps(sorted(set(external_ids)))
     postgres = session.get_bind().dialect.name == "postgresql"
-    for row in session.execute(_known(postgres), {"ids": json.dumps(keys)}):
-        found[row.external_id] = row
-    return found
+    return {row.external_id: row for row in session.execute(_known(postgres, zones, counts), {"ids": keys})}
 
 
 @functools.cache
-def _known(postgres: bool) -> sa.Select[Any]:
+def _known(postgres: bool, zones: bool, counts: bool) -> sa.Select[Any]:
     # The ids as one JSON array, not an IN list rendered afresh for every chunk: json.dumps
     # writes it in C (psycopg would dump a list parameter item by item).
     return sa.select(
-        _customer.c.id, _customer.c.external_id, _customer.c.timezone, _customer.c.activity_count
+        _customer.c.id, _customer.c.external_id,
+        _customer.c.timezone if zones else sa.null().label("timezone"),
+        _customer.c.activity_count if counts else sa.null().label("activity_count"),
     ).where(
         _customer.c.external_id == sa.func.any(_JSON_TEXTS) if postgres
         else _customer.c.external_id.in_(_SQLITE_JSON_TEXTS)

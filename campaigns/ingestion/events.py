@@ -76,7 +76,11 @@ def record_events(
     latest_allowed = stamp + FUTURE_TOLERANCE
     result = EventResult()
     version = None if defer_activity else _commits_by_others(session)
-    known = known_customers(session, (r.customer_id for r in records))
+    # A customer's zone matters only to a time without an offset; the stored counts only to
+    # activity applied now.  A lookup needing neither reads the external_id index alone.
+    known = known_customers(session, (r.customer_id for r in records),
+                            zones=any(r.occurred_at.tzinfo is None for r in records),
+                            counts=not defer_activity)
     rows: dict[str, dict[str, Any]] = {}
     for index, record in enumerate(records):
         customer = known.get(record.customer_id)
