@@ -1,4 +1,4 @@
-"""The events CSV fast reader gives exactly what EventIn gives, or leaves the row to it."""
+"""The events fast paths (CSV rows, API items) give exactly what EventIn gives, or leave it to it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from sqlmodel import Session, SQLModel
 import campaigns.ingestion.csv_import as csv_import
 from campaigns.ingestion import CustomerIn, upsert_customers
 from campaigns.ingestion.csv_import import _column_names, _parse_row, import_csv
-from campaigns.ingestion.fast_events import EventValues, event_reader
-from campaigns.ingestion.records import EventIn
+from campaigns.ingestion.fast_events import EventValues, event_reader, parse_events
+from campaigns.ingestion.records import EventIn, parse_records
 from campaigns.models import Customer, Event
 from tests.test_ingest import engine  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 from worker.database import SQLITE_CHECKPOINT_PAGES, make_engine
@@ -93,6 +93,44 @@ def test_any_row_agrees(data: st.DataObject) -> None:
     cell = st.one_of(st.sampled_from(VALUES), st.text(max_size=12))
     cells = data.draw(st.lists(cell, min_size=0, max_size=len(header) + 1))
     _check(header, cells)
+
+
+# ---------------------------------------------------------------- the API's JSON items
+
+ITEM_KEYS = ["customer_id", "event", "occurred_at", "id", "properties", "client_id", "device"]
+ITEM_VALUES: list[Any] = [
+    *VALUES, None, 0, 17, True, 1.5, [], ["a"], {}, {"source": "web"}, {" key ": 1}, {"n": {" x ": 1}},
+]
+
+
+def _check_items(items: list[Any]) -> int:
+    """How many items the fast path took; asserts parse_events agrees with the model."""
+    good, bad = parse_events(items)
+    model_good, model_bad = parse_records(EventIn, items)
+    assert bad == model_bad
+    assert len(good) == len(model_good)
+    for fast, record in zip(good, model_good, strict=True):
+        if isinstance(fast, EventValues):
+            _same(fast, record)
+        else:
+            assert fast == record
+    return sum(isinstance(fast, EventValues) for fast in good)
+
+
+def test_api_items_agree_key_by_key() -> None:
+    base = {"customer_id": "c1", "event": "login", "occurred_at": "2024-03-01T10:00:00+00:00"}
+    items = [{**base, key: value} for key in ITEM_KEYS for value in ITEM_VALUES]
+    items += [{k: v for k, v in base.items() if k != key} for key in base]  # a field missing
+    items += [None, "text", [base], base]
+    assert _check_items(items) > 30  # the fast path is actually used
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(ITEM_KEYS), st.sampled_from(ITEM_VALUES), max_size=6),
+                max_size=5))
+def test_any_api_items_agree(items: list[dict[str, Any]]) -> None:
+    _check_items([{"customer_id": "c1", "event": "e", "occurred_at": "2024-03-01", **item} for item in items])
+    _check_items(list(items))
 
 
 def _corpus_file() -> str:

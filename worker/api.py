@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
-from campaigns.ingestion import CustomerIn, EventIn, parse_records, record_events, upsert_customers
+from campaigns.ingestion import CustomerIn, parse_events, parse_records, record_events, upsert_customers
 from worker.http_io import BadContentLength, BodyTooLarge, DatabaseUnavailable, in_session, read_body
 from worker.runtime import Runtime
 
@@ -106,7 +106,7 @@ def api_router(rt: Runtime) -> APIRouter:
     @router.post("/events", dependencies=[Depends(authorized)])
     async def events(request: Request) -> JSONResponse:
         raw = await items(request, "events")
-        good, bad = parse_records(EventIn, raw)
+        good, bad = parse_events(raw)
         invalid = {i for i, _ in bad}
         places = [i for i in range(len(raw)) if i not in invalid]  # good[k] came from raw[places[k]]
         non_activity = frozenset(rt.rules.defaults.non_activity_events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from campaigns.ingestion.csv_import import ImportReport, RejectSink, import_csv
 from campaigns.ingestion.customers import UpsertResult, upsert_customers
 from campaigns.ingestion.events import CANCEL_EVENT, EventResult, record_events
+from campaigns.ingestion.fast_events import parse_events
 from campaigns.ingestion.records import CustomerIn, EventIn, parse_records
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "RejectSink",
     "UpsertResult",
     "import_csv",
+    "parse_events",
     "parse_records",
     "record_events",
     "upsert_customers",

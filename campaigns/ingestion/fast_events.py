@@ -1,22 +1,23 @@
-"""An events CSV row read without pydantic, for the rows that are plainly valid.
+"""An event read without pydantic, for the CSV rows and API items that are plainly valid.
 
 The events counterpart of ``fast_customers``: ``EventIn`` costs more per row than
 storing the event.  For a header whose columns are the known ones (or properties
 by another name), ``event_reader`` returns a reader that checks each cell as the
 model would, remembering the few distinct properties cells (a file repeats
-them).  It answers None for any row it is not sure about; that row then goes
-through ``EventIn``, so every reject and its message stay the model's own.
-tests/test_fast_events.py holds the two to the same results.
+them); ``parse_events`` does the same for the ingestion API's JSON items.  Both
+answer None for anything they are not sure about, which then goes through
+``EventIn``, so every reject and its message stay the model's own.
+tests/test_fast_events.py holds them to the model's results.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from campaigns.ingestion.records import EventIn
+from campaigns.ingestion.records import EventIn, parse_records
 
 
 class EventValues(NamedTuple):
@@ -104,3 +105,53 @@ def event_reader(columns: Sequence[str]) -> Reader | None:
         return EventValues(customer_id, event, occurred_at, client_id or None, properties)
 
     return read
+
+
+_ITEM_KEYS = frozenset(_KNOWN)
+
+
+def parse_events(items: Iterable[Any]) -> tuple[list[EventIn | EventValues], list[tuple[int, str]]]:
+    """``parse_records(EventIn, items)`` for JSON items, the plainly valid ones without the model."""
+    good: list[EventIn | EventValues] = []
+    bad: list[tuple[int, str]] = []
+    for index, item in enumerate(items):
+        fast = _item(item) if type(item) is dict else None
+        if fast is not None:
+            good.append(fast)
+            continue
+        records, errors = parse_records(EventIn, [item])
+        good.extend(records)
+        bad.extend((index, message) for _, message in errors)
+    return good, bad
+
+
+def _item(item: Mapping[str, Any]) -> EventValues | None:
+    """An item of only the known keys, all text (properties an object), as ``EventIn`` reads it."""
+    if not _ITEM_KEYS.issuperset(item):
+        return None  # other keys are properties: the model folds them in
+    customer_id, event, occurred_at = item.get("customer_id"), item.get("event"), item.get("occurred_at")
+    client_id, properties = item.get("id"), item.get("properties", _NONE)
+    if type(customer_id) is not str or type(event) is not str or type(occurred_at) is not str:
+        return None  # numbers as ids, a missing field: the model's to convert or refuse
+    customer_id, event = customer_id.strip(), event.strip()
+    if not (customer_id and event) or len(customer_id) > _LIMITS["customer_id"] \
+            or len(event) > _LIMITS["event"]:
+        return None
+    try:
+        when = datetime.fromisoformat(occurred_at.strip())
+    except ValueError:
+        return None
+    if client_id is not None:
+        if type(client_id) is not str:
+            return None
+        client_id = client_id.strip()
+        if not client_id or len(client_id) > _LIMITS["client_id"]:
+            return None
+    if properties is _NONE:
+        properties = {}
+    elif type(properties) is not dict or any(type(k) is not str or k != k.strip() for k in properties):
+        return None  # the model strips the keys' spaces
+    return EventValues(customer_id, event, when, client_id, properties)
+
+
+_NONE: Any = object()
